@@ -1,0 +1,1 @@
+"""Export: ONNX graphs with state as inputs/outputs, TensorRT engines, manifests."""

@@ -1,0 +1,255 @@
+"""The 67-point performer skeleton: OpenPose BODY_25 + left hand (21) + right hand (21).
+
+Order follows OpenPose's JSON output (``pose_keypoints_2d``, ``hand_left_keypoints_2d``,
+``hand_right_keypoints_2d``), so index ``i`` means the same joint everywhere in letsplay:
+in datasets, in the keypoint predictor's output, in OSC messages. Coordinates are
+normalised to [0, 1]: x = column / width, y = row / height (origin top-left). A pixel
+``i`` covers ``[i, i+1) / size``, so its centre is at ``(i + 0.5) / size`` -- the same
+convention as ``grid_sample(align_corners=False)`` and ``interpolate``.
+
+Besides the layout constants this file holds:
+
+* :func:`mean_pose` -- the per-instrument "avg condition" of the keypoint predictor
+  (paper section III-A): a hand-made seated cellist and standing trombonist, to be
+  replaced by the training set's mean (``KeypointPredictor.set_mean_pose``).
+* :func:`dlt_heatmap` -- the differentiable landmark transformer (DLT), paper Eq. 1.
+* :func:`normalized_adjacency` -- the skeleton graph for the STU's GCN (section III-C).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+BODY_25_NAMES: tuple[str, ...] = (
+    "nose", "neck", "r_shoulder", "r_elbow", "r_wrist", "l_shoulder", "l_elbow", "l_wrist",
+    "mid_hip", "r_hip", "r_knee", "r_ankle", "l_hip", "l_knee", "l_ankle", "r_eye", "l_eye",
+    "r_ear", "l_ear", "l_big_toe", "l_small_toe", "l_heel", "r_big_toe", "r_small_toe", "r_heel",
+)
+HAND_NAMES: tuple[str, ...] = (
+    "wrist",
+    "thumb_1", "thumb_2", "thumb_3", "thumb_4",
+    "index_1", "index_2", "index_3", "index_4",
+    "middle_1", "middle_2", "middle_3", "middle_4",
+    "ring_1", "ring_2", "ring_3", "ring_4",
+    "pinky_1", "pinky_2", "pinky_3", "pinky_4",
+)
+
+N_BODY = len(BODY_25_NAMES)  # 25
+N_HAND = len(HAND_NAMES)  # 21
+N_KEYPOINTS = N_BODY + 2 * N_HAND  # 67
+BODY = range(0, N_BODY)
+LEFT_HAND = range(N_BODY, N_BODY + N_HAND)
+RIGHT_HAND = range(N_BODY + N_HAND, N_KEYPOINTS)
+
+KEYPOINT_NAMES: tuple[str, ...] = (
+    BODY_25_NAMES
+    + tuple(f"l_hand_{n}" for n in HAND_NAMES)
+    + tuple(f"r_hand_{n}" for n in HAND_NAMES)
+)
+
+# OpenPose's BODY_25 limb pairs (POSE_BODY_25_PAIRS_RENDER_GPU order).
+BODY_25_EDGES: tuple[tuple[int, int], ...] = (
+    (1, 8), (1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7), (8, 9), (9, 10), (10, 11),
+    (8, 12), (12, 13), (13, 14), (1, 0), (0, 15), (15, 17), (0, 16), (16, 18),
+    (14, 19), (19, 20), (14, 21), (11, 22), (22, 23), (11, 24),
+)
+# OpenPose's hand pairs: the wrist to each finger's base, then along each finger.
+HAND_EDGES: tuple[tuple[int, int], ...] = tuple(
+    pair
+    for finger in range(5)
+    for pair in [(0, 1 + 4 * finger)] + [(1 + 4 * finger + j, 2 + 4 * finger + j) for j in range(3)]
+)
+# Body wrist -> hand wrist. OpenPose draws hands apart from the body; the graph joins them.
+L_WRIST, R_WRIST = 7, 4
+JOIN_EDGES: tuple[tuple[int, int], ...] = ((L_WRIST, LEFT_HAND[0]), (R_WRIST, RIGHT_HAND[0]))
+
+EDGES: tuple[tuple[int, int], ...] = (
+    BODY_25_EDGES
+    + tuple((a + LEFT_HAND[0], b + LEFT_HAND[0]) for a, b in HAND_EDGES)
+    + tuple((a + RIGHT_HAND[0], b + RIGHT_HAND[0]) for a, b in HAND_EDGES)
+    + JOIN_EDGES
+)
+
+# Body parts, for per-part heatmap channels. Every keypoint is in exactly one part.
+PARTS: dict[str, tuple[int, ...]] = {
+    "head": (0, 15, 16, 17, 18),
+    "torso": (1, 2, 5, 8, 9, 12),
+    "right_arm": (3, 4),
+    "left_arm": (6, 7),
+    "legs": (10, 11, 13, 14, 19, 20, 21, 22, 23, 24),
+    "left_hand": tuple(LEFT_HAND),
+    "right_hand": tuple(RIGHT_HAND),
+}
+
+PART_NAMES: tuple[str, ...] = tuple(PARTS)
+
+# --------------------------------------------------------------------------- mean poses
+
+INSTRUMENTS: tuple[str, ...] = ("cello", "trombone")
+
+
+def _hand(wrist: tuple[float, float], angle_deg: float, size: float, spread_deg: float = 14.0,
+          curl: float = 0.0, mirror: bool = False) -> np.ndarray:
+    """21 hand keypoints (OpenPose order) for a hand whose fingers point at ``angle_deg``
+    (image coordinates: 0 = +x, 90 = +y/down) from ``wrist``; ``size`` is the wrist to
+    middle-fingertip length in normalised units, ``curl`` bends the fingers (radians per
+    joint), ``mirror`` puts the thumb on the other side."""
+    pts = [wrist]
+    side = -1.0 if mirror else 1.0
+    lengths = (0.40, 0.28, 0.18, 0.14)  # base-to-tip bone lengths, fraction of size
+    for finger in range(5):  # thumb, index, middle, ring, pinky
+        a = math.radians(angle_deg + side * spread_deg * (2 - finger)) + (
+            side * math.radians(35) if finger == 0 else 0.0)
+        x, y = wrist
+        for j, frac in enumerate(lengths):
+            scale = 0.75 if finger == 0 else (1.0 if finger in (1, 2) else 0.9)
+            step = size * frac * scale
+            x, y = x + step * math.cos(a), y + step * math.sin(a)
+            pts.append((x, y))
+            a += side * curl * (j + 1) / 2
+    return np.asarray(pts, dtype=np.float32)
+
+
+def _cello() -> np.ndarray:
+    # A seated cellist facing the camera: the cello stands between the knees, the left
+    # hand (image right) stops the strings high on the neck, the right arm bows across
+    # the strings at waist height.
+    body = {
+        0: (0.50, 0.16), 1: (0.50, 0.27), 2: (0.40, 0.28), 3: (0.36, 0.40), 4: (0.38, 0.52),
+        5: (0.60, 0.28), 6: (0.65, 0.37), 7: (0.58, 0.33), 8: (0.50, 0.55), 9: (0.44, 0.55),
+        10: (0.34, 0.68), 11: (0.36, 0.88), 12: (0.56, 0.55), 13: (0.66, 0.68), 14: (0.64, 0.88),
+        15: (0.48, 0.145), 16: (0.52, 0.145), 17: (0.46, 0.155), 18: (0.54, 0.155),
+        19: (0.66, 0.92), 20: (0.68, 0.915), 21: (0.63, 0.895),
+        22: (0.34, 0.92), 23: (0.32, 0.915), 24: (0.37, 0.895),
+    }
+    left = _hand(body[7], angle_deg=160, size=0.06, curl=0.35, mirror=True)
+    right = _hand(body[4], angle_deg=20, size=0.06, curl=0.5)
+    return np.concatenate([np.asarray([body[i] for i in range(N_BODY)], np.float32), left, right])
+
+
+def _trombone() -> np.ndarray:
+    # A standing trombonist facing the camera: the left hand (image right) holds the
+    # bell section at the mouth, the right hand works the slide in front of the chest.
+    body = {
+        0: (0.50, 0.12), 1: (0.50, 0.21), 2: (0.41, 0.22), 3: (0.38, 0.31), 4: (0.42, 0.36),
+        5: (0.59, 0.22), 6: (0.61, 0.29), 7: (0.55, 0.20), 8: (0.50, 0.50), 9: (0.45, 0.50),
+        10: (0.45, 0.70), 11: (0.45, 0.90), 12: (0.55, 0.50), 13: (0.55, 0.70), 14: (0.55, 0.90),
+        15: (0.48, 0.105), 16: (0.52, 0.105), 17: (0.46, 0.115), 18: (0.54, 0.115),
+        19: (0.57, 0.94), 20: (0.59, 0.935), 21: (0.55, 0.915),
+        22: (0.43, 0.94), 23: (0.41, 0.935), 24: (0.45, 0.915),
+    }
+    left = _hand(body[7], angle_deg=200, size=0.055, curl=0.6, mirror=True)
+    right = _hand(body[4], angle_deg=10, size=0.055, curl=0.4)
+    return np.concatenate([np.asarray([body[i] for i in range(N_BODY)], np.float32), left, right])
+
+
+_MEAN_POSES = {"cello": _cello, "trombone": _trombone}
+
+
+def mean_pose(instrument: str) -> np.ndarray:
+    """The instrument's mean pose ("avg condition", paper III-A): float32 ``[67, 2]``
+    normalised (x, y). A hand-made plausible performer; a model trained on data should
+    carry the dataset's mean instead (``KeypointPredictor.set_mean_pose``)."""
+    if instrument not in _MEAN_POSES:
+        raise ValueError(f"unknown instrument {instrument!r}; known: {list(INSTRUMENTS)}")
+    pose = _MEAN_POSES[instrument]()
+    assert pose.shape == (N_KEYPOINTS, 2)
+    return pose.copy()
+
+
+# --------------------------------------------------------------------------- DLT (Eq. 1)
+
+HeatmapLayout = Literal["sum", "parts", "keypoints"]
+
+
+def heatmap_channels(layout: HeatmapLayout) -> int:
+    """Channels of a :func:`dlt_heatmap` layout: 1, ``len(PARTS)`` or 67."""
+    if layout == "sum":
+        return 1
+    if layout == "parts":
+        return len(PARTS)
+    if layout == "keypoints":
+        return N_KEYPOINTS
+    raise ValueError(f"unknown heatmap layout {layout!r}; use 'sum', 'parts' or 'keypoints'")
+
+
+def part_matrix(dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
+    """``[len(PARTS), 67]`` one-hot assignment of keypoints to parts."""
+    m = torch.zeros(len(PARTS), N_KEYPOINTS, dtype=dtype, device=device)
+    for c, idx in enumerate(PARTS.values()):
+        m[c, list(idx)] = 1.0
+    return m
+
+
+def tent_profiles(kp: Tensor, height: int, width: int, radius: float = 1.0) -> tuple[Tensor, Tensor]:
+    """Per-keypoint 1D tents of Eq. 1: ``max(0, 1 - |i - K| / radius)`` along each axis.
+
+    kp: ``[..., P, 2]`` normalised (x, y). Returns ``(py [..., P, height],
+    px [..., P, width])``; pixel ``i``'s centre is at normalised ``(i + 0.5) / size``,
+    so ``K`` in pixel units is ``x * width - 0.5``.
+    """
+    xs = torch.arange(width, dtype=kp.dtype, device=kp.device)
+    ys = torch.arange(height, dtype=kp.dtype, device=kp.device)
+    kx = kp[..., 0:1] * width - 0.5  # [..., P, 1] pixel units
+    ky = kp[..., 1:2] * height - 0.5
+    px = torch.clamp(1.0 - (xs - kx).abs() / radius, min=0.0)  # [..., P, W]
+    py = torch.clamp(1.0 - (ys - ky).abs() / radius, min=0.0)  # [..., P, H]
+    return py, px
+
+
+def dlt_heatmap(kp: Tensor, height: int, width: int, layout: HeatmapLayout = "sum",
+                alpha: float | Tensor = 1.0, radius: float = 1.0) -> Tensor:
+    """Differentiable landmark transformer, paper Eq. 1: a bilinear (tent) splat of each
+    keypoint with intensity ``alpha``.
+
+    ``H[y, x] = sum_s alpha_s * max(0, 1 - |x - Kx_s| / r) * max(0, 1 - |y - Ky_s| / r)``
+
+    with ``K`` in pixel units. ``radius = 1`` is the paper's tent (each point touches its
+    2x2 nearest pixels); a larger radius gives wider blobs, which keeps gradients alive
+    for points far from their target on large maps (the presets use ~1/64 of the map
+    size). Computed separably as outer products of per-keypoint x/y profiles -- no
+    per-pixel loop -- and differentiable w.r.t. ``kp`` (everywhere except exactly on the
+    pixel grid, where ``|.|`` has a kink) and ``alpha``.
+
+    kp: ``[..., 67, 2]`` normalised (x, y); alpha: a float or ``[..., 67]`` weights (e.g.
+    OpenPose confidences, 0 for a missing point). Returns ``[..., C, height, width]``:
+    ``"sum"`` one summed map (as in the paper), ``"parts"`` one map per ``PARTS`` entry,
+    ``"keypoints"`` one map per keypoint.
+    """
+    *lead, P, two = kp.shape
+    if two != 2:
+        raise ValueError(f"keypoints must be [..., P, 2], got {tuple(kp.shape)}")
+    py, px = tent_profiles(kp, height, width, radius)  # [..., P, H], [..., P, W]
+    if isinstance(alpha, Tensor):
+        py = py * alpha.to(py.dtype).unsqueeze(-1)
+    elif alpha != 1.0:
+        py = py * alpha
+    if layout == "keypoints":
+        return py.unsqueeze(-1) * px.unsqueeze(-2)  # [..., P, H, W]
+    if layout == "sum":
+        return (py.transpose(-1, -2) @ px).unsqueeze(-3)  # [..., H, P] @ [..., P, W] -> [..., 1, H, W]
+    if layout == "parts":
+        if P != N_KEYPOINTS:
+            raise ValueError(f"'parts' layout needs the {N_KEYPOINTS}-point skeleton, got {P} points")
+        m = part_matrix(py.dtype, py.device)  # [C, P]
+        pyc = m.unsqueeze(-1) * py.unsqueeze(-3)  # [..., C, P, H]: each part's rows
+        return pyc.transpose(-1, -2) @ px.unsqueeze(-3)  # [..., C, H, P] @ [..., 1, P, W]
+    raise ValueError(f"unknown heatmap layout {layout!r}; use 'sum', 'parts' or 'keypoints'")
+
+
+# --------------------------------------------------------------------------- graph
+
+
+def normalized_adjacency(dtype: torch.dtype = torch.float32,
+                         device: torch.device | str | None = None) -> Tensor:
+    """``D^-1/2 (A + I) D^-1/2`` over ``EDGES`` (Kipf & Welling): ``[67, 67]``, symmetric."""
+    a = torch.eye(N_KEYPOINTS, dtype=torch.float64)
+    for i, j in EDGES:
+        a[i, j] = a[j, i] = 1.0
+    d = a.sum(1).rsqrt()
+    return (d[:, None] * a * d[None, :]).to(dtype=dtype, device=device)

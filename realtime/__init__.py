@@ -1,0 +1,1 @@
+"""The streaming engine: audio sources, inference backends, sinks."""

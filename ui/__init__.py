@@ -1,0 +1,1 @@
+"""The people-facing surfaces: the letsplay CLI and the Qt window."""

@@ -1,0 +1,57 @@
+"""The ``letsplay`` command line: argparse subcommands. Only this module prints."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+# Each entry: (name, help, add_arguments(parser), run(args) -> exit code).
+Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
+
+
+def _commands() -> list[Command]:
+    from letsplay.ui import cmd_audio
+
+    cmds: list[Command] = []
+    cmds += cmd_audio.COMMANDS
+    return cmds
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="letsplay",
+        description="Real-time audio-driven performance video (Let's Play Music, ICPR 2020).",
+    )
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for name, help_, add_args, run in _commands():
+        sp = sub.add_parser(name, help=help_, description=help_)
+        add_args(sp)
+        sp.set_defaults(_run=run)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as e:  # bad input: say what and stop, no traceback
+        print(f"letsplay {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
