@@ -270,13 +270,17 @@ def frame_windows(cqt: Tensor, audio: AudioSpec, video: VideoSpec, frames: range
 
 
 def frames_available(n_samples: int, cqt: CQT, video: VideoSpec) -> int:
-    """How many frames (0..k-1) can be computed once ``n_samples`` samples exist."""
+    """How many frames (0..k-1) exist once ``n_samples`` samples do: frame i needs its
+    newest column (:func:`frame_column`) and audio strictly past its time
+    ``i / fps + lookahead`` -- so a 60 s file has the 1800 frames of 60 s of video."""
+    sr = cqt.spec.sample_rate
     cols = cqt.n_columns(n_samples)
     if cols == 0:
         return 0
-    # frame_column is non-decreasing in i: find the first frame needing column >= cols.
-    hi = math.ceil((cols * cqt.spec.hop / cqt.spec.sample_rate) * video.fps) + 2
-    k = hi
+    # frames strictly before the end of the audio: i < (n/sr - lookahead) * fps
+    by_time = max(0, math.ceil((n_samples / sr - video.lookahead_ms / 1000.0) * video.fps - 1e-9))
+    # frame_column is non-decreasing in i: drop frames whose column is not there yet.
+    k = by_time
     while k > 0 and frame_column(k - 1, cqt.spec, video) >= cols:
         k -= 1
     return k

@@ -142,4 +142,8 @@ def test_frames_available_matches_frame_column():
         cols = c.n_columns(n)
         if k:
             assert frame_column(k - 1, audio, video) < cols
-        assert frame_column(k, audio, video) >= cols
+            assert (k - 1) / video.fps < n / audio.sample_rate  # audio strictly past the frame's time
+        assert k == int(np.ceil(n / audio.sample_rate * video.fps))  # causal: the time rule decides
+    assert frames_available(44100 * 60, c, video) == 1800  # 60 s of audio: 60 s of video
+    centered = CQT(AudioSpec(alignment="centered"))
+    assert frames_available(44100, centered, video) < 30  # must wait for its lookahead

@@ -1,0 +1,238 @@
+"""The synthetic performer moves by the physics of playing, with exact, rigid keypoints."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from letsplay.models.data.instruments import (
+    CELLO_STRINGS,
+    TROMBONE_POSITIONS,
+    cello_stop_fraction,
+    cello_string_for,
+    slide_extension_cm,
+    trombone_position,
+)
+from letsplay.models.data.performer_motion import (
+    SLIDE_FORESHORTEN,
+    Body,
+    bow_position,
+    cello_fingering,
+    perform,
+    plan_bow,
+    two_bone_ik,
+)
+from letsplay.models.data.performer_render import Look, PerformerRenderer
+from letsplay.models.data.scores import Note, random_melody
+from letsplay.models.skeleton import EDGES, LEFT_HAND, RIGHT_HAND
+from letsplay.models.spec import VideoSpec
+
+FPS = 30.0
+
+
+def _still(body: Body) -> Body:
+    """The same performer without sway, nods or leaning (the instrument then stays put)."""
+    return dataclasses.replace(body, sway_deg=0.0, nod_deg=0.0, lean_deg=0.0, bow_lean_deg=0.0)
+
+
+def _frames(notes: list[Note] | tuple[Note, ...], tail: float = 0.3) -> int:
+    return int((max(n.end for n in notes) + tail) * FPS)
+
+
+def _reversal_frames(x: np.ndarray, eps: float = 1e-9) -> list[int]:
+    """Frames where the motion of x changes direction (pauses in between are skipped)."""
+    d = np.diff(x)
+    out, last = [], 0.0
+    for i, v in enumerate(d):
+        if abs(v) <= eps:
+            continue
+        s = np.sign(v)
+        if last and s != last:
+            out.append(i)  # the move from frame i to i+1 goes the other way
+        last = s
+    return out
+
+
+# --------------------------------------------------------------------------- cello
+
+
+def test_bow_reverses_at_every_onset_and_nowhere_else() -> None:
+    notes = random_melody("cello", seed=3, seconds=20).notes
+    t = np.arange(_frames(notes)) / FPS
+    b = bow_position(notes, t)
+    onsets = np.array([n.onset for n in notes]) * FPS
+    revs = _reversal_frames(b)
+    assert len(revs) > 20
+    for r in revs:  # every reversal is on an onset (within one frame)
+        assert np.min(np.abs(onsets - r)) <= 1.0, f"reversal at frame {r} is not at a note onset"
+    # ... and every onset after the first changes the direction (one bow stroke per note)
+    _, direction, dist = plan_bow(notes)
+    assert np.all(direction[1:] == -direction[:-1])
+    assert np.all(dist > 0)
+    for i in range(1, len(notes)):
+        assert np.min(np.abs(np.array(revs) - onsets[i])) <= 1.0, f"no reversal at note {i}"
+    # the bow stays on its hair
+    assert b.min() >= 8.0 - 1e-9 and b.max() <= 50.0 + 1e-9
+
+
+def test_bow_speed_grows_with_velocity() -> None:
+    soft = [Note(0.0, 0.25, 50, 40)]
+    loud = [Note(0.0, 0.25, 50, 110)]
+    assert plan_bow(loud)[2][0] > 2 * plan_bow(soft)[2][0]
+
+
+def test_bow_hand_keypoints_follow_the_bow() -> None:
+    # one string (D: pitches 50..56), no sway: the hand moves along the bow by exactly the bow's travel
+    notes = [Note(0.2 + 0.4 * i, 0.35, 50 + (i * 3) % 7, 60 + 5 * (i % 8)) for i in range(16)]
+    body = _still(Body.from_seed(5, "cello"))
+    perf = perform(notes, body, _frames(notes))
+    u = perf.geometry["bow_dir"][0]
+    wrist = perf.geometry["pixels"][:, 4]
+    along = wrist @ u  # pixels along the bow
+    b = perf.state["bow_position"] * perf.px_per_cm
+    # hand = contact - b * u: the projection falls exactly as the bow position rises
+    assert np.allclose(along - along[0], -(b - b[0]), atol=1e-6)
+    onsets = np.array([n.onset for n in notes]) * FPS
+    for r in _reversal_frames(along):
+        assert np.min(np.abs(onsets - r)) <= 1.0
+
+
+def test_cello_string_and_stop_are_monotone_in_pitch() -> None:
+    for s, open_pitch in enumerate(CELLO_STRINGS):
+        fr = [cello_stop_fraction(p, s) for p in range(open_pitch, open_pitch + 25)]
+        assert fr[0] == 0.0 and np.all(np.diff(fr) > 0)
+    assert [cello_string_for(p) for p in (36, 42, 43, 49, 50, 56, 57, 81)] == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert cello_string_for(50, previous=1) == 1  # stays on the G string within reach
+    with pytest.raises(ValueError):
+        cello_string_for(35)
+
+
+def test_cello_fingertip_on_the_string_and_monotone_in_pitch() -> None:
+    # a slow chromatic scale over the whole range, up and down; notes short enough for no vibrato
+    pitches = list(range(36, 82)) + list(range(80, 35, -1))
+    notes = [Note(0.3 + 0.45 * i, 0.36, p, 80) for i, p in enumerate(pitches)]
+    body = _still(Body.from_seed(11, "cello"))
+    perf = perform(notes, body, _frames(notes))
+    fing = cello_fingering(notes)
+    g = perf.geometry
+    assert perf.state["left_reach_error"].max() < 1e-6
+    by_string: dict[int, list[tuple[int, float]]] = {}
+    for i, n in enumerate(notes):
+        if fing.finger[i] == 0:
+            continue  # open string: nothing pressed
+        f = int(round((n.onset + 0.2) * FPS))  # mid-note, after the hand has arrived
+        s = int(fing.string[i])
+        tip = g["pixels"][f, LEFT_HAND[0] + 4 + 4 * int(fing.finger[i])]  # the pressing finger's tip
+        nut, bridge = g["strings_nut"][f, s], g["strings_bridge"][f, s]
+        along = bridge - nut
+        frac = float((tip - nut) @ along / (along @ along))
+        unit = along / np.linalg.norm(along)
+        off = abs(float(unit[0] * (tip - nut)[1] - unit[1] * (tip - nut)[0]))
+        assert off < 1e-6, f"note {n.pitch}: fingertip {off:.3g} px off the string"
+        assert frac == pytest.approx(cello_stop_fraction(n.pitch, s), abs=1e-9)
+        by_string.setdefault(s, []).append((n.pitch, frac))
+    assert len(by_string) == 4
+    for s, pts in by_string.items():
+        pts.sort()
+        ps, fr = np.array([p for p, _ in pts]), np.array([f for _, f in pts])
+        same = np.diff(ps) == 0
+        assert np.all(np.diff(fr)[~same] > 0), f"string {s}: stop not monotone in pitch"
+        assert np.allclose(np.diff(fr)[same], 0)
+
+
+def test_vibrato_rolls_the_finger_by_the_audible_bend() -> None:
+    notes = [Note(0.2, 2.0, 62, 90)]  # D4 on the A string, long: vibrato
+    perf = perform(notes, _still(Body.from_seed(2, "cello")), _frames(notes))
+    st = perf.state
+    vib = st["vibrato_semitones"]
+    assert np.abs(vib).max() > 0.1
+    n = 62 - CELLO_STRINGS[3]
+    expected = 1 - 2 ** (-(n + vib) / 12)
+    sounding = (np.arange(len(vib)) / FPS > 0.3) & (np.arange(len(vib)) / FPS < 2.1)
+    assert np.allclose(st["stop_fraction_vibrato"][sounding], expected[sounding], atol=1e-12)
+
+
+# --------------------------------------------------------------------------- trombone
+
+
+def test_trombone_table_covers_the_range_with_seven_positions() -> None:
+    assert set(TROMBONE_POSITIONS) == set(range(40, 78))
+    assert set(TROMBONE_POSITIONS.values()) == set(range(1, 8))
+    assert trombone_position(46) == 1 and trombone_position(40) == 7 and trombone_position(59) == 4
+    ext = [slide_extension_cm(p) for p in range(1, 8)]
+    assert ext[0] == 0 and np.all(np.diff(ext) > 0) and 50 < ext[-1] < 65  # 7th position ~57 cm out
+
+
+def test_trombone_slide_follows_the_table_and_moves_before_onsets() -> None:
+    notes = random_melody("trombone", seed=4, seconds=15).notes
+    body = Body.from_seed(9, "trombone")
+    perf = perform(notes, body, _frames(notes))
+    st, g = perf.state, perf.geometry
+    hold = 0.5 * (perf.geometry["pixels"][:, RIGHT_HAND[0] + 6] + perf.geometry["pixels"][:, RIGHT_HAND[0] + 14])
+    for i, n in enumerate(notes):
+        f0, f1 = int(np.ceil(n.onset * FPS)), int(np.floor(n.end * FPS))
+        nxt = notes[i + 1].onset - 0.09 if i + 1 < len(notes) else n.end
+        frames = [f for f in range(f0, f1 + 1) if f / FPS < nxt - 1e-9 and f < len(st["slide_position"])]
+        pos = trombone_position(n.pitch)
+        for f in frames:  # while the note sounds, the slide is exactly at the table's position
+            assert st["slide_position"][f] == pytest.approx(pos, abs=1e-9)
+            assert st["slide_extension"][f] == pytest.approx(slide_extension_cm(pos), abs=1e-9)
+            # ... and so is the hand: its grip sits that far along the slide from the mouthpiece
+            reach = float((hold[f] - g["mouth"][f]) @ g["slide_dir"][f])
+            want = (24.0 + slide_extension_cm(pos)) * SLIDE_FORESHORTEN * body.size * perf.px_per_cm
+            assert reach == pytest.approx(want, abs=1e-6)
+    # the slide only moves in the short leads before onsets
+    moving = np.flatnonzero(np.abs(np.diff(st["slide_position"])) > 1e-9)
+    onsets = np.array([n.onset for n in notes])
+    for f in moving:
+        lead = onsets[onsets > f / FPS + 1e-9]  # the move from frame f to f + 1 ends at or before this onset
+        assert len(lead) and lead[0] - f / FPS <= 0.09 + 1 / FPS + 1e-9, f"slide moves at frame {f}, not before a note"
+
+
+# --------------------------------------------------------------------------- both
+
+
+@pytest.mark.parametrize("instrument", ["cello", "trombone"])
+def test_keypoints_inside_frame_and_bones_rigid(instrument: str) -> None:
+    for seed in range(4):
+        body = Body.from_seed(100 + seed, instrument)
+        notes = random_melody(instrument, seed=seed, seconds=12).notes
+        # plus the extremes of the range, loud and long
+        lo, hi = (36, 81) if instrument == "cello" else (40, 77)
+        end = notes[-1].end
+        notes = notes + (Note(end + 0.2, 1.5, lo, 127), Note(end + 1.8, 1.5, hi, 127), Note(end + 3.4, 1.0, lo, 20))
+        perf = perform(notes, body, _frames(notes), VideoSpec())
+        kp = perf.keypoints
+        assert kp.shape == (len(perf.times), 67, 2)
+        assert kp.min() >= 0.0 and kp.max() <= 1.0, f"{instrument} seed {seed}: a keypoint leaves the frame"
+        assert perf.state["left_reach_error"].max() < 1e-6 and perf.state["right_reach_error"].max() < 1e-6
+        lengths = np.stack([np.linalg.norm(perf.world[:, a] - perf.world[:, b], axis=-1) for a, b in EDGES], 1)
+        spread = lengths.max(axis=0) - lengths.min(axis=0)
+        assert spread.max() < 1e-9, f"bone {EDGES[int(spread.argmax())]} changes length"
+
+
+def test_two_bone_ik_is_exact_and_keeps_its_side() -> None:
+    rng = np.random.default_rng(0)
+    root = np.zeros((500, 2))
+    target = rng.uniform(-60, 60, size=(500, 2))
+    elbow, wrist = two_bone_ik(root, target, 30.0, 25.0, pole=(0.0, -1.0))
+    assert np.allclose(np.linalg.norm(elbow - root, axis=1), 30.0)
+    assert np.allclose(np.linalg.norm(wrist - elbow, axis=1), 25.0)
+    reach = np.linalg.norm(target, axis=1)
+    ok = (reach > 5.01) & (reach < 54.99)
+    assert np.allclose(wrist[ok], target[ok])
+
+
+def test_identity_seed_fixes_the_look_and_the_picture() -> None:
+    notes = random_melody("cello", seed=1, seconds=2).notes
+    frames = []
+    for seed in (7, 7, 8):
+        body = Body.from_seed(seed, "cello")
+        perf = perform(notes, body, 10)
+        frames.append(PerformerRenderer(body, Look.from_seed(seed), perf, 256, 256).render(5))
+    assert frames[0].shape == (256, 256, 3) and frames[0].dtype == np.uint8
+    assert np.array_equal(frames[0], frames[1])
+    assert not np.array_equal(frames[0], frames[2])
+    assert Body.from_seed(7, "cello") != Body.from_seed(8, "cello")

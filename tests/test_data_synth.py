@@ -1,0 +1,146 @@
+"""Synthetic datasets: the format on disk, resuming, refusing to mix datasets, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from letsplay.models.data import dataset_format as fmt
+from letsplay.models.data.readers import open_dataset
+from letsplay.models.data.synth_dataset import SynthDatasetConfig, plan_dataset, synthesize_dataset
+from letsplay.models.spec import AudioSpec, VideoSpec
+from letsplay.ui.cli import main
+
+TINY = dict(minutes=0.2, clip_seconds=6.0, identities=2, synth="tinysoundfont")
+
+
+@pytest.fixture(scope="module")
+def cello_ds(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("ds") / "cello"
+    synthesize_dataset(root, SynthDatasetConfig("cello", seed=1, **TINY), workers=1)
+    return root
+
+
+def test_layout_and_contents(cello_ds: Path) -> None:
+    m = fmt.load_manifest(cello_ds)
+    assert m["format"] == "letsplay-dataset" and m["format_version"] == fmt.FORMAT_VERSION
+    assert m["kind"] == "synthetic" and m["instrument"] == "cello" and m["complete"] is True
+    assert AudioSpec.from_dict(m["audio_spec"]) == AudioSpec() and VideoSpec.from_dict(m["video_spec"]) == VideoSpec()
+    assert m["config"]["synth"] == "tinysoundfont" and m["config"]["renderer_version"] >= 1
+    assert sum(c["duration"] for c in m["clips"]) == pytest.approx(12.0, abs=0.05)
+    clips = open_dataset(cello_ds)
+    assert len(clips) == len(m["clips"]) >= 2
+    for c in clips:
+        meta = c.meta
+        assert meta["split"] in fmt.SPLITS and isinstance(meta["identity_seed"], int)
+        assert meta["score"]["source"].startswith(("music21:", "random:"))
+        T = c.n_frames
+        assert T == round(meta["duration"] * 30)
+        times, kp, conf = fmt.read_keypoints(c.files.keypoints)
+        assert kp.shape == (T, 67, 2) and conf.shape == (T, 67) and np.allclose(times, np.arange(T) / 30)
+        assert kp.min() >= 0 and kp.max() <= 1 and np.all(conf == 1)
+        audio = c.audio(AudioSpec())
+        assert audio.dtype == np.float32 and len(audio) == round(T / 30 * 44100)
+        assert np.abs(audio).max() > 0.01
+        frames = c.frames(T - 3, 3)
+        assert frames.shape == (3, 256, 256, 3) and frames.dtype == np.uint8
+        assert c.notes() and set(c.motion()) >= {"bow_position", "string", "stop_fraction"}
+    # random access is exact: a window read alone equals the same frames read in a longer run
+    c = clips[0]
+    assert np.array_equal(c.frames(40, 2), c.frames(35, 10)[5:7])
+
+
+def test_rendered_frames_show_the_keypoints(cello_ds: Path) -> None:
+    # the figure is drawn from the keypoints: hand points sit on skin-coloured pixels
+    from letsplay.models.data.performer_render import Look
+
+    for c in open_dataset(cello_ds):
+        kp, _ = c.keypoints()
+        skin = np.array(Look.from_seed(c.meta["identity_seed"]).skin)
+        close = []
+        for i in (5, 50, 100):
+            f = c.frames(i, 1)[0].astype(int)
+            xy = np.clip(np.round(kp[i] * 256 - 0.5).astype(int), 0, 255)
+            close += [np.abs(f[y, x] - skin).sum() < 120 for x, y in xy[25:]]
+        assert np.mean(close) > 0.6
+
+
+def test_resume_skips_complete_clips_and_refuses_other_datasets(cello_ds: Path, tmp_path: Path) -> None:
+    root = tmp_path / "copy"
+    shutil.copytree(cello_ds, root)
+    m = fmt.load_manifest(root)
+    first, second = m["clips"][0]["id"], m["clips"][1]["id"]
+    shutil.rmtree(fmt.clip_dir(root, second))  # as if interrupted before this clip
+    (root / "clips" / f".tmp-{second}-junk").mkdir()  # a half-written clip
+    kept = fmt.clip_dir(root, first) / "video.mp4"
+    before = kept.stat().st_mtime_ns
+    seen = []
+    out = synthesize_dataset(root, SynthDatasetConfig("cello", seed=1, **TINY), workers=1,
+                             progress=lambda d, t, s: seen.append((d, t)))
+    assert out["complete"] and fmt.clip_complete(root, second)
+    assert kept.stat().st_mtime_ns == before  # the complete clip was not rendered again
+    assert seen[0] == (len(m["clips"]) - 1, len(m["clips"]))
+    assert not list((root / "clips").glob(".tmp-*"))
+    # the re-rendered clip is identical to the original (deterministic in the config)
+    a = fmt.read_keypoints(fmt.clip_dir(root, second) / "keypoints.npz")[1]
+    b = fmt.read_keypoints(fmt.clip_dir(cello_ds, second) / "keypoints.npz")[1]
+    assert np.array_equal(a, b)
+    with fmt.dataset_lock(root):  # another run is writing this folder right now
+        with pytest.raises(fmt.DatasetError, match="being written"):
+            synthesize_dataset(root, SynthDatasetConfig("cello", seed=1, **TINY), workers=1)
+    with pytest.raises(fmt.DatasetError, match="different dataset"):
+        synthesize_dataset(root, SynthDatasetConfig("cello", seed=2, **TINY), workers=1)
+    with pytest.raises(fmt.DatasetError, match="different dataset"):
+        synthesize_dataset(root, SynthDatasetConfig("trombone", seed=1, **TINY), workers=1)
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "notes.txt").write_text("mine")
+    with pytest.raises(fmt.DatasetError, match="not empty"):
+        synthesize_dataset(junk, SynthDatasetConfig("cello", **TINY), workers=1)
+
+
+def test_splits_go_by_piece(tmp_path: Path) -> None:
+    cfg = SynthDatasetConfig("trombone", minutes=10.0, seed=3, synth="tinysoundfont").resolved()
+    clips = plan_dataset(tmp_path, cfg)
+    assert sum(c["duration"] for c in clips) == pytest.approx(600.0, abs=5.0)
+    split_of: dict[str, set[str]] = {}
+    for c in clips:
+        split_of.setdefault(c["piece"], set()).add(c["split"])
+    assert all(len(s) == 1 for s in split_of.values())  # a piece never straddles two splits
+    assert {next(iter(s)) for s in split_of.values()} == {"train", "val", "test"}
+    assert len({c["identity_seed"] for c in clips}) == cfg.identities
+    assert plan_dataset(tmp_path, cfg) == clips  # deterministic (and the scores are cached on disk)
+
+
+def test_cli_synth_info_preview(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "tb"
+    rc = main(["data", "synth", "--instrument", "trombone", "--minutes", "0.15", "--clip-seconds", "4.5",
+               "--out", str(out), "--workers", "2", "--synth", "tinysoundfont", "--frames", "jpeg", "--seed", "4"])
+    assert rc == 0
+    assert "clips" in capsys.readouterr().out
+    clips = open_dataset(out)
+    assert clips and all(c.meta["frames"] == "jpeg" for c in clips)
+    assert (fmt.clip_dir(out, clips[0].id) / "frames" / "000000.jpg").is_file()
+    assert clips[0].frames(0, 2).shape == (2, 256, 256, 3)
+    assert main(["data", "info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["complete"] and info["instrument"] == "trombone"
+    png = tmp_path / "grid.png"
+    assert main(["data", "preview", str(out), "--out", str(png), "-n", "2", "--cols", "2"]) == 0
+    import cv2
+
+    img = cv2.imread(str(png))
+    assert img.shape == (512, 512, 3)
+    # a second run of the same command has nothing left to do; a different one is refused
+    assert main(["data", "synth", "--instrument", "trombone", "--minutes", "0.15", "--clip-seconds", "4.5",
+                 "--out", str(out), "--workers", "1", "--synth", "tinysoundfont", "--frames", "jpeg",
+                 "--seed", "4"]) == 0
+    capsys.readouterr()
+    assert main(["data", "synth", "--instrument", "cello", "--minutes", "0.15", "--out", str(out)]) == 2
+    assert "different dataset" in capsys.readouterr().err
+    assert os.path.isfile(out / "manifest.json")
