@@ -209,12 +209,14 @@ def dlt_heatmap(kp: Tensor, height: int, width: int, layout: HeatmapLayout = "su
 
     ``H[y, x] = sum_s alpha_s * max(0, 1 - |x - Kx_s| / r) * max(0, 1 - |y - Ky_s| / r)``
 
-    with ``K`` in pixel units. ``radius = 1`` is the paper's tent (each point touches its
-    2x2 nearest pixels); a larger radius gives wider blobs, which keeps gradients alive
-    for points far from their target on large maps (the presets use ~1/64 of the map
-    size). Computed separably as outer products of per-keypoint x/y profiles -- no
-    per-pixel loop -- and differentiable w.r.t. ``kp`` (everywhere except exactly on the
-    pixel grid, where ``|.|`` has a kink) and ``alpha``.
+    with ``K`` in pixel units. ``radius = 1`` (the default) is the paper's tent: each point
+    touches its 2x2 nearest pixels, right for small maps (the ``tiny`` preset's 32x32) and
+    the paper's 256x256. A wider tent (``max(0, 1 - |d| / r)``, the ``realtime`` preset
+    uses 2 px at 128x128) gives bigger blobs for the STU to see and keeps Eq. 3's
+    gradient alive for points up to ``2r`` pixels from their target. Computed separably
+    as outer products of per-keypoint x/y profiles -- no per-pixel loop -- and
+    differentiable w.r.t. ``kp`` (everywhere except exactly on the pixel grid or exactly
+    ``r`` pixels off it, where ``|.|`` and ``max`` have kinks) and ``alpha``.
 
     kp: ``[..., 67, 2]`` normalised (x, y); alpha: a float or ``[..., 67]`` weights (e.g.
     OpenPose confidences, 0 for a missing point). Returns ``[..., C, height, width]``:

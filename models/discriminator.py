@@ -1,0 +1,109 @@
+"""The audio-video pair discriminator and the adversarial losses (paper III-C, Eqs. 5-6).
+
+The discriminator ``D(V, A)`` scores whether a video frame and a CQT window belong
+together: a strided CNN reads the frame, a 1D-CNN (:class:`AudioEncoder`) the window,
+and an MLP reads both features and gives one logit. It is trained (Eq. 6) to accept
+real pairs and to reject both generated frames and *mismatched* real pairs (a real
+frame with another clip's audio, as in text-to-image GAN-CLS), so the STU must produce
+frames that fit the music, not just realistic ones.
+
+Loss form: the paper writes Eqs. 5-6 with ``log D``. We use the standard
+non-saturating BCE-with-logits form, numerically stable on logits:
+
+* D (Eq. 6): ``BCE(D(V_real, A), 1) + 1/2 [BCE(D(G, A), 0) + BCE(D(V_real, A'), 0)]``
+  (``A'`` mismatched; the fake term alone when no mismatched audio is available);
+* G (Eq. 5): ``BCE(D(G, A), 1) = -log D(G, A)``, whose gradient does not vanish while
+  D confidently rejects G early in training.
+
+D is training-only and stateless (one frame at a time), so it has no State.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from letsplay.models.blocks import AudioEncoder, act, conv, kaiming_init
+from letsplay.models.spec import AudioSpec
+
+
+@dataclass(frozen=True)
+class DiscriminatorConfig:
+    base_channels: int = 64  # frame CNN width at the first layer, doubled per layer
+    max_channels: int = 512  # cap on the doubling
+    layers: int = 5  # stride-2 conv layers on the frame
+    audio_channels: int = 128  # audio encoder (1D-CNN) width
+    audio_layers: int = 3  # audio encoder stride-2 conv layers
+    audio_features: int = 256  # audio feature size
+    hidden: int = 256  # joint MLP width
+
+
+class AudioVideoDiscriminator(nn.Module):
+    """``D(frame [..., 3, H, W], window [..., n_bins, W_cqt]) -> logits [...]``."""
+
+    def __init__(self, cfg: DiscriminatorConfig, audio: AudioSpec) -> None:
+        super().__init__()
+        self.cfg = cfg
+        layers: list[nn.Module] = []
+        cin = 3
+        for i in range(cfg.layers):
+            cout = min(cfg.base_channels * 2**i, cfg.max_channels)
+            layers += [conv(cin, cout, 4 if i == 0 else 3, 2), act()]
+            cin = cout
+        self.frame_enc = nn.Sequential(*layers)
+        self.audio_enc = AudioEncoder(audio, cfg.audio_channels, cfg.audio_layers, cfg.audio_features)
+        self.mlp = nn.Sequential(nn.Linear(cin + cfg.audio_features, cfg.hidden), act(), nn.Linear(cfg.hidden, 1))
+        kaiming_init(self)
+
+    def forward(self, frame: Tensor, window: Tensor) -> Tensor:
+        lead = frame.shape[:-3]
+        C, H, W = frame.shape[-3:]
+        v = self.frame_enc(frame.reshape(-1, C, H, W)).mean(dim=(2, 3))  # [N, c] global pool
+        a = self.audio_enc(window.reshape(-1, *window.shape[-2:]))  # [N, audio_features]
+        return self.mlp(torch.cat([v, a], dim=1)).reshape(lead)
+
+
+def _bce(logits: Tensor, target: float) -> Tensor:
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
+
+
+def mismatched(window: Tensor) -> Tensor | None:
+    """Audio that does not belong to each sample: the batch rolled by one (needs B >= 2)."""
+    return window.roll(1, dims=0) if window.shape[0] >= 2 else None
+
+
+def d_loss(d: nn.Module, real: Tensor, fake: Tensor, window: Tensor,
+           wrong_window: Tensor | None = None) -> dict[str, Tensor]:
+    """Eq. 6 (non-saturating BCE form): frames ``[..., 3, H, W]``, windows ``[..., F, T]``.
+    ``fake`` is detached, so only D gets gradients. ``wrong_window``: mismatched audio
+    for the real frames (see :func:`mismatched`); None drops that term."""
+    out = {"d_real": _bce(d(real, window), 1.0), "d_fake": _bce(d(fake.detach(), window), 0.0)}
+    if wrong_window is not None:
+        out["d_mismatch"] = _bce(d(real, wrong_window), 0.0)
+        out["d"] = out["d_real"] + 0.5 * (out["d_fake"] + out["d_mismatch"])
+    else:
+        out["d"] = out["d_real"] + out["d_fake"]
+    return out
+
+
+def g_adv_loss(d: nn.Module, fake: Tensor, window: Tensor) -> Tensor:
+    """Eq. 5, non-saturating: ``-log D(G, A)``. Wrap in :func:`frozen` (d) so the
+    backward pass leaves D's gradients alone."""
+    return _bce(d(fake, window), 1.0)
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module) -> Iterator[nn.Module]:
+    """Temporarily set ``requires_grad=False`` on all of ``module``'s parameters."""
+    flags = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for p, f in zip(module.parameters(), flags, strict=True):
+            p.requires_grad_(f)

@@ -1,0 +1,399 @@
+"""The Performer: the paper's three stages composed into one per-frame step (section III).
+
+::
+
+    CQT window [B, 84, 87] --KHP--> keypoints [B, 67, 2] --DLT--> heatmap [B, C, h, w]
+                           --CVG--> coarse frame [B, 3, h/s, w/s] --(bilinear up)-->
+    [coarse, heatmap, keypoints, window] --STU--> frame [B, 3, H, W] in [-1, 1]
+
+One :class:`PerformerState` carries all recurrent state (``khp.lstm_h``, ``khp.lstm_c``,
+``cvg.lstm_h``, ``cvg.lstm_c``, ``cvg.prev_frame``, ``stu.gru_h``); :meth:`Performer.step`
+is pure, and :meth:`Performer.forward` is exactly a loop of it. The names of
+``state.to_dict()`` are the ONNX graph's ``state_in.*`` / ``state_out.*``.
+
+Noise: CVG's ``z`` is an explicit input (``[B, z_dim]`` per step, ``[B, T, z_dim]`` per
+sequence); ``None`` = zeros, the deterministic inference default.
+
+Checkpoints (:meth:`Performer.save` / :meth:`Performer.load`) are safetensors files: the
+parameters and buffers (float32), and as metadata the config JSON (with the AudioSpec
+and VideoSpec), the preset, the format version and a SHA-256 over metadata and tensors.
+No pickle anywhere. Loading refuses, with a :class:`CheckpointError` that says what and
+what to do: unreadable/truncated files, other formats or versions, edited metadata or
+tensors (digest), tensor names/shapes that do not fit the config, and -- when the caller
+passes them -- specs or a preset other than expected.
+
+Ablations (paper Tables I and II) are config fields: ``use_cvg`` (I a), ``use_khp``
+(I b), ``stu.use_gru/use_gcn/use_audio`` (I c-e), ``khp.avg_condition`` and
+``khp.dlt_loss`` (II); see ``models/presets.py`` for the named variants.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from letsplay.models.coarse import CoarseConfig, CoarseState, CoarseVideoGenerator
+from letsplay.models.keypoints import KeypointConfig, KeypointPredictor, KeypointState
+from letsplay.models.skeleton import INSTRUMENTS, heatmap_channels
+from letsplay.models.spec import AudioSpec, VideoSpec
+from letsplay.models.state import ConfigError, State, StateError, config_from_dict, config_to_dict
+from letsplay.models.stu import StructuredTemporalUNet, STUConfig, STUState
+
+log = logging.getLogger(__name__)
+
+FORMAT = "letsplay.performer"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A Performer checkpoint cannot be used: says which check failed and what to do."""
+
+
+@dataclass(frozen=True)
+class PerformerConfig:
+    audio: AudioSpec = field(default_factory=AudioSpec)  # the CQT front end the model reads
+    video: VideoSpec = field(default_factory=VideoSpec)  # output frame size and frame rate
+    instrument: str = "cello"  # whose mean pose ("avg condition") KHP starts from
+    preset: str = "custom"  # the preset it was built from ("tiny", "realtime", "paper", ...)
+    use_khp: bool = True  # keypoints + heatmap stage (Table I b: off)
+    use_cvg: bool = True  # coarse video stage (Table I a: off)
+    end_to_end: bool = False  # let STU losses flow back into KHP and CVG (else their outputs are detached)
+    khp: KeypointConfig = field(default_factory=KeypointConfig)
+    cvg: CoarseConfig = field(default_factory=CoarseConfig)
+    stu: STUConfig = field(default_factory=STUConfig)
+
+    def __post_init__(self) -> None:
+        if self.instrument not in INSTRUMENTS:
+            raise ValueError(f"unknown instrument {self.instrument!r}; known: {list(INSTRUMENTS)}")
+        if not (self.use_khp or self.use_cvg):
+            raise ValueError("PerformerConfig: the STU needs KHP or CVG (or both); "
+                             "use_khp and use_cvg cannot both be off")
+        s = self.stu.out_upsample
+        if self.video.height % s or self.video.width % s:
+            raise ValueError(f"video size {self.video.height}x{self.video.width} is not divisible "
+                             f"by stu.out_upsample={s}")
+        if self.stu.use_gcn and not self.use_khp:
+            raise ValueError("PerformerConfig: stu.use_gcn needs KHP's keypoints; "
+                             "set stu.use_gcn=False when use_khp=False")
+
+    @property
+    def work_size(self) -> tuple[int, int]:
+        """The STU's working (and heatmap) size: the video size / ``stu.out_upsample``."""
+        s = self.stu.out_upsample
+        return self.video.height // s, self.video.width // s
+
+    def to_dict(self) -> dict[str, Any]:
+        return config_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PerformerConfig:
+        return config_from_dict(cls, d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, s: str) -> PerformerConfig:
+        try:
+            d = json.loads(s)
+        except (json.JSONDecodeError, TypeError) as e:
+            raise ConfigError(f"PerformerConfig JSON is not valid JSON ({e})") from e
+        return cls.from_dict(d)
+
+
+@dataclass(frozen=True)
+class PerformerState(State):
+    khp: KeypointState | None  # None without KHP
+    cvg: CoarseState | None  # None without CVG
+    stu: STUState
+
+
+class PerformerOutput(NamedTuple):
+    frame: Tensor  # [B, 3, H, W] final frame in [-1, 1]          (sequence: [B, T, ...])
+    coarse: Tensor | None  # [B, 3, h, w] CVG frame at its own size, [-1, 1]
+    keypoints: Tensor | None  # [B, 67, 2] normalised (x, y)
+    heatmap: Tensor | None  # [B, C, h, w] DLT heatmap at the working size
+
+
+def _stack(outs: list[PerformerOutput]) -> PerformerOutput:
+    cols = zip(*outs, strict=True)
+    return PerformerOutput(*(None if c[0] is None else torch.stack(c, dim=1) for c in cols))
+
+
+class Performer(nn.Module):
+    """KHP + CVG + STU as one streaming step. Build with a :class:`PerformerConfig`
+    (usually from ``letsplay.models.presets.preset(name)``)."""
+
+    def __init__(self, cfg: PerformerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        size = cfg.work_size
+        self.khp = (KeypointPredictor(cfg.khp, cfg.audio, size, cfg.instrument) if cfg.use_khp else None)
+        self.cvg = CoarseVideoGenerator(cfg.cvg, cfg.audio, size) if cfg.use_cvg else None
+        self.stu = StructuredTemporalUNet(
+            cfg.stu, cfg.audio, size, coarse=cfg.use_cvg,
+            heatmap_channels=heatmap_channels(cfg.khp.heatmap) if cfg.use_khp else 0,
+            keypoints=cfg.use_khp)
+
+    def stages(self) -> dict[str, nn.Module]:
+        """The stages present, by state prefix: ``{"khp": .., "cvg": .., "stu": ..}``."""
+        return {k: m for k, m in (("khp", self.khp), ("cvg", self.cvg), ("stu", self.stu)) if m is not None}
+
+    def init_state(self, batch: int = 1, device: torch.device | str | None = None) -> PerformerState:
+        return PerformerState(
+            khp=self.khp.init_state(batch, device) if self.khp is not None else None,
+            cvg=self.cvg.init_state(batch, device) if self.cvg is not None else None,
+            stu=self.stu.init_state(batch, device),
+        )
+
+    def state_from_dict(self, d: dict[str, Tensor]) -> PerformerState:
+        """Rebuild a state from its flat names (``"khp.lstm_h"``...), checking that the
+        names are exactly this model's and the shapes fit (any batch size)."""
+        want = self.init_state(1).to_dict()
+        missing, extra = sorted(set(want) - set(d)), sorted(set(d) - set(want))
+        if missing or extra:
+            raise StateError(f"state names do not fit this model: missing {missing}, unexpected "
+                             f"{extra}; the state comes from a model with another configuration")
+        for k, v in want.items():
+            if tuple(d[k].shape[1:]) != tuple(v.shape[1:]):
+                raise StateError(f"state tensor {k!r} has shape {tuple(d[k].shape)}, this model "
+                                 f"needs [B, {', '.join(map(str, v.shape[1:]))}]")
+        return PerformerState.from_dict(d)
+
+    def step(self, window: Tensor, state: PerformerState, z: Tensor | None = None
+             ) -> tuple[PerformerOutput, PerformerState]:
+        """One video frame: window ``[B, n_bins, window_columns]``, z ``[B, z_dim]`` or None."""
+        B, Fq, T = window.shape
+        if (Fq, T) != (self.cfg.audio.n_bins, self.cfg.audio.window_columns):
+            raise ValueError(f"CQT window must be [B, {self.cfg.audio.n_bins}, "
+                             f"{self.cfg.audio.window_columns}], got {tuple(window.shape)}")
+        kp = hm = coarse = coarse_up = None
+        khp_state = cvg_state = None
+        if self.khp is not None:
+            out, khp_state = self.khp.step(window, state.khp)
+            kp, hm = out.keypoints, out.heatmap
+        if self.cvg is not None:
+            coarse, cvg_state = self.cvg.step(window, state.cvg, z)
+            coarse_up = coarse
+            if coarse.shape[-2:] != self.cfg.work_size:
+                coarse_up = F.interpolate(coarse, size=self.cfg.work_size, mode="bilinear", align_corners=False)
+        stu_kp, stu_hm, stu_coarse = kp, hm, coarse_up
+        if not self.cfg.end_to_end:
+            stu_kp, stu_hm, stu_coarse = (None if t is None else t.detach() for t in (kp, hm, coarse_up))
+        frame, stu_state = self.stu.step(stu_coarse, stu_hm, stu_kp, window, state.stu)
+        return (PerformerOutput(frame, coarse, kp, hm),
+                PerformerState(khp=khp_state, cvg=cvg_state, stu=stu_state))
+
+    def forward(self, windows: Tensor, state: PerformerState | None = None, z: Tensor | None = None
+                ) -> tuple[PerformerOutput, PerformerState]:
+        """A sequence: windows ``[B, T, n_bins, window_columns]``, z ``[B, T, z_dim]`` or None
+        -> outputs stacked on dim 1, and the final state. Exactly a loop of :meth:`step`."""
+        B, T = windows.shape[:2]
+        if T == 0:
+            raise ValueError("a sequence needs at least one frame (T >= 1)")
+        state = self.init_state(B, windows.device) if state is None else state
+        outs = []
+        for t in range(T):
+            o, state = self.step(windows[:, t], state, None if z is None else z[:, t])
+            outs.append(o)
+        return _stack(outs), state
+
+    # ----------------------------------------------------------------------- checkpoints
+
+    def save(self, path: str | Path) -> None:
+        """Write a safetensors checkpoint: tensors + config/spec metadata + digest."""
+        from safetensors.torch import save_file
+
+        tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in self.state_dict().items()}
+        meta = _metadata(self.cfg)
+        meta["sha256"] = _digest(meta, tensors)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(path), metadata=meta)
+        log.info("saved %s performer (%d tensors) to %s", self.cfg.preset, len(tensors), path)
+
+    @classmethod
+    def load(cls, path: str | Path, *, audio: AudioSpec | None = None, video: VideoSpec | None = None,
+             preset: str | None = None, device: torch.device | str = "cpu") -> Performer:
+        """Read a checkpoint written by :meth:`save`. ``audio`` / ``video`` / ``preset``,
+        when given, must equal the stored ones (the engine passes the specs it runs with)."""
+        cfg, tensors = read_checkpoint(path)
+        for what, want, have in (("AudioSpec", audio, cfg.audio), ("VideoSpec", video, cfg.video)):
+            if want is not None and want != have:
+                raise CheckpointError(
+                    f"{path}: the checkpoint was trained with {what} {have.to_json()}, but "
+                    f"{want.to_json()} was expected; run with the checkpoint's spec or use a "
+                    f"checkpoint trained for this one")
+        if preset is not None and preset != cfg.preset:
+            raise CheckpointError(f"{path}: the checkpoint is preset {cfg.preset!r}, expected "
+                                  f"{preset!r}; pass the matching --preset or another checkpoint")
+        model = cls(cfg)
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        got = {k: tuple(v.shape) for k, v in tensors.items()}
+        missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
+        bad = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
+        if missing or extra or bad:
+            detail = "; ".join(filter(None, [
+                f"missing {missing[:5]}" if missing else "",
+                f"unexpected {extra[:5]}" if extra else "",
+                ", ".join(f"{k} is {got[k]} but the config needs {expected[k]}" for k in bad[:5]),
+            ]))
+            raise CheckpointError(f"{path}: tensors do not fit the stored config ({detail}); the "
+                                  f"file was edited or written by another letsplay version -- re-export it")
+        model.load_state_dict(tensors, strict=True)
+        return model.to(device)
+
+
+def _metadata(cfg: PerformerConfig) -> dict[str, str]:
+    return {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "preset": cfg.preset,
+        "instrument": cfg.instrument,
+        "audio_spec": cfg.audio.to_json(),
+        "video_spec": cfg.video.to_json(),
+        "config": cfg.to_json(),
+    }
+
+
+def _digest(meta: dict[str, str], tensors: dict[str, Tensor]) -> str:
+    """SHA-256 over the metadata (without the digest) and every tensor's name, dtype,
+    shape and bytes: any edit to a saved file changes it."""
+    h = hashlib.sha256()
+    h.update(json.dumps({k: v for k, v in meta.items() if k != "sha256"}, sort_keys=True).encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"\n{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def read_checkpoint(path: str | Path) -> tuple[PerformerConfig, dict[str, Tensor]]:
+    """The config and tensors of a checkpoint, after the format, metadata and digest checks."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(str(p))
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types for a damaged file
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e}); it is truncated, "
+                              f"damaged or another format -- copy or re-save it") from e
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a letsplay Performer checkpoint (format "
+                              f"{meta.get('format')!r}); save one with Performer.save")
+    if meta.get("format_version") != str(FORMAT_VERSION):
+        raise CheckpointError(f"{path}: checkpoint format version {meta.get('format_version')!r}, "
+                              f"this letsplay reads version {FORMAT_VERSION}; use a matching letsplay")
+    if "sha256" not in meta or _digest(meta, tensors) != meta["sha256"]:
+        raise CheckpointError(f"{path}: the file's contents do not match its SHA-256 digest -- it "
+                              f"was modified after saving (metadata or tensors edited, or damaged); "
+                              f"use the original file or re-save the model")
+    try:
+        cfg = PerformerConfig.from_json(meta["config"])
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{path}: stored config cannot be read ({e}); re-save the model") from e
+    if (meta.get("audio_spec") != cfg.audio.to_json() or meta.get("video_spec") != cfg.video.to_json()
+            or meta.get("preset") != cfg.preset):
+        raise CheckpointError(f"{path}: metadata specs/preset disagree with the stored config; "
+                              f"re-save the model")
+    return cfg, tensors
+
+
+# --------------------------------------------------------------------------- cost
+
+
+@dataclass(frozen=True)
+class StageCost:
+    name: str  # "khp", "cvg", "stu" or "total"
+    params: int  # parameters
+    flops: int  # FLOPs for one frame at batch 1 (FlopCounterMode: convs, matmuls, ...)
+
+
+def stage_costs(model: Performer) -> list[StageCost]:
+    """Parameters and per-frame FLOPs of each stage (batch 1), and the total.
+
+    FLOPs are ``torch.utils.flop_counter.FlopCounterMode``'s count (2 per multiply-add
+    of convolutions and matrix products; elementwise ops, interpolation and
+    ``grid_sample`` are not counted).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cfg = model.cfg
+    dev = next(model.parameters()).device
+    window = torch.rand(1, cfg.audio.n_bins, cfg.audio.window_columns, device=dev)
+    state = model.init_state(1, dev)
+    costs = []
+    with torch.no_grad():
+        kp = hm = coarse = None
+
+        def count(fn: Any) -> tuple[Any, int]:
+            with FlopCounterMode(display=False) as fc:
+                r = fn()
+            return r, fc.get_total_flops()
+
+        if model.khp is not None:
+            (o, _), fl = count(lambda: model.khp.step(window, state.khp))
+            kp, hm = o.keypoints, o.heatmap
+            costs.append(StageCost("khp", _params(model.khp), fl))
+        if model.cvg is not None:
+            (c, _), fl = count(lambda: model.cvg.step(window, state.cvg))
+            coarse = F.interpolate(c, size=cfg.work_size, mode="bilinear", align_corners=False)
+            costs.append(StageCost("cvg", _params(model.cvg), fl))
+        _, fl = count(lambda: model.stu.step(coarse, hm, kp, window, state.stu))
+        costs.append(StageCost("stu", _params(model.stu), fl))
+    costs.append(StageCost("total", sum(c.params for c in costs), sum(c.flops for c in costs)))
+    return costs
+
+
+def _params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+@dataclass(frozen=True)
+class StepTiming:
+    frames: int  # frames timed (after warm-up)
+    batch: int  # streams stepped together
+    mean_ms: float  # mean wall time of one step
+    median_ms: float  # median wall time of one step (robust to other load on the machine)
+    p95_ms: float  # 95th percentile
+
+    @property
+    def fps(self) -> float:
+        """Frames per second from the median step time (all ``batch`` streams counted)."""
+        return 1000.0 * self.batch / self.median_ms
+
+
+def measure_step(model: Performer, frames: int = 60, warmup: int = 10, batch: int = 1) -> StepTiming:
+    """Time :meth:`Performer.step` on the model's device (torch eager, inference mode,
+    state carried, batch ``batch``) for ``frames`` frames after ``warmup`` frames."""
+    cfg = model.cfg
+    dev = next(model.parameters()).device
+    window = torch.rand(batch, cfg.audio.n_bins, cfg.audio.window_columns, device=dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    times = []
+    with torch.inference_mode():
+        state = model.init_state(batch, dev)
+        for _ in range(warmup):
+            _, state = model.step(window, state)
+        for _ in range(frames):
+            sync()
+            t0 = time.perf_counter()
+            _, state = model.step(window, state)
+            sync()
+            times.append(1000.0 * (time.perf_counter() - t0))
+    ts = sorted(times)
+    return StepTiming(frames=frames, batch=batch, mean_ms=sum(ts) / len(ts), median_ms=ts[len(ts) // 2],
+                      p95_ms=ts[min(len(ts) - 1, int(0.95 * len(ts)))])

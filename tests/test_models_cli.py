@@ -1,0 +1,55 @@
+"""`letsplay model info|init` (driven through ui.cmd_model's own parser)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from letsplay.models.performer import Performer, stage_costs
+from letsplay.models.presets import ABLATIONS, PRESETS, preset
+from letsplay.models.skeleton import INSTRUMENTS
+from letsplay.ui import cmd_model
+
+
+def _run(argv: list[str]) -> int:
+    (name, _help, add, run), = cmd_model.COMMANDS
+    p = argparse.ArgumentParser(prog=f"letsplay {name}")
+    add(p)
+    return run(p.parse_args(argv))
+
+
+def test_cli_choices_match_the_library() -> None:
+    assert cmd_model.PRESET_NAMES == PRESETS
+    assert cmd_model.ABLATION_NAMES == tuple(ABLATIONS)
+    assert cmd_model.INSTRUMENT_NAMES == INSTRUMENTS
+
+
+def test_info_text_and_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run(["info", "--preset", "tiny", "--measure", "--frames", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "GFLOP/frame" in out and "total" in out and "fps" in out
+    assert _run(["info", "--preset", "tiny", "--ablation", "no_gru", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["preset"] == "tiny+no_gru" and [s["name"] for s in info["stages"]] == ["khp", "cvg", "stu", "total"]
+    assert info["stages"][-1]["params"] == sum(s["params"] for s in info["stages"][:-1])
+    assert info["fps"] is None
+
+
+def test_init_then_info(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "m.safetensors"
+    assert _run(["init", "--preset", "tiny", "--instrument", "trombone", str(out)]) == 0
+    assert Performer.load(out, preset="tiny").cfg.instrument == "trombone"
+    capsys.readouterr()
+    assert _run(["info", "--checkpoint", str(out)]) == 0
+    assert "preset tiny (trombone)" in capsys.readouterr().out
+
+
+def test_realtime_preset_fits_its_budget() -> None:
+    """The real-time preset: 256x256 video within ~4 GFLOP per frame (see models/presets.py)."""
+    cfg = preset("realtime")
+    assert (cfg.video.height, cfg.video.width) == (256, 256)
+    total = stage_costs(Performer(cfg))[-1]
+    assert total.name == "total" and 1e9 < total.flops < 4e9

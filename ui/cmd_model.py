@@ -1,0 +1,112 @@
+"""`letsplay model info|init`: inspect Performer presets and checkpoints, write fresh ones."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+PRESET_NAMES = ("tiny", "realtime", "paper")  # models.presets.PRESETS, without importing torch here
+ABLATION_NAMES = ("no_cvg", "no_khp", "no_stu", "no_gcn", "no_gru", "kp_no_avg", "kp_no_dlt")
+INSTRUMENT_NAMES = ("cello", "trombone")
+
+
+def _add_model_source(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", choices=PRESET_NAMES, default="realtime", help="preset (default: realtime)")
+    p.add_argument("--instrument", choices=INSTRUMENT_NAMES, default="cello")
+    p.add_argument("--ablation", choices=ABLATION_NAMES, help="a paper ablation variant (Tables I/II)")
+
+
+def _add_model(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="model_action", metavar="ACTION", required=True)
+    info = sub.add_parser("info", help="parameters and GFLOPs per frame of each stage",
+                          description="Parameters and GFLOPs per frame of each Performer stage "
+                                      "(batch 1), optionally the measured torch fps on this machine.")
+    _add_model_source(info)
+    info.add_argument("--checkpoint", help="a saved Performer (.safetensors) instead of a preset")
+    info.add_argument("--measure", action="store_true", help="time the torch per-frame step (batch 1)")
+    info.add_argument("--frames", type=int, default=60, help="frames to time with --measure (default 60)")
+    info.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    info.add_argument("--device", default="cpu", help="torch device for --measure (cpu, cuda)")
+    info.add_argument("--json", action="store_true", help="machine-readable output")
+    info.set_defaults(_model_run=_run_info)
+    init = sub.add_parser("init", help="write a randomly initialised checkpoint of a preset",
+                          description="Write an untrained Performer checkpoint (for export and "
+                                      "engine tests, or as a training start).")
+    _add_model_source(init)
+    init.add_argument("out", help="output .safetensors path")
+    init.add_argument("--seed", type=int, default=0, help="initialisation seed (default 0)")
+    init.set_defaults(_model_run=_run_init)
+
+
+def _run_model(args: argparse.Namespace) -> int:
+    return int(args._model_run(args))
+
+
+def _build(args: argparse.Namespace) -> Any:
+    from letsplay.models.performer import Performer
+    from letsplay.models.presets import ablate, preset
+
+    if getattr(args, "checkpoint", None):
+        return Performer.load(args.checkpoint)
+    cfg = preset(args.preset, instrument=args.instrument)
+    if args.ablation:
+        cfg = ablate(cfg, args.ablation)
+    return Performer(cfg)
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    import torch
+
+    from letsplay.models.performer import measure_step, stage_costs
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.frames < 1:
+        raise ValueError(f"--frames must be >= 1, got {args.frames}")
+    model = _build(args).eval()
+    cfg = model.cfg
+    costs = stage_costs(model)
+    timing = None
+    if args.measure:
+        model = model.to(args.device)
+        timing = measure_step(model, frames=args.frames, warmup=min(10, args.frames))
+    if args.json:
+        print(json.dumps({
+            "preset": cfg.preset, "instrument": cfg.instrument,
+            "video": cfg.video.to_dict(), "work_size": list(cfg.work_size),
+            "stages": [{"name": c.name, "params": c.params, "gflops": c.flops / 1e9} for c in costs],
+            "fps": timing.fps if timing else None,
+            "step_ms": {"median": timing.median_ms, "mean": timing.mean_ms, "p95": timing.p95_ms} if timing else None,
+            "device": args.device if timing else None,
+            "threads": torch.get_num_threads(),
+        }, indent=2))
+        return 0
+    v = cfg.video
+    print(f"preset {cfg.preset} ({cfg.instrument}): video {v.width}x{v.height} @ {v.fps:g} fps, "
+          f"STU at {cfg.work_size[1]}x{cfg.work_size[0]}, heatmap '{cfg.khp.heatmap}'")
+    print(f"{'stage':8s} {'params':>10s} {'GFLOP/frame':>12s}")
+    for c in costs:
+        print(f"{c.name:8s} {c.params / 1e6:9.3f}M {c.flops / 1e9:12.3f}")
+    if timing is not None:
+        print(f"torch {args.device} step, batch 1, {torch.get_num_threads()} threads, {timing.frames} frames: "
+              f"{timing.fps:.1f} fps (median {timing.median_ms:.1f} ms, mean {timing.mean_ms:.1f} ms, "
+              f"p95 {timing.p95_ms:.1f} ms per frame)")
+    return 0
+
+
+def _run_init(args: argparse.Namespace) -> int:
+    import torch
+
+    torch.manual_seed(args.seed)
+    model = _build(args)
+    model.save(args.out)
+    n = sum(p.numel() for p in model.parameters())
+    print(f"wrote untrained {model.cfg.preset} performer ({n / 1e6:.2f}M parameters) to {args.out}")
+    return 0
+
+
+COMMANDS = [
+    ("model", "inspect Performer presets/checkpoints (info) or write an untrained one (init)",
+     _add_model, _run_model),
+]
