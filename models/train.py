@@ -1,0 +1,679 @@
+"""Stage-wise training of the Performer (paper section III and IV-A).
+
+Stages, in the paper's order (``--stage all`` runs them one after another, splitting the
+step budget by :attr:`TrainConfig.stage_fractions`):
+
+* ``kp``  -- KHP alone: Eq. 2 (L2 on coordinates) + Eq. 3 (L1 on DLT heatmaps);
+* ``cvg`` -- CVG alone: Eq. 4 (L1) on *rolled-out* sequences: every step feeds back the
+  frame CVG generated itself (as in streaming), starting from grey, with noise ``z``;
+* ``stu`` -- STU with KHP and CVG frozen: L1 + perceptual (Eq. 7) + adversarial (Eq. 5)
+  against the audio-video discriminator, which trains with Eq. 6 (with mismatched audio);
+* ``e2e`` -- optional end-to-end fine-tuning: all stages, all losses, STU gradients
+  flowing back into KHP and CVG (``PerformerConfig.end_to_end``).
+
+Adam, learning rate 1e-3 decaying exponentially to 1.25e-4 over each stage (IV-A: "from
+0.001 gradually decreasing to 0.000125"); Kaiming init is done by the modules.
+
+Checkpoints (every ``ckpt_every`` steps and at the end), written atomically: a folder
+``OUT/checkpoints/step-NNNNNNN/`` is filled under a temporary name and renamed into place,
+holding
+
+* ``performer.safetensors`` -- :meth:`Performer.save` (usable by everything that loads a
+  Performer), also copied (temp + rename) to ``OUT/performer.safetensors``;
+* ``train_state.safetensors`` -- the optimizer state tensors flattened
+  (``opt.<name>.<param index>.<key>``), the discriminator (``disc.*``), the RNG states
+  (``rng.torch``, ``rng.noise``, ``rng.cuda.<i>`` byte tensors) and, as JSON metadata
+  (``train_state``), the step, the TrainConfig, the stage schedule, the optimizers'
+  param groups, the numpy / python RNG states, the data epoch and position, the
+  GradScaler state and the SHA-256 of the performer file it belongs with.
+
+``resume=True`` continues from the newest complete checkpoint exactly: the same batches,
+noise and updates, so the loss sequence equals an uninterrupted run's (tested on CPU).
+
+Devices: CPU; CUDA with mixed precision (``torch.autocast`` fp16 + ``GradScaler``); several
+GPUs under ``torchrun`` (``WORLD_SIZE > 1``): every rank draws its share of each epoch from
+a ``DistributedSampler`` and gradients are averaged with ``all_reduce`` before each update
+(explicit, because the stages are trained one at a time through the Performer's step);
+only rank 0 writes checkpoints and logs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from letsplay.models import losses
+from letsplay.models.discriminator import AudioVideoDiscriminator, DiscriminatorConfig, d_loss, frozen, g_adv_loss
+from letsplay.models.discriminator import mismatched as mismatched_audio
+from letsplay.models.performer import Performer, PerformerConfig
+
+log = logging.getLogger(__name__)
+
+STAGES = ("kp", "cvg", "stu")
+STAGE_CHOICES = ("kp", "cvg", "stu", "all", "e2e")
+STATE_FORMAT = "letsplay.train_state"
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    stage: str = "all"  # kp | cvg | stu | all (kp, cvg, stu in turn) | e2e (fine-tune all together)
+    steps: int = 1000  # optimizer steps in total (for "all": split by stage_fractions)
+    stage_fractions: tuple[float, float, float] = (0.2, 0.3, 0.5)  # kp, cvg, stu shares of "all"
+    batch: int = 4  # sequences per step (per rank)
+    seq_len: int = 8  # frames per sequence (rolled out step by step, state carried)
+    lr: float = 1e-3  # Adam start learning rate (paper IV-A)
+    lr_final: float = 1.25e-4  # learning rate at the end of each stage (paper IV-A)
+    betas: tuple[float, float] = (0.5, 0.999)  # Adam betas (GAN-style beta1 for all stages)
+    l1_weight: float = 10.0  # STU pixel L1 weight
+    perc_weight: float = 2.0  # STU perceptual (Eq. 7) weight
+    adv_weight: float = 0.05  # STU adversarial (Eq. 5) weight
+    kp_weight: float = 1.0  # e2e: KHP loss weight
+    coarse_weight: float = 1.0  # e2e: CVG loss weight
+    perc_size: int = 128  # perceptual loss at most this frame side (frames are area-downsampled)
+    perc_width_div: int = 4  # VGG-19 width divisor of the perceptual loss (1 = full VGG-19)
+    vgg_weights: str | None = None  # local ImageNet VGG-19 weights for the perceptual loss (else random)
+    disc: DiscriminatorConfig = field(default_factory=lambda: DiscriminatorConfig(
+        base_channels=16, max_channels=128, layers=5, audio_channels=32, audio_layers=3,
+        audio_features=64, hidden=64))
+    grad_clip: float = 5.0  # gradient norm clip per optimizer (0 = off)
+    seed: int = 0  # init, data order, noise
+    ckpt_every: int = 200  # steps between checkpoints
+    keep_checkpoints: int = 2  # newest checkpoint folders kept
+    log_every: int = 10  # steps between metric log lines
+    workers: int = 0  # DataLoader worker processes
+    amp: bool = True  # mixed precision on CUDA (ignored on CPU)
+    max_clips: int | None = None  # use at most this many training clips (smoke runs)
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGE_CHOICES:
+            raise ValueError(f"unknown stage {self.stage!r}; choose one of {list(STAGE_CHOICES)}")
+        if self.steps < 1 or self.batch < 1 or self.seq_len < 1:
+            raise ValueError(f"steps, batch and seq_len must be >= 1 (got {self.steps}, {self.batch}, "
+                             f"{self.seq_len})")
+        if self.ckpt_every < 1 or self.log_every < 1:
+            raise ValueError("ckpt_every and log_every must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        d = dict(d)
+        d["disc"] = DiscriminatorConfig(**d["disc"])
+        d["stage_fractions"] = tuple(d["stage_fractions"])
+        d["betas"] = tuple(d["betas"])
+        return cls(**d)
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+def schedule(cfg: TrainConfig) -> list[tuple[str, int, int]]:
+    """The stages to run as ``(stage, first step, end step)`` over ``cfg.steps``."""
+    if cfg.stage != "all":
+        return [(cfg.stage, 0, cfg.steps)]
+    fr = np.asarray(cfg.stage_fractions, dtype=np.float64)
+    bounds = np.round(np.cumsum(fr / fr.sum()) * cfg.steps).astype(int)
+    out, start = [], 0
+    for name, end in zip(STAGES, bounds, strict=True):
+        if end > start:
+            out.append((name, start, int(end)))
+        start = int(end)
+    return out
+
+
+def lr_at(cfg: TrainConfig, step: int, start: int, end: int) -> float:
+    """Exponential decay from ``cfg.lr`` to ``cfg.lr_final`` over the stage ``[start, end)``."""
+    span = max(1, end - start - 1)
+    p = min(1.0, max(0.0, (step - start) / span))
+    return cfg.lr * (cfg.lr_final / cfg.lr) ** p
+
+
+# --------------------------------------------------------------------------- distributed
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str | None) -> tuple[Dist, torch.device]:
+    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; one process otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        import torch.distributed as dist
+
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if cuda else "gloo")
+        d = Dist(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local)
+        if cuda:
+            torch.cuda.set_device(local)
+            return d, torch.device("cuda", local)
+        return d, torch.device("cpu")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return Dist(), torch.device(device)
+
+
+def _sync_grads(params: list[nn.Parameter], d: Dist) -> None:
+    """Average gradients over ranks (no-op for one process)."""
+    if d.world == 1:
+        return
+    import torch.distributed as dist
+
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= d.world
+    i = 0
+    for g in grads:
+        g.copy_(flat[i:i + g.numel()].view_as(g))
+        i += g.numel()
+
+
+# --------------------------------------------------------------------------- data
+
+
+class _ResumableSampler(torch.utils.data.Sampler):
+    """A ``DistributedSampler``'s indices for one epoch, starting ``skip`` items in."""
+
+    def __init__(self, indices: list[int], skip: int) -> None:
+        self.indices = indices[skip:]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k in items[0]:
+        vals = [it[k] for it in items]
+        out[k] = torch.stack(vals) if isinstance(vals[0], Tensor) else vals
+    return out
+
+
+class Batches:
+    """Deterministic batches: epoch ``e`` is a seeded permutation (``DistributedSampler``,
+    rank's share); the position inside the epoch is part of the training state."""
+
+    def __init__(self, dataset: Any, batch: int, seed: int, d: Dist, workers: int = 0,
+                 epoch: int = 0, position: int = 0) -> None:
+        from torch.utils.data import DistributedSampler
+
+        self.ds, self.batch, self.workers = dataset, batch, workers
+        self.sampler = DistributedSampler(dataset, num_replicas=d.world, rank=d.rank, shuffle=True,
+                                          seed=seed, drop_last=True)
+        self.per_epoch = len(self.sampler) // batch
+        if self.per_epoch < 1:
+            raise ValueError(f"the training set has {len(dataset)} sequences per rank, fewer than one batch "
+                             f"of {batch}; use a smaller --batch / --seq-len or more data")
+        self.epoch, self.position = epoch, position
+        self._it: Iterator[dict[str, Any]] | None = None
+
+    def _start(self) -> None:
+        from torch.utils.data import DataLoader
+
+        self.sampler.set_epoch(self.epoch)
+        if hasattr(self.ds, "set_epoch"):
+            self.ds.set_epoch(self.epoch)
+        idx = list(iter(self.sampler))[: self.per_epoch * self.batch]
+        sampler = _ResumableSampler(idx, self.position * self.batch)
+        loader = DataLoader(self.ds, batch_size=self.batch, sampler=sampler, num_workers=self.workers,
+                            collate_fn=_collate, drop_last=True)
+        self._it = iter(loader)
+
+    def next(self) -> dict[str, Any]:
+        if self.position >= self.per_epoch:
+            self.epoch, self.position, self._it = self.epoch + 1, 0, None
+        if self._it is None:
+            self._start()
+        assert self._it is not None
+        b = next(self._it)
+        self.position += 1
+        return b
+
+
+def training_mean_pose(clips: list[Any]) -> np.ndarray | None:
+    """Confidence-weighted mean keypoints of the training clips (the paper's avg condition)."""
+    num, den = 0.0, 0.0
+    for c in clips:
+        kp, conf = c.keypoints()
+        w = (conf > 0).astype(np.float64)[..., None]
+        num = num + (kp * w).sum(0)
+        den = den + w.sum(0)
+    if isinstance(den, float) or (den == 0).any():
+        return None
+    return (num / den).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- state I/O
+
+
+def _rng_json() -> dict[str, Any]:
+    npst = np.random.get_state()
+    py = random.getstate()
+    return {"numpy": [npst[0], npst[1].tolist(), int(npst[2]), int(npst[3]), float(npst[4])],
+            "python": [py[0], list(py[1]), py[2]]}
+
+
+def _set_rng_json(d: dict[str, Any]) -> None:
+    n = d["numpy"]
+    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+    p = d["python"]
+    random.setstate((p[0], tuple(p[1]), p[2]))
+
+
+def _flatten_optim(name: str, opt: torch.optim.Optimizer, tensors: dict[str, Tensor]) -> dict[str, Any]:
+    sd = opt.state_dict()
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            t = v if isinstance(v, Tensor) else torch.tensor(v)
+            tensors[f"opt.{name}.{idx}.{k}"] = t.detach().to("cpu").contiguous().clone()
+    return {"param_groups": sd["param_groups"]}
+
+
+def _unflatten_optim(name: str, opt: torch.optim.Optimizer, meta: dict[str, Any],
+                     tensors: dict[str, Tensor], device: torch.device) -> None:
+    state: dict[int, dict[str, Tensor]] = {}
+    prefix = f"opt.{name}."
+    for k, v in tensors.items():
+        if k.startswith(prefix):
+            idx, key = k[len(prefix):].split(".", 1)
+            state.setdefault(int(idx), {})[key] = v if key == "step" else v.to(device)
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def _file_sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    """The newest complete ``OUT/checkpoints/step-*`` folder, or None."""
+    root = Path(out) / "checkpoints"
+    if not root.is_dir():
+        return None
+    done = sorted(p for p in root.glob("step-*") if p.is_dir() and (p / "train_state.safetensors").is_file()
+                  and not p.name.endswith(".tmp"))
+    return done[-1] if done else None
+
+
+# --------------------------------------------------------------------------- the trainer
+
+
+@dataclass
+class TrainResult:
+    step: int  # steps done
+    wall_s: float  # seconds of this run (not counting an earlier interrupted one)
+    steps_per_s: float  # this run's rate
+    history: list[dict[str, float]]  # per-step losses of this run: {"step": .., "<loss>": ..}
+    performer_path: Path  # OUT/performer.safetensors
+
+
+class Trainer:
+    """Trains a Performer on a dataset folder; see the module docstring."""
+
+    def __init__(self, model_cfg: PerformerConfig, cfg: TrainConfig, data: str | Path, out: str | Path,
+                 device: str | None = None, init_from: str | Path | None = None, progress: bool = True) -> None:
+        from letsplay.models.data.torch_dataset import PerformanceDataset, open_sources
+
+        self.cfg, self.out, self.progress = cfg, Path(out), progress
+        self.dist, self.device = init_distributed(device)
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        random.seed(cfg.seed)
+        clips = [c for c in open_sources(data, split="train") if c.instrument == model_cfg.instrument]
+        if not clips:
+            raise ValueError(f"{data}: no training clips of instrument {model_cfg.instrument!r}; make a dataset "
+                             f"with 'letsplay data synth --instrument {model_cfg.instrument}'")
+        if cfg.max_clips:
+            clips = clips[: cfg.max_clips]
+        self.dataset = PerformanceDataset(clips, cfg.seq_len, model_cfg.audio, model_cfg.video,
+                                          cache_dir=Path(data) / ".cache", seed=cfg.seed, random_offset=True)
+        if init_from is not None:
+            self.model = Performer.load(init_from)
+            if self.model.cfg.instrument != model_cfg.instrument:
+                raise ValueError(f"--init checkpoint is for {self.model.cfg.instrument}, not {model_cfg.instrument}")
+        else:
+            self.model = Performer(model_cfg)
+            pose = training_mean_pose(clips) if self.model.khp is not None else None
+            if pose is not None:
+                self.model.khp.set_mean_pose(pose)
+        self.model.to(self.device)
+        self.disc = AudioVideoDiscriminator(cfg.disc, self.model.cfg.audio).to(self.device)
+        self.perc = losses.PerceptualLoss(cfg.vgg_weights, width_div=cfg.perc_width_div).to(self.device)
+        self.perc.requires_grad_(False)
+        self.noise = torch.Generator().manual_seed(cfg.seed + 1)
+        self.plan = schedule(cfg)
+        self.opts = self._make_optimizers()
+        self.use_amp = cfg.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.step = 0
+        self.batches = Batches(self.dataset, cfg.batch, cfg.seed, self.dist, cfg.workers)
+        self._writer: Any = None
+
+    # ---- optimizers: one per trained part, so a stage's Adam moments are its own
+    def _gen_params(self, stage: str) -> list[nn.Parameter]:
+        m = self.model
+        if stage == "e2e":
+            return [p for p in m.parameters()]
+        mod = {"kp": m.khp, "cvg": m.cvg, "stu": m.stu}[stage]
+        return [] if mod is None else list(mod.parameters())
+
+    def _make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        opts = {}
+        for stage, _, _ in self.plan:
+            params = self._gen_params(stage)
+            if not params:
+                continue
+            opts[stage] = torch.optim.Adam(params, lr=self.cfg.lr, betas=self.cfg.betas)
+            if stage in ("stu", "e2e") and "disc" not in opts:
+                opts["disc"] = torch.optim.Adam(self.disc.parameters(), lr=self.cfg.lr, betas=self.cfg.betas)
+        return opts
+
+    # ---- checkpoints
+    def save_checkpoint(self) -> Path | None:
+        if not self.dist.main:
+            return None
+        from safetensors.torch import save_file
+
+        root = self.out / "checkpoints"
+        final = root / f"step-{self.step:07d}"
+        tmp = root / f"step-{self.step:07d}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        self.model.save(tmp / "performer.safetensors")
+        tensors: dict[str, Tensor] = {"rng.torch": torch.get_rng_state(), "rng.noise": self.noise.get_state()}
+        if torch.cuda.is_available():
+            for i, s in enumerate(torch.cuda.get_rng_state_all()):
+                tensors[f"rng.cuda.{i}"] = s
+        for k, v in self.disc.state_dict().items():
+            tensors[f"disc.{k}"] = v.detach().to("cpu").contiguous().clone()
+        opt_meta = {name: _flatten_optim(name, o, tensors) for name, o in self.opts.items()}
+        meta = {
+            "step": self.step, "train_config": self.cfg.to_dict(), "schedule": self.plan,
+            "model_config": self.model.cfg.to_dict(), "optimizers": opt_meta, "rng": _rng_json(),
+            "data": {"epoch": self.batches.epoch, "position": self.batches.position,
+                     "per_epoch": self.batches.per_epoch, "world": self.dist.world},
+            "scaler": self.scaler.state_dict() if self.use_amp else None,
+            "performer_sha256": _file_sha256(tmp / "performer.safetensors"),
+        }
+        save_file(tensors, str(tmp / "train_state.safetensors"),
+                  metadata={"format": STATE_FORMAT, "format_version": str(STATE_VERSION),
+                            "train_state": json.dumps(meta)})
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        latest = self.out / "performer.safetensors"
+        part = self.out / ".performer.safetensors.tmp"
+        shutil.copyfile(final / "performer.safetensors", part)
+        os.replace(part, latest)
+        done = sorted(p for p in root.glob("step-*") if not p.name.endswith(".tmp"))
+        for old in done[: max(0, len(done) - self.cfg.keep_checkpoints)]:
+            shutil.rmtree(old, ignore_errors=True)
+        log.info("checkpoint at step %d: %s", self.step, final)
+        return final
+
+    def load_checkpoint(self, folder: Path) -> None:
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        st = folder / "train_state.safetensors"
+        with safe_open(str(st), framework="pt") as f:
+            fmeta = f.metadata() or {}
+        if fmeta.get("format") != STATE_FORMAT:
+            raise ValueError(f"{st}: not a letsplay training state")
+        meta = json.loads(fmeta["train_state"])
+        pf = folder / "performer.safetensors"
+        if _file_sha256(pf) != meta["performer_sha256"]:
+            raise ValueError(f"{folder}: performer.safetensors does not belong to train_state.safetensors "
+                             f"(digest differs); delete the folder to resume from the one before")
+        if TrainConfig.from_dict(meta["train_config"]) != self.cfg:
+            old = TrainConfig.from_dict(meta["train_config"])
+            diff = [f.name for f in dataclasses.fields(self.cfg) if getattr(old, f.name) != getattr(self.cfg, f.name)]
+            raise ValueError(f"--resume with other training settings than the checkpoint's ({', '.join(diff)}); "
+                             f"use the same options, or a new --out")
+        if meta["data"]["world"] != self.dist.world:
+            raise ValueError(f"checkpoint was written by {meta['data']['world']} processes, now {self.dist.world}; "
+                             f"exact resume needs the same number")
+        model = Performer.load(pf, device=self.device)
+        if model.cfg != self.model.cfg:
+            raise ValueError(f"{pf}: the checkpoint's model config differs from the requested preset/instrument")
+        self.model.load_state_dict(model.state_dict())
+        tensors = load_file(str(st))
+        self.disc.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("disc.")})
+        for name, o in self.opts.items():
+            _unflatten_optim(name, o, meta["optimizers"][name], tensors, self.device)
+        torch.set_rng_state(tensors["rng.torch"])
+        self.noise.set_state(tensors["rng.noise"])
+        if torch.cuda.is_available():
+            cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+            if len(cuda) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(cuda)
+        _set_rng_json(meta["rng"])
+        if meta.get("scaler") and self.use_amp:
+            self.scaler.load_state_dict(meta["scaler"])
+        self.step = int(meta["step"])
+        self.batches = Batches(self.dataset, self.cfg.batch, self.cfg.seed, self.dist, self.cfg.workers,
+                               epoch=meta["data"]["epoch"], position=meta["data"]["position"])
+        log.info("resumed from %s (step %d)", folder, self.step)
+
+    # ---- one step of each stage
+    def _z(self, B: int, T: int) -> Tensor | None:
+        if self.model.cvg is None:
+            return None
+        return torch.randn(B, T, self.model.cfg.cvg.z_dim, generator=self.noise).to(self.device)
+
+    def _autocast(self) -> Any:
+        return torch.autocast("cuda", dtype=torch.float16, enabled=self.use_amp)
+
+    def _update(self, name: str, loss: Tensor, params: list[nn.Parameter]) -> None:
+        opt = self.opts[name]
+        opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        _sync_grads(params, self.dist)
+        if self.cfg.grad_clip > 0:
+            self.scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+        self.scaler.step(opt)
+
+    def _stu_losses(self, fake: Tensor, real: Tensor, windows: Tensor) -> dict[str, Tensor]:
+        cfg = self.cfg
+        out: dict[str, Tensor] = {"l1": losses.frame_l1(fake, real)}
+        fr, rr = fake.flatten(0, 1), real.flatten(0, 1)
+        if fr.shape[-1] > cfg.perc_size:
+            fr = F.interpolate(fr, size=(cfg.perc_size, cfg.perc_size), mode="area")
+            rr = F.interpolate(rr, size=(cfg.perc_size, cfg.perc_size), mode="area")
+        out["perc"] = self.perc(fr, rr) if cfg.perc_weight > 0 else fake.new_zeros(())
+        with frozen(self.disc):
+            out["adv"] = g_adv_loss(self.disc, fake.flatten(0, 1), windows.flatten(0, 1))
+        out["g"] = cfg.l1_weight * out["l1"] + cfg.perc_weight * out["perc"] + cfg.adv_weight * out["adv"]
+        return out
+
+    def _d_step(self, fake: Tensor, real: Tensor, windows: Tensor) -> dict[str, Tensor]:
+        w = windows.flatten(0, 1)
+        wrong = mismatched_audio(windows)
+        with self._autocast():
+            dl = d_loss(self.disc, real.flatten(0, 1), fake.detach().flatten(0, 1), w,
+                        None if wrong is None else wrong.flatten(0, 1))
+        self._update("disc", dl["d"], list(self.disc.parameters()))
+        return {"d": dl["d"]}
+
+    def train_step(self, stage: str, batch: dict[str, Any]) -> dict[str, float]:
+        m = self.model
+        windows = batch["cqt"].to(self.device)  # [B, T, F, W]
+        B, T = windows.shape[:2]
+        logs: dict[str, Tensor] = {}
+        if stage == "kp":
+            kp_real, conf = batch["keypoints"].to(self.device), batch["confidence"].to(self.device)
+            with self._autocast():
+                out, _ = m.khp(windows)
+                lk = m.khp.loss(out.keypoints.float(), kp_real, conf)
+            self._update("kp", lk["kp"], self._gen_params("kp"))
+            logs = lk
+        elif stage == "cvg":
+            real = batch["frames"].to(self.device)
+            z = self._z(B, T)
+            with self._autocast():
+                coarse, _ = m.cvg(windows, None, z)  # rolled out: its own frames fed back
+                lc = losses.frame_l1(coarse.float(), real)
+            self._update("cvg", lc, self._gen_params("cvg"))
+            logs = {"coarse": lc}
+        else:  # stu / e2e
+            real = batch["frames"].to(self.device)
+            z = self._z(B, T)
+            e2e = stage == "e2e"
+            saved = m.cfg
+            if e2e:
+                m.cfg = dataclasses.replace(m.cfg, end_to_end=True)
+            try:
+                with self._autocast():
+                    out, _ = m(windows, None, z)
+                    fake = out.frame.float()
+            finally:
+                m.cfg = saved
+            logs.update(self._d_step(fake, real, windows))
+            with self._autocast():
+                lg = self._stu_losses(fake, real, windows)
+                total = lg["g"]
+                if e2e:
+                    if m.khp is not None:
+                        lk = m.khp.loss(out.keypoints.float(), batch["keypoints"].to(self.device),
+                                        batch["confidence"].to(self.device))
+                        total = total + self.cfg.kp_weight * lk["kp"]
+                        lg["kp"] = lk["kp"]
+                    if m.cvg is not None:
+                        lg["coarse"] = losses.frame_l1(out.coarse.float(), real)
+                        total = total + self.cfg.coarse_weight * lg["coarse"]
+            self._update(stage, total, self._gen_params(stage))
+            logs.update(lg)
+        self.scaler.update()
+        return {k: float(v.detach()) for k, v in logs.items()}
+
+    # ---- the loop
+    def _stage_at(self, step: int) -> tuple[str, int, int]:
+        for s in self.plan:
+            if s[1] <= step < s[2]:
+                return s
+        return self.plan[-1]
+
+    def _log(self, rec: dict[str, Any]) -> None:
+        if not self.dist.main:
+            return
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        if self._writer is not None:
+            for k, v in rec.items():
+                if isinstance(v, float):
+                    self._writer.add_scalar(f"{rec['stage']}/{k}", v, rec["step"])
+
+    def _open_logs(self) -> None:
+        if not self.dist.main:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        path = self.out / "metrics.jsonl"
+        if path.is_file():  # drop lines past the checkpoint we resume from
+            keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= self.step]
+            path.write_text("".join(ln + "\n" for ln in keep))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.out / "tb"), purge_step=self.step)
+        except Exception:  # noqa: BLE001 - tensorboard not installed: JSONL only
+            self._writer = None
+
+    def run(self, resume: bool = False, stop_at: int | None = None) -> TrainResult:
+        """Train up to ``cfg.steps`` (or stop, with a checkpoint, at step ``stop_at``: a time
+        budget or a simulated interruption; ``resume`` later continues exactly)."""
+        if resume:
+            ck = latest_checkpoint(self.out)
+            if ck is None:
+                log.warning("--resume: no checkpoint in %s, starting fresh", self.out)
+            else:
+                self.load_checkpoint(ck)
+        self._open_logs()
+        if self.dist.main:
+            (self.out / "train_config.json").write_text(json.dumps(
+                {"train": self.cfg.to_dict(), "model": self.model.cfg.to_dict(), "schedule": self.plan}, indent=1))
+        from tqdm import tqdm
+
+        bar = tqdm(total=self.cfg.steps, initial=self.step, disable=not (self.progress and self.dist.main),
+                   desc="train", unit="step", dynamic_ncols=True)
+        history: list[dict[str, float]] = []
+        t0, first = time.perf_counter(), self.step
+        self.model.train()
+        try:
+            end = self.cfg.steps if stop_at is None else min(self.cfg.steps, stop_at)
+            while self.step < end:
+                stage, s0, s1 = self._stage_at(self.step)
+                if stage not in self.opts:  # an ablation without this stage (w/o KHP, w/o CVG)
+                    bar.update(min(s1, end) - self.step)
+                    self.step = min(s1, end)
+                    if self.step == end:
+                        self.save_checkpoint()
+                    continue
+                lr = lr_at(self.cfg, self.step, s0, s1)
+                for o in self.opts.values():
+                    for g in o.param_groups:
+                        g["lr"] = lr
+                rec = self.train_step(stage, self.batches.next())
+                if not all(math.isfinite(v) for v in rec.values()):
+                    raise FloatingPointError(f"step {self.step} ({stage}): non-finite loss {rec}; "
+                                             f"lower the learning rate or check the data")
+                self.step += 1
+                history.append({"step": self.step, **rec})
+                bar.update(1)
+                bar.set_postfix({"stage": stage, **{k: f"{v:.4f}" for k, v in rec.items()}}, refresh=False)
+                if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
+                    self._log({"step": self.step, "stage": stage, "lr": lr, "epoch": self.batches.epoch,
+                               "time": time.time(), **rec})
+                if self.step % self.cfg.ckpt_every == 0 or self.step == end:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+            if self._writer is not None:
+                self._writer.close()
+        wall = time.perf_counter() - t0
+        return TrainResult(self.step, wall, (self.step - first) / max(wall, 1e-9), history,
+                           self.out / "performer.safetensors")
+
+
+def train(model_cfg: PerformerConfig, cfg: TrainConfig, data: str | Path, out: str | Path, *,
+          resume: bool = False, device: str | None = None, init_from: str | Path | None = None,
+          progress: bool = True) -> TrainResult:
+    """Train (or resume training) a Performer; returns the run's summary."""
+    return Trainer(model_cfg, cfg, data, out, device=device, init_from=init_from, progress=progress).run(resume)
