@@ -1,0 +1,381 @@
+"""ONNX export: stateless graphs whose recurrent state is explicit I/O, and a manifest.
+
+``export_onnx(performer, out_dir)`` writes:
+
+* ``performer.onnx`` -- the fused per-frame step: ``window`` [B, 84, 87] and every
+  ``state_in.<name>`` in; ``frame``, ``keypoints``, ``coarse``, ``heatmap`` (those the
+  model has) and every ``state_out.<name>`` out. The engine feeds ``state_out`` back.
+* ``khp.onnx``, ``cvg.onnx``, ``stu.onnx`` -- each stage alone, same naming (a host can
+  run them on different devices, or swap one).
+* ``cqt_step.onnx`` -- the streaming CQT for a non-Python host: ``audio`` [B, hop]
+  and ``state_in.cqt.tail`` in; ``column`` [B, n_bins, 1] and ``state_out.cqt.tail`` out.
+  Feed the stream hop-sized chunks from its start: after chunk k the graph emits
+  column k (column 0, at time 0, is silence: all zeros). ``causal`` specs only.
+* ``manifest.json`` -- names, shapes (``"B"`` marks the dynamic batch), dtypes, the
+  AudioSpec/VideoSpec, preset, instrument, the checkpoint's SHA-256, each graph's
+  SHA-256, opset and the exporter / onnx / torch versions. Backends refuse a graph
+  whose digest does not match, and a manifest from another checkpoint.
+
+Per-frame shapes are fixed and the batch is dynamic (several streams in one call).
+After export the graph's input and output shapes are read back and checked: the
+dynamo exporter can silently specialise a dimension.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import platform
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from letsplay.models.features import CQT
+from letsplay.models.performer import Performer
+from letsplay.models.spec import AudioSpec, VideoSpec
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FORMAT = "letsplay.export"
+MANIFEST_VERSION = 1
+OPSET = 18
+STATE_IN, STATE_OUT = "state_in.", "state_out."
+
+
+class ExportError(RuntimeError):
+    """Export failed or produced a graph that does not check out."""
+
+
+class ManifestError(ValueError):
+    """An exported folder's manifest or graphs cannot be used; says which and what to do."""
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- wrappers
+
+
+class _FlatStep(nn.Module):
+    """A stage's step over flat tensors: (inputs..., *state) -> (outputs..., *state)."""
+
+    def __init__(self, fn: Callable[..., tuple[list[Tensor], dict[str, Tensor]]], state_names: Sequence[str],
+                 n_inputs: int, owner: nn.Module) -> None:
+        super().__init__()
+        self.owner = owner  # registers the parameters
+        self.fn = fn
+        self.state_names = list(state_names)
+        self.n_inputs = n_inputs
+
+    def forward(self, *args: Tensor) -> tuple[Tensor, ...]:
+        inputs, st = args[: self.n_inputs], args[self.n_inputs:]
+        outs, new = self.fn(*inputs, dict(zip(self.state_names, st, strict=True)))
+        return (*outs, *(new[n] for n in self.state_names))
+
+
+def _performer_step(p: Performer) -> tuple[_FlatStep, list[str], list[str]]:
+    names = list(p.init_state(1).to_dict())
+    probe, _ = p.step(torch.zeros(1, p.cfg.audio.n_bins, p.cfg.audio.window_columns), p.init_state(1))
+    out_names = [k for k in ("frame", "keypoints", "coarse", "heatmap") if getattr(probe, k) is not None]
+
+    def fn(window: Tensor, st: dict[str, Tensor]):
+        o, new = p.step(window, p.state_from_dict(st))
+        return [getattr(o, k) for k in out_names], new.to_dict()
+
+    return _FlatStep(fn, names, 1, p), ["window"], out_names
+
+
+def _stage_steps(p: Performer) -> dict[str, tuple[_FlatStep, list[str], list[str], list[Tensor]]]:
+    """Each stage as its own graph: (module, input names, output names, example inputs)."""
+    import torch.nn.functional as F
+
+    cfg = p.cfg
+    window = torch.rand(1, cfg.audio.n_bins, cfg.audio.window_columns)
+    st = p.init_state(1)
+    out: dict[str, tuple[_FlatStep, list[str], list[str], list[Tensor]]] = {}
+    kp = hm = coarse = None
+    if p.khp is not None:
+        names = list(st.khp.to_dict())
+        cls = type(st.khp)
+
+        def khp_fn(window: Tensor, s: dict[str, Tensor]):
+            o, new = p.khp.step(window, cls.from_dict(s))
+            return [o.keypoints, o.heatmap], new.to_dict()
+
+        out["khp"] = (_FlatStep(khp_fn, names, 1, p.khp), ["window"], ["keypoints", "heatmap"], [window])
+        o, _ = p.khp.step(window, st.khp)
+        kp, hm = o.keypoints, o.heatmap
+    if p.cvg is not None:
+        names = list(st.cvg.to_dict())
+        cls_c = type(st.cvg)
+
+        def cvg_fn(window: Tensor, z: Tensor, s: dict[str, Tensor]):
+            c, new = p.cvg.step(window, cls_c.from_dict(s), z)
+            return [c], new.to_dict()
+
+        z = torch.zeros(1, cfg.cvg.z_dim)
+        out["cvg"] = (_FlatStep(cvg_fn, names, 2, p.cvg), ["window", "z"], ["coarse"], [window, z])
+        coarse, _ = p.cvg.step(window, st.cvg)
+    names = list(st.stu.to_dict())
+    cls_s = type(st.stu)
+    ins = [n for n, t in (("coarse", coarse), ("heatmap", hm), ("keypoints", kp)) if t is not None]
+    examples = [t for t in (coarse, hm, kp) if t is not None]
+
+    def stu_fn(*args: Any):
+        *xs, window, s = args
+        given = dict(zip(ins, xs, strict=True))
+        c = given.get("coarse")
+        if c is not None and tuple(c.shape[-2:]) != tuple(cfg.work_size):  # CVG's size -> the STU's
+            c = F.interpolate(c, size=cfg.work_size, mode="bilinear", align_corners=False)
+        f, new = p.stu.step(c, given.get("heatmap"), given.get("keypoints"), window, cls_s.from_dict(s))
+        return [f], new.to_dict()
+
+    out["stu"] = (_FlatStep(stu_fn, names, len(ins) + 1, p.stu), [*ins, "window"], ["frame"], [*examples, window])
+    return out
+
+
+class CQTStep(nn.Module):
+    """One hop of audio -> the one CQT column it completes (causal), tail as state."""
+
+    def __init__(self, spec: AudioSpec) -> None:
+        super().__init__()
+        if spec.alignment != "causal":
+            raise ExportError("cqt_step.onnx is exported for causal specs only (a centered column "
+                              "completes mid-chunk); the fused performer graph takes CQT windows")
+        self.cqt = CQT(spec)
+        self.hop = spec.hop
+
+    def forward(self, audio: Tensor, tail: Tensor) -> tuple[Tensor, Tensor]:
+        B, H = audio.shape
+        x = torch.cat([tail, audio], dim=1)  # [B, context + hop]; the column's time is its end
+        L = x.shape[1]
+        parts = []
+        for i, g in enumerate(self.cqt.groups):
+            w = getattr(self.cqt, f"w{i}")  # [length, 2 * n_bins]
+            seg = x[:, L + g.offset: L + g.offset + g.length]  # offset < 0: support ends at the column
+            ri = seg @ w
+            re, im = ri[:, : g.n_bins], ri[:, g.n_bins:]
+            parts.append(torch.sqrt(re * re + im * im))
+        col = torch.cat(parts, dim=1)
+        if self.cqt.spec.scaling == "log":
+            col = torch.log1p(col)
+        return col.unsqueeze(-1), x[:, H:]
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _export_graph(module: nn.Module, args: Sequence[Tensor], path: Path, input_names: list[str],
+                  output_names: list[str]) -> str:
+    """Export with a dynamic batch; the dynamo exporter first, TorchScript as fallback.
+    Returns the exporter used."""
+    import warnings
+
+    args = tuple(args)
+    try:
+        from torch.export import Dim
+
+        B = Dim("batch", min=1, max=256)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, args, str(path), input_names=input_names, output_names=output_names,
+                              opset_version=OPSET, dynamo=True, external_data=False,
+                              dynamic_shapes=tuple({0: B} for _ in args), verbose=False)
+        used = "dynamo"
+    except Exception as e:  # noqa: BLE001 - fall back to the TorchScript exporter
+        log.info("dynamo export of %s failed (%s: %s); using the TorchScript exporter",
+                 path.name, type(e).__name__, str(e).splitlines()[0][:200])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, args, str(path), input_names=input_names, output_names=output_names,
+                              opset_version=OPSET, dynamo=False,
+                              dynamic_axes={n: {0: "batch"} for n in input_names + output_names})
+        used = "torchscript"
+    return used
+
+
+def _io_spec(path: Path) -> tuple[list[dict], list[dict]]:
+    import onnx
+
+    m = onnx.load(str(path))
+
+    inits = {i.name for i in m.graph.initializer}
+    ins = [v for v in m.graph.input if v.name not in inits]
+    batch = ins[0].type.tensor_type.shape.dim[0].dim_param  # the first input's batch symbol
+
+    def one(v) -> dict:
+        t = v.type.tensor_type
+        dims = [("B" if d.dim_param == batch else d.dim_param or "?") if not d.HasField("dim_value")
+                else d.dim_value for d in t.shape.dim]
+        return {"name": v.name, "shape": dims, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name}
+
+    return [one(v) for v in ins], [one(v) for v in m.graph.output]
+
+
+def _check_shapes(io: list[dict], expected: dict[str, tuple[int, ...]], graph: str, strict: bool) -> list[dict]:
+    """Dynamic batch first, then the per-frame shape. ``strict`` (inputs): every dim must
+    be exactly as expected. Outputs may leave a non-batch dim symbolic (the exporter's
+    shape inference), never fixed to a wrong value. Returns the entries with the true
+    shapes (from the torch run) for the manifest."""
+    by_name = {d["name"]: d for d in io}
+    fixed = []
+    for name, shape in expected.items():
+        if name not in by_name:
+            raise ExportError(f"{graph}: the exported graph lacks {name!r}")
+        got = by_name[name]["shape"]
+        ok = len(got) == len(shape) and got[0] == "B" and all(
+            g == e or (not strict and isinstance(g, str) and g != "B") for g, e in zip(got[1:], shape[1:], strict=True))
+        if not ok:
+            raise ExportError(f"{graph}: {name} has shape {got} after export, expected "
+                              f"[B, {', '.join(map(str, shape[1:]))}] (the exporter fixed a dimension)")
+        fixed.append({**by_name[name], "shape": ["B", *shape[1:]]})
+    return fixed
+
+
+def export_onnx(performer: Performer, out_dir: str | Path, checkpoint_sha256: str | None = None,
+                stages: bool = True, cqt: bool = True, progress: Callable[[str], None] | None = None) -> dict:
+    """Export the Performer (fused step, optionally each stage and the CQT step) to
+    ``out_dir`` with its manifest; returns the manifest dict."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    p = performer.eval().to("cpu")
+    cfg = p.cfg
+    graphs: dict[str, dict] = {}
+    exporters: dict[str, str] = {}
+    note = progress or (lambda s: None)
+
+    def do(name: str, module: nn.Module, args: list[Tensor], ins: list[str], outs: list[str]) -> None:
+        note(name)
+        args = [torch.cat([a, a], dim=0) for a in args]  # batch 2: nothing may specialise to 1
+        path = out / f"{name}.onnx"
+        tmp = out / f".{name}.onnx.tmp"
+        with torch.no_grad():
+            expected_out = module(*args)
+        exporters[name] = _export_graph(module, args, tmp, ins, outs)
+        tmp.replace(path)
+        inputs, outputs = _io_spec(path)
+        inputs = _check_shapes(inputs, {n: tuple(a.shape) for n, a in zip(ins, args, strict=True)}, name, True)
+        outputs = _check_shapes(outputs, {n: tuple(t.shape) for n, t in zip(outs, expected_out, strict=True)},
+                                name, False)
+        graphs[name] = {"file": path.name, "sha256": sha256_file(path), "inputs": inputs, "outputs": outputs}
+
+    fused, ins, outs = _performer_step(p)
+    state0 = p.init_state(1).to_dict()
+    if any(v.abs().sum() != 0 for v in state0.values()):
+        raise ExportError("the Performer's initial state is not all zeros; the manifest format "
+                          "assumes zero initial states")
+    snames = list(state0)
+    window = torch.rand(1, cfg.audio.n_bins, cfg.audio.window_columns)
+    do("performer", fused, [window, *state0.values()], ins + [STATE_IN + n for n in snames],
+       outs + [STATE_OUT + n for n in snames])
+    if stages:
+        for name, (mod, s_ins, s_outs, examples) in _stage_steps(p).items():
+            st = getattr(p.init_state(1), name).to_dict()
+            do(name, mod, [*examples, *st.values()], s_ins + [STATE_IN + f"{name}.{n}" for n in st],
+               s_outs + [STATE_OUT + f"{name}.{n}" for n in st])
+    if cqt and cfg.audio.alignment == "causal":
+        step = CQTStep(cfg.audio)
+        tail = torch.zeros(1, step.cqt.context)
+        do("cqt_step", step, [torch.zeros(1, cfg.audio.hop), tail], ["audio", STATE_IN + "cqt.tail"],
+           ["column", STATE_OUT + "cqt.tail"])
+
+    import onnx
+
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "version": MANIFEST_VERSION,
+        "preset": cfg.preset,
+        "instrument": cfg.instrument,
+        "audio_spec": cfg.audio.to_dict(),
+        "video_spec": cfg.video.to_dict(),
+        "config": cfg.to_dict(),
+        "checkpoint_sha256": checkpoint_sha256,
+        "state": [{"name": n, "shape": ["B", *v.shape[1:]], "dtype": "float32", "init": "zeros"}
+                  for n, v in state0.items()],
+        "graphs": graphs,
+        "opset": OPSET,
+        "exporters": exporters,
+        "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "python": platform.python_version()},
+    }
+    tmp = out / ".manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2))
+    tmp.replace(out / "manifest.json")
+    log.info("exported %s to %s (%s)", cfg.preset, out, ", ".join(graphs))
+    return manifest
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    """A checked manifest of an exported folder."""
+
+    folder: Path
+    data: dict
+
+    @property
+    def audio(self) -> AudioSpec:
+        return AudioSpec.from_dict(self.data["audio_spec"])
+
+    @property
+    def video(self) -> VideoSpec:
+        return VideoSpec.from_dict(self.data["video_spec"])
+
+    @property
+    def state(self) -> list[dict]:
+        return self.data["state"]
+
+    def graph_path(self, name: str = "performer") -> Path:
+        if name not in self.data["graphs"]:
+            raise ManifestError(f"{self.folder}: no {name!r} graph (has {sorted(self.data['graphs'])})")
+        return self.folder / self.data["graphs"][name]["file"]
+
+
+def read_manifest(folder: str | Path, checkpoint_sha256: str | None = None, verify: bool = True) -> Manifest:
+    """Read and check ``folder/manifest.json``: format, version, specs, the graphs'
+    digests, and (when given) that it was exported from that checkpoint."""
+    folder = Path(folder)
+    path = folder / "manifest.json"
+    if not path.is_file():
+        raise ManifestError(f"{folder}: no manifest.json; export the model first "
+                            f"(letsplay export onnx --checkpoint FILE --out {folder})")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ManifestError(f"{path}: not valid JSON ({e}); re-export the model") from e
+    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
+        raise ManifestError(f"{path}: not a letsplay export manifest; re-export the model")
+    if data.get("version") != MANIFEST_VERSION:
+        raise ManifestError(f"{path}: manifest version {data.get('version')!r}, this letsplay reads "
+                            f"{MANIFEST_VERSION}; re-export with this version")
+    for key in ("audio_spec", "video_spec", "state", "graphs"):
+        if key not in data:
+            raise ManifestError(f"{path}: the manifest lacks {key!r}; it was edited or truncated -- re-export")
+    try:
+        AudioSpec.from_dict(data["audio_spec"])
+        VideoSpec.from_dict(data["video_spec"])
+    except ValueError as e:
+        raise ManifestError(f"{path}: bad spec in the manifest ({e}); re-export the model") from e
+    if checkpoint_sha256 is not None and data.get("checkpoint_sha256") != checkpoint_sha256:
+        raise ManifestError(f"{folder}: exported from checkpoint {data.get('checkpoint_sha256')}, not from "
+                            f"the one given ({checkpoint_sha256}); re-export from that checkpoint")
+    if verify:
+        for g in data["graphs"].values():
+            gp = folder / g["file"]
+            if not gp.is_file():
+                raise ManifestError(f"{folder}: graph {g['file']} is missing; re-export the model")
+            if sha256_file(gp) != g["sha256"]:
+                raise ManifestError(f"{gp}: the graph's SHA-256 does not match the manifest -- it is "
+                                    f"corrupted or from another export; re-export the model")
+    return Manifest(folder, data)
