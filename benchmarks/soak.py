@@ -1,0 +1,183 @@
+"""Soak: many minutes of audio through the engine (faster than real time), recording an mp4.
+
+    python -m benchmarks.soak --minutes 10 --json benchmarks/results/soak_10min.json [--plot soak.png]
+    python -m benchmarks.soak --minutes 120 --preset tiny --json benchmarks/results/soak_2h.json
+
+Every minute of audio it records resident memory (RSS), the engine's latency and the
+A/V offset (audio clock time minus the newest frame's time, which must stay below
+one frame), and at the end it reads the recording back: video and audio durations
+must agree within one frame. Memory must stay flat after the first minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import machine, write_json
+
+
+def rss_mb() -> float:
+    """Current resident set size in MiB (Linux /proc; falls back to the peak)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class SyntheticMusic:
+    """An endless, varied music-like signal generated block by block (nothing held)."""
+
+    def __init__(self, sr: int, seed: int = 0) -> None:
+        self.sr, self.rng, self.t = sr, np.random.default_rng(seed), 0
+        self._note_end, self._f, self._amp = 0, 220.0, 0.3
+
+    def block(self, n: int) -> np.ndarray:
+        out = np.empty(n, np.float32)
+        i = 0
+        while i < n:
+            if self.t >= self._note_end:
+                self._note_end = self.t + int(self.sr * self.rng.uniform(0.1, 0.5))
+                self._f = 55.0 * 2 ** (self.rng.integers(0, 40) / 12)
+                self._amp = float(self.rng.uniform(0.1, 0.4))
+            k = min(n - i, self._note_end - self.t)
+            tt = (self.t + np.arange(k)) / self.sr
+            out[i: i + k] = self._amp * (np.sin(2 * np.pi * self._f * tt) + 0.3 * np.sin(4 * np.pi * self._f * tt))
+            self.t += k
+            i += k
+        return out
+
+
+def run(minutes: float, preset: str = "tiny", backend: str = "torch", record: bool = True,
+        out_dir: str | None = None, progress: bool = True) -> dict:
+    import torch
+
+    from letsplay.models.performer import Performer
+    from letsplay.models.presets import preset as make_preset
+    from letsplay.realtime.backends import TorchBackend
+    from letsplay.realtime.engine import Engine, EngineConfig
+    from letsplay.realtime.sinks import Mp4Recorder
+    from letsplay.realtime.sources import AudioSource
+
+    torch.manual_seed(0)
+    perf = Performer(make_preset(preset)).eval()
+    audio, video = perf.cfg.audio, perf.cfg.video
+    total = int(minutes * 60 * audio.sample_rate)
+
+    class Endless(AudioSource):
+        name = "synthetic"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.sample_rate, self.music, self.pos = audio.sample_rate, SyntheticMusic(audio.sample_rate), 0
+
+        @property
+        def finished(self) -> bool:
+            return self.pos >= total
+
+        def read(self, timeout: float = 0.05):
+            n = min(4096, total - self.pos)
+            x, start = self.music.block(n), self.pos
+            self.pos += n
+            return x, start
+
+    be = TorchBackend(perf)
+    if backend == "onnxruntime":
+        from letsplay.export.onnx import export_onnx
+        from letsplay.realtime.backends import OrtBackend
+
+        d = Path(tempfile.mkdtemp(prefix="soak-onnx-"))
+        export_onnx(perf, d, stages=False, cqt=False)
+        be = OrtBackend(d, threads=2)
+    tmp = Path(out_dir or tempfile.mkdtemp(prefix="soak-"))
+    mp4 = tmp / "soak.mp4"
+    sinks = [Mp4Recorder(mp4)] if record else []
+    eng = Engine(be, audio, video, Endless(), sinks, EngineConfig(realtime=False))
+    samples: list[dict] = []
+    t0 = time.monotonic()
+    mark = {"next": 60.0}
+
+    def on_frame(f) -> None:  # every minute of video: memory, step time, A/V offset
+        shown_until = (f.index + 1) / video.fps  # the frame covers [time, time + 1/fps)
+        if shown_until + 1e-9 < mark["next"]:
+            return
+        mark["next"] += 60.0
+        clock_s = eng.stats.audio_samples / audio.sample_rate
+        samples.append({"audio_minutes": round(shown_until / 60, 3), "rss_mb": round(rss_mb(), 1),
+                        "wall_s": round(time.monotonic() - t0, 1),
+                        "step_ms_median": float(np.median(eng.stats.stage_ms["step"] or [0])),
+                        # audio clock minus the newest frame's time: < 1 frame + one read block
+                        "av_offset_ms": round((clock_s - f.time) * 1000, 3)})
+        if progress:
+            print(f"{samples[-1]}", file=sys.stderr)
+
+    eng.on_frame = on_frame
+    eng.run()
+    wall = time.monotonic() - t0
+    rec = {}
+    if record:
+        import av
+
+        with av.open(str(mp4)) as c:
+            n_frames = sum(1 for _ in c.decode(c.streams.video[0]))
+        with av.open(str(mp4)) as c:
+            n_audio = sum(f.samples for f in c.decode(c.streams.audio[0]))
+        rec = {"video_seconds": n_frames / video.fps, "audio_seconds": n_audio / audio.sample_rate,
+               "frames": n_frames, "mp4_bytes": mp4.stat().st_size}
+        rec["av_duration_diff_ms"] = round((rec["audio_seconds"] - rec["video_seconds"]) * 1000, 2)
+    base = samples[0]["rss_mb"] if samples else rss_mb()
+    peak = max((s["rss_mb"] for s in samples), default=base)
+    return {
+        "benchmark": "soak", "machine": machine(), "preset": preset, "backend": eng.backend.name,
+        "audio_minutes": minutes, "wall_seconds": round(wall, 1), "speed_x_realtime": round(minutes * 60 / wall, 2),
+        "frames": eng.stats.frames, "dropped": eng.stats.dropped, "errors": eng.stats.errors,
+        "rss_first_minute_mb": base, "rss_peak_mb": peak,
+        "rss_growth_pct": round((peak - base) / base * 100, 2),
+        "max_av_offset_ms": max((abs(s["av_offset_ms"]) for s in samples), default=0.0),
+        "recording": rec, "per_minute": samples, "mp4": str(mp4) if record else None,
+    }
+
+
+def plot(result: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = [s["audio_minutes"] for s in result["per_minute"]]
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3))
+    ax[0].plot(m, [s["rss_mb"] for s in result["per_minute"]])
+    ax[0].set(xlabel="audio minutes", ylabel="RSS MiB", title="memory")
+    ax[1].plot(m, [s["av_offset_ms"] for s in result["per_minute"]])
+    ax[1].set(xlabel="audio minutes", ylabel="ms", title="A/V offset")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
+    ap.add_argument("--no-record", action="store_true")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--plot", default=None, help="PNG of memory and A/V offset per minute (needs matplotlib)")
+    args = ap.parse_args(argv)
+    r = run(args.minutes, args.preset, args.backend, record=not args.no_record)
+    print(write_json(r, args.json))
+    if args.plot:
+        plot(r, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,410 @@
+"""The streaming engine: audio clock -> StreamingCQT -> frame scheduler -> backend -> sinks.
+
+One loop, on its own thread (or the caller's, for ``render``)::
+
+    audio block (source.read) --> sinks.write_audio           [the master clock advances]
+        --> StreamingCQT.step --> new CQT columns
+        --> every frame i whose newest column frame_column(i) now exists:
+              window = the 87 columns ending there
+              outputs = backend.step(window, state_in.*) ; state <- state_out.*
+              --> FrameOut(index=i, time=i/fps, frame, keypoints) --> sinks
+
+Time comes only from the audio sample counter (DESIGN.md "One clock"): frame ``i`` is
+at ``i / fps`` seconds of audio, recordings stamp it so, and latency is measured from
+the wall time at which the sample that completed frame ``i``'s window arrived to the
+wall time the frame left the backend.
+
+**When inference falls behind** (live mode only): after each audio block, if more than
+``max_pending`` frames are due, the engine renders only the newest one and counts the
+others as *dropped*. Dropped frames are never computed: the recurrent state goes on
+from the last rendered frame, and the next rendered frame sees its own, current audio
+window. Nothing queues, so latency stays bounded by one frame's compute plus one
+audio block. ``render`` mode (files, as fast as possible) never drops: every frame is
+computed, so a render equals the offline Performer run on the same audio.
+
+Other faults: a backend exception on one frame is logged, counted (``errors``) and
+that frame skipped -- the state stays at the last good frame and the stream goes on;
+a sink that raises is disabled (``MultiSink``); a live device that disappears is
+reported (``device_lost``) while the engine keeps running and the source retries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from letsplay.models.features import StreamingCQT, frame_column, frames_available
+from letsplay.models.spec import AudioSpec, VideoSpec
+from letsplay.realtime.backends import STATE_IN, STATE_OUT, Backend, describe
+from letsplay.realtime.sinks import FrameOut, MultiSink, Sink
+from letsplay.realtime.sources import AudioSource
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    realtime: bool = True  # live: bound latency by dropping stale frames; False: render every frame
+    max_pending: int = 1  # live: frames allowed due at once before older ones are dropped
+    read_timeout: float = 0.02  # seconds a source read may wait for audio
+    views: bool = False  # also produce debug views (coarse, heatmap) in FrameOut.views
+    latency_window: int = 20000  # latency samples kept for the percentiles
+
+
+class EngineStats:
+    """Live counters and timings; :meth:`snapshot` gives a JSON-able summary."""
+
+    def __init__(self, keep: int) -> None:
+        self.frames = 0  # frames rendered
+        self.dropped = 0  # frames skipped because inference was behind
+        self.errors = 0  # frames whose backend step raised
+        self.audio_samples = 0  # samples consumed (stream 0): the clock
+        self.gap_samples = 0  # samples lost upstream and filled with silence
+        self.latency_ms: deque[float] = deque(maxlen=keep)
+        self.stage_ms: dict[str, deque[float]] = {k: deque(maxlen=600) for k in ("cqt", "step", "sinks")}
+        self._frame_times: deque[float] = deque(maxlen=120)
+        self.input_rms = 0.0  # RMS of the latest audio block (stream 0)
+        self.device_lost = False
+        self.started = time.monotonic()
+
+    def fps(self) -> float:
+        t = self._frame_times
+        if len(t) < 2:
+            return 0.0
+        return (len(t) - 1) / max(t[-1] - t[0], 1e-9)
+
+    def snapshot(self) -> dict:
+        lat = np.array(self.latency_ms) if self.latency_ms else np.zeros(1)
+        return {
+            "frames": self.frames,
+            "dropped": self.dropped,
+            "errors": self.errors,
+            "fps": round(self.fps(), 2),
+            "latency_ms": {"p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95)),
+                           "p99": float(np.percentile(lat, 99)), "n": len(self.latency_ms)},
+            "stage_ms": {k: (float(np.median(v)) if v else 0.0) for k, v in self.stage_ms.items()},
+            "audio_seconds": self.audio_samples,  # replaced by Engine.stats_dict with seconds
+            "gap_samples": self.gap_samples,
+            "input_level_dbfs": round(20 * math.log10(max(self.input_rms, 1e-9)), 1),
+            "device_lost": self.device_lost,
+            "wall_seconds": round(time.monotonic() - self.started, 3),
+        }
+
+
+class _Stream:
+    """Per-stream audio state: the CQT state, recent columns, arrival times."""
+
+    def __init__(self, cqt: StreamingCQT, keep_cols: int) -> None:
+        self.cqt = cqt
+        self.state = cqt.init_state(1)
+        self.keep = keep_cols
+        self.cols = torch.zeros(1, cqt.spec.n_bins, 0)
+        self.col0 = 0  # absolute index of cols[..., 0]
+        self.n_cols = 0  # columns produced so far
+        self.pos = 0  # samples consumed (clock)
+        self.arrivals: deque[tuple[int, float]] = deque(maxlen=4096)  # (samples so far, wall time)
+
+    def push(self, x: np.ndarray, start: int, now: float) -> int:
+        """Feed samples that begin at clock position ``start``; returns gap samples filled."""
+        gap = max(0, start - self.pos)
+        if gap:  # samples lost upstream: keep the clock true with silence
+            x = np.concatenate([np.zeros(gap, np.float32), x])
+        if len(x) == 0:
+            return 0
+        new, self.state = self.cqt.step(torch.from_numpy(x)[None], self.state)
+        self.pos += len(x)
+        self.arrivals.append((self.pos, now))
+        if new.shape[-1]:
+            self.cols = torch.cat([self.cols, new], dim=-1)
+            self.n_cols += new.shape[-1]
+            extra = self.cols.shape[-1] - self.keep
+            if extra > 0:
+                self.cols = self.cols[..., extra:]
+                self.col0 += extra
+        return gap
+
+    def window(self, c: int, width: int) -> torch.Tensor:
+        """The ``width`` columns ending at absolute column c, zeros before the start."""
+        lo = c - width + 1
+        if lo < self.col0 and lo >= 0 and self.col0 > 0:
+            raise RuntimeError(f"column {lo} was already discarded (kept from {self.col0})")
+        have = self.cols[..., max(lo - self.col0, 0): c - self.col0 + 1]
+        if lo < 0:
+            have = torch.cat([torch.zeros(1, self.cols.shape[1], -lo), have], dim=-1)
+        return have[0]
+
+    def arrival_of(self, n_samples: int, sample_rate: int) -> float | None:
+        """Estimated wall time at which sample ``n_samples - 1`` was captured.
+
+        A read drains everything captured since the previous read, so the samples of one
+        read arrived between the two reads, at the sample rate, ending at the read:
+        ``t_read - (pos_read - n) / sr``, but not before the previous read.
+        """
+        prev_t = None
+        for pos, t in self.arrivals:
+            if pos >= n_samples:
+                est = t - (pos - n_samples) / sample_rate
+                return est if prev_t is None else max(prev_t, est)
+            prev_t = t
+        return None
+
+
+def to_uint8_rgb(frame: np.ndarray) -> np.ndarray:
+    """[3, H, W] in [-1, 1] -> [H, W, 3] uint8."""
+    x = np.clip((frame + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(x.transpose(1, 2, 0))
+
+
+def heatmap_rgb(hm: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """[C, h, w] heatmap -> [H, W, 3] uint8 (channels summed, normalised, a warm ramp)."""
+    m = hm.sum(0)
+    m = m / max(float(m.max()), 1e-6)
+    h, w = size
+    ys = (np.arange(h) * m.shape[0] // h)
+    xs = (np.arange(w) * m.shape[1] // w)
+    m = m[ys][:, xs]
+    rgb = np.stack([m, m ** 2, m ** 4], axis=-1)
+    return (rgb * 255).astype(np.uint8)
+
+
+class Engine:
+    """Runs a backend over one or more audio sources and feeds the sinks."""
+
+    def __init__(self, backend: Backend, audio: AudioSpec, video: VideoSpec,
+                 sources: AudioSource | Sequence[AudioSource], sinks: Sequence[Sink] = (),
+                 config: EngineConfig | None = None) -> None:
+        self.audio = audio
+        self.video = video
+        self.config = config or EngineConfig()
+        self.sources = [sources] if isinstance(sources, AudioSource) else list(sources)
+        if not self.sources:
+            raise ValueError("Engine needs at least one audio source")
+        for s in self.sources:
+            if s.sample_rate != audio.sample_rate:
+                raise ValueError(f"source {s.name} delivers {s.sample_rate} Hz but the model needs "
+                                 f"{audio.sample_rate} Hz")
+        self.sinks = list(sinks)  # fanned out through a MultiSink when the engine opens
+        self._out = MultiSink([])
+        self.stats = EngineStats(self.config.latency_window)
+        self._backend = backend
+        self._pending_backend: Backend | None = None
+        self._cqt = StreamingCQT(audio)
+        self._ahead = self._cqt.cqt.ahead
+        keep = audio.window_columns + 256
+        self._streams = [_Stream(self._cqt, keep) for _ in self.sources]
+        self._state = backend.init_state(len(self.sources))
+        self._next_frame = 0
+        self._stop = threading.Event()
+        self._reset = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._opened = False
+        self.error: BaseException | None = None
+        self.on_frame: Callable[[FrameOut], None] | None = None
+        log.info("engine: %s, %d stream(s), %s", describe(backend), len(self.sources),
+                 "live" if self.config.realtime else "render")
+
+    # ------------------------------------------------------------------ control
+    @property
+    def backend(self) -> Backend:
+        return self._backend
+
+    def set_backend(self, backend: Backend) -> None:
+        """Switch performer/instrument without restarting: takes effect at the next frame,
+        with a fresh state (the clock, the audio and the recording go on)."""
+        self._pending_backend = backend
+
+    def reset(self) -> None:
+        """Start the performer over (fresh recurrent state); the clock goes on."""
+        self._reset.set()
+
+    def start(self, seconds: float | None = None) -> None:
+        """Open the sources and sinks and run the loop on a thread; with ``seconds`` the
+        loop ends after exactly that much audio (a recording then lasts that long)."""
+        if self._thread is not None:
+            raise RuntimeError("engine already started")
+        self._open()
+        self._thread = threading.Thread(target=self._run_guarded, args=(seconds,), name="letsplay-engine",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the loop and close sources and sinks (recordings are finalised)."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        self._close()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for a finite source to finish; True when the loop has ended."""
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def run(self, seconds: float | None = None) -> dict:
+        """Run on the calling thread until the sources finish, ``stop()`` or ``seconds``
+        of audio; returns the statistics. Sources and sinks are closed at the end."""
+        self._open()
+        try:
+            self._loop(seconds)
+        finally:
+            self._close()
+        return self.stats_dict()
+
+    def stats_dict(self) -> dict:
+        s = self.stats.snapshot()
+        s["audio_seconds"] = round(self.stats.audio_samples / self.audio.sample_rate, 4)
+        s["backend"] = describe(self._backend)
+        s["streams"] = len(self.sources)
+        s["mode"] = "live" if self.config.realtime else "render"
+        s["lookahead_ms"] = self.video.lookahead_ms
+        src = self.sources[0].stats
+        s["input"] = dataclasses.asdict(src)
+        return s
+
+    # ------------------------------------------------------------------ internals
+    def _open(self) -> None:
+        if self._opened:
+            return
+        self._out = MultiSink(self.sinks)  # one failing sink is disabled, the others go on
+        self._out.open(self.audio, self.video)
+        try:
+            for src in self.sources:
+                src.start()
+        except BaseException:
+            self._out.close()
+            raise
+        self._opened = True
+        self.stats.started = time.monotonic()
+
+    def _close(self) -> None:
+        if not self._opened:
+            return
+        self._opened = False
+        for src in self.sources:
+            try:
+                src.stop()
+            except Exception as e:  # noqa: BLE001 - closing must not mask the real error
+                log.warning("stopping source %s: %s", src.name, e)
+        try:
+            self._out.close()
+        except Exception as e:  # noqa: BLE001
+            log.error("closing the sinks: %s", e)
+
+    def _run_guarded(self, seconds: float | None) -> None:
+        try:
+            self._loop(seconds)
+        except BaseException as e:  # noqa: BLE001 - reported to the owner thread
+            self.error = e
+            log.exception("engine stopped by an error")
+
+    def _loop(self, seconds: float | None) -> None:
+        limit = None if seconds is None else int(seconds * self.audio.sample_rate)
+        while not self._stop.is_set():
+            if self._reset.is_set():
+                self._reset.clear()
+                self._state = self._backend.init_state(len(self.sources))
+            if self._pending_backend is not None:
+                self._backend, self._pending_backend = self._pending_backend, None
+                self._state = self._backend.init_state(len(self.sources))
+                log.info("switched to %s", describe(self._backend))
+            got = self._read_audio(limit)
+            self._render_due()
+            if limit is not None and self.stats.audio_samples >= limit:
+                break
+            if all(s.finished for s in self.sources) and not got:
+                break
+
+    def _read_audio(self, limit: int | None) -> bool:
+        got = False
+        t0 = time.perf_counter()
+        for k, (src, st) in enumerate(zip(self.sources, self._streams, strict=True)):
+            x, start = src.read(self.config.read_timeout)
+            if k == 0:
+                self.stats.device_lost = src.lost
+            if limit is not None:  # stop exactly at the asked length
+                x = x[: max(0, limit - max(start, st.pos))]
+            if len(x) == 0:
+                continue
+            got = True
+            now = time.monotonic()
+            if k == 0:
+                self._out.write_audio(x, start)
+                self.stats.input_rms = float(np.sqrt(np.mean(x * x)))
+            with torch.inference_mode():
+                gap = st.push(x, start, now)
+            if k == 0:
+                self.stats.gap_samples += gap
+                self.stats.audio_samples = st.pos
+        if got:
+            self.stats.stage_ms["cqt"].append((time.perf_counter() - t0) * 1000)
+        return got
+
+    def _due(self) -> int:
+        """Frames whose audio is complete in every stream, minus those rendered."""
+        n = min(s.pos for s in self._streams)
+        return max(0, frames_available(n, self._cqt.cqt, self.video) - self._next_frame)
+
+    def _render_due(self) -> None:
+        due = self._due()
+        if due == 0:
+            return
+        if self.config.realtime and due > self.config.max_pending:
+            skip = due - 1  # render only the newest due frame
+            self.stats.dropped += skip
+            self._next_frame += skip
+            due = 1
+        for _ in range(due):
+            self._render(self._next_frame)
+            self._next_frame += 1
+
+    def _render(self, i: int) -> None:
+        c = frame_column(i, self.audio, self.video)
+        W = self.audio.window_columns
+        window = torch.stack([s.window(c, W) for s in self._streams]).numpy()  # [B, n_bins, W]
+        feeds = {"window": window, **{STATE_IN + k: v for k, v in self._state.items()}}
+        t0 = time.perf_counter()
+        try:
+            out = self._backend.step(feeds)
+        except Exception as e:  # noqa: BLE001 - one bad frame must not end a live show
+            self.stats.errors += 1
+            log.error("backend failed on frame %d (%s: %s); frame skipped, stream goes on",
+                      i, type(e).__name__, e)
+            return
+        t1 = time.perf_counter()
+        self._state = {k: out[STATE_OUT + k] for k in self._state}
+        arrival = self._streams[0].arrival_of(c * self.audio.hop + self._ahead, self.audio.sample_rate)
+        now = time.monotonic()
+        if arrival is not None and self.config.realtime:  # as-fast-as-possible renders have no latency
+            self.stats.latency_ms.append((now - arrival) * 1000)
+        t = i / self.video.fps
+        for b in range(len(self._streams)):
+            views = {}
+            if self.config.views:
+                if "coarse" in out:
+                    views["coarse"] = to_uint8_rgb(out["coarse"][b])
+                if "heatmap" in out:
+                    views["heatmap"] = heatmap_rgb(out["heatmap"][b], out["frame"].shape[-2:])
+            kp = out["keypoints"][b] if "keypoints" in out else np.full((67, 2), np.nan, np.float32)
+            fo = FrameOut(index=i, time=t, frame=to_uint8_rgb(out["frame"][b]),
+                          keypoints=kp.astype(np.float32), stream=b, views=views)
+            self._out.write_frame(fo)
+            if self.on_frame is not None:
+                self.on_frame(fo)
+        self.stats.frames += 1
+        self.stats._frame_times.append(now)
+        self.stats.stage_ms["step"].append((t1 - t0) * 1000)
+        self.stats.stage_ms["sinks"].append((time.perf_counter() - t1) * 1000)

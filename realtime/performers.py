@@ -1,0 +1,130 @@
+"""Finding a performer and the backend to run it: ``--performer NAME|PATH`` and
+``--backend auto|torch|onnxruntime|tensorrt``.
+
+A performer is one of:
+
+* a shipped name (``cello``, ``trombone``): a checkpoint inside the package
+  (``models/performers/<name>.safetensors``), nothing to download;
+* a checkpoint file (``.safetensors`` written by ``Performer.save`` / ``letsplay train``);
+* an exported folder (``manifest.json`` + ONNX graphs, ``letsplay export onnx``).
+
+``auto`` picks the fastest backend that really runs here: TensorRT (GPU + tensorrt
+installed), else onnxruntime (CUDA provider on a GPU, else CPU), else torch. A
+checkpoint run through onnxruntime is exported once into a cache folder keyed by the
+checkpoint's SHA-256 (``$LETSPLAY_CACHE`` or ``~/.cache/letsplay``), so later runs
+start at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from letsplay.realtime.backends import Backend, BackendError, OrtBackend, TorchBackend
+
+log = logging.getLogger(__name__)
+
+def shipped_performers() -> dict[str, Path]:
+    """Shipped performer names -> checkpoint paths (those present in this install)."""
+    import letsplay.models as m
+
+    d = Path(m.__file__).resolve().parent / "performers"
+    return {p.stem: p for p in sorted(d.glob("*.safetensors"))} if d.is_dir() else {}
+
+
+@dataclass(frozen=True)
+class PerformerRef:
+    kind: str  # "checkpoint" or "export"
+    path: Path
+    name: str
+
+
+def resolve_performer(spec: str | None, instrument: str | None = None) -> PerformerRef:
+    """A performer name or path -> what it is. ``None`` means the shipped performer for
+    ``instrument`` (default cello)."""
+    shipped = shipped_performers()
+    if spec is None:
+        spec = instrument or "cello"
+    if spec in shipped:
+        return PerformerRef("checkpoint", shipped[spec], spec)
+    p = Path(spec)
+    if p.is_dir():
+        if not (p / "manifest.json").is_file():
+            raise BackendError(f"{p}: a folder without manifest.json is not an exported performer; "
+                               f"export one with `letsplay export onnx --checkpoint FILE --out {p}`")
+        return PerformerRef("export", p, p.name)
+    if p.is_file():
+        return PerformerRef("checkpoint", p, p.stem)
+    names = ", ".join(shipped) or "none are installed"
+    raise BackendError(f"no performer {spec!r}: not a shipped name ({names}), a checkpoint file "
+                       f"or an exported folder")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LETSPLAY_CACHE") or Path.home() / ".cache" / "letsplay")
+
+
+def _export_cached(ckpt: Path) -> Path:
+    from letsplay.export.onnx import ManifestError, export_onnx, read_manifest, sha256_file
+    from letsplay.models.performer import Performer
+
+    digest = sha256_file(ckpt)
+    out = cache_dir() / "onnx" / digest[:16]
+    try:
+        read_manifest(out, checkpoint_sha256=digest)
+        return out
+    except ManifestError:
+        pass
+    log.warning("exporting %s to ONNX once (cached in %s)", ckpt.name, out)
+    export_onnx(Performer.load(ckpt), out, checkpoint_sha256=digest, stages=False, cqt=False)
+    return out
+
+
+def _ort_providers() -> list[str]:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return []
+    return ort.get_available_providers()
+
+
+def open_backend(ref: PerformerRef, backend: str = "auto", device: str | None = None,
+                 allow_fallback: bool = False, threads: int | None = None) -> Backend:
+    """Build the backend for a performer; ``auto`` picks the fastest available."""
+    from letsplay.models.performer import Performer
+
+    if backend not in ("auto", "torch", "onnxruntime", "tensorrt"):
+        raise BackendError(f"unknown backend {backend!r}; choose auto, torch, onnxruntime or tensorrt")
+    gpu = torch.cuda.is_available()
+    if backend == "auto":
+        providers = _ort_providers()
+        if gpu and _has_tensorrt():
+            backend = "tensorrt"
+        elif providers:
+            backend = "onnxruntime"
+            device = device or ("cuda" if gpu and "CUDAExecutionProvider" in providers else "cpu")
+        else:
+            backend = "torch"
+    if backend == "torch":
+        if ref.kind != "checkpoint":
+            raise BackendError(f"{ref.path} is an exported folder; the torch backend needs the checkpoint "
+                               f"(or use --backend onnxruntime)")
+        return TorchBackend(Performer.load(ref.path), device or ("cuda" if gpu else "cpu"))
+    folder = ref.path if ref.kind == "export" else _export_cached(ref.path)
+    if backend == "onnxruntime":
+        return OrtBackend(folder, provider=device or "cpu", threads=threads, allow_fallback=allow_fallback)
+    from letsplay.export.tensorrt import TrtBackend  # the native engine: GPU only
+
+    return TrtBackend(folder)
+
+
+def _has_tensorrt() -> bool:
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return False
+    return True

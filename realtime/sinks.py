@@ -1,0 +1,909 @@
+"""Where rendered frames go: recordings, keypoint files, OSC, callbacks, pipes.
+
+The engine hands every sink the same two things, both stamped by the master clock
+(DESIGN.md, "One clock": the audio sample counter):
+
+* :class:`FrameOut` -- frame ``index`` ``i`` since the stream start, its time ``i / fps``,
+  the RGB frame, the 67 keypoints and optional debug views;
+* audio blocks ``write_audio(samples, start_sample)`` -- mono float32, where
+  ``start_sample`` is the master clock position of ``samples[0]``.
+
+Sinks never invent time: recording timestamps come from ``index`` and ``start_sample``
+only, never from a wall clock or a running count, so audio and video cannot drift
+apart however long a recording runs, and a dropped frame leaves a gap instead of
+shifting everything after it.
+
+Sinks (all follow the :class:`Sink` protocol: ``open`` / ``write_frame`` /
+``write_audio`` / ``close``):
+
+* :class:`Mp4Recorder` -- H.264 + AAC in one fragmented MP4, written to the final path
+  as it goes, so a killed process leaves a playable file (see the class docstring).
+* :class:`KeypointsNpz` -- every frame's keypoints in one ``.npz`` (written atomically
+  at ``close``).
+* :class:`OscSink` -- one OSC message per frame over UDP, for installations.
+* :class:`CallbackSink` -- calls a function with each :class:`FrameOut`.
+* :class:`FrameQueue` -- a bounded queue you iterate over from another thread
+  (drops the oldest frame when full), for embedding letsplay in other programs.
+* :class:`RawVideoSink` -- raw ``rgb24`` frames to a binary stream, to pipe into ffmpeg.
+* :class:`MultiSink` -- fans out to several sinks; one failing is logged and disabled,
+  the others go on.
+
+OSC message layout (:class:`OscSink`; TouchDesigner's OSC In, Unity (e.g. extOSC / OscJack)
+and Max's ``udpreceive`` read it as is). One message per frame, address
+``<prefix>/frame`` (default ``/letsplay/frame``), 137 arguments::
+
+    index  type  meaning
+    0      i     stream id (0 unless several streams run batched)
+    1      i     frame index since the stream start (exact; time = index / fps)
+    2      f     frame time in seconds (float32: sub-millisecond for the first ~2.3 hours;
+                 use the index for an exact clock on longer runs)
+    3, 4   f f   keypoint 0: x, y
+    ...
+    135,136 f f  keypoint 66: x, y
+
+Keypoints are OpenPose BODY_25 (0-24), left hand (25-45), right hand (46-66),
+normalised to [0, 1]: ``x = column / width``, ``y = row / height`` (origin top left).
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import json
+import logging
+import math
+import os
+import socket
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import IO, Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from letsplay.models.spec import AudioSpec, VideoSpec
+
+log = logging.getLogger(__name__)
+
+N_KEYPOINTS = 67  # OpenPose BODY_25 + two hands (DESIGN.md, "Skeleton")
+
+
+# --------------------------------------------------------------------------- contract
+
+
+@dataclass(frozen=True)
+class FrameOut:
+    index: int  # frame number i since the stream start
+    time: float  # i / fps seconds, derived from the audio sample clock
+    frame: np.ndarray  # [H, W, 3] uint8 RGB
+    keypoints: np.ndarray  # [67, 2] float32, normalised [0,1] (x=col/W, y=row/H)
+    stream: int = 0  # stream id when several streams run batched
+    views: Mapping[str, np.ndarray] = field(default_factory=dict)  # optional debug views (heatmap, coarse) as uint8 RGB
+
+
+@runtime_checkable
+class Sink(Protocol):
+    def open(self, audio: AudioSpec, video: VideoSpec) -> None: ...
+    def write_frame(self, f: FrameOut) -> None: ...
+    # mono float32 at audio.sample_rate; start_sample = master clock position of samples[0]
+    def write_audio(self, samples: np.ndarray, start_sample: int) -> None: ...
+    def close(self) -> None: ...
+
+
+class SinkError(OSError):
+    """A sink cannot write where it was told to (missing or unwritable folder, full disk,
+    a closed pipe...). The message says what was wrong and what to do."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def fps_fraction(fps: float) -> Fraction:
+    """``fps`` as an exact fraction: 30 -> 30, 29.97 -> 2997/100, 30000/1001 -> 30000/1001.
+
+    Frame ``i`` is at ``i / fps_fraction(fps)`` seconds, which is ``VideoSpec.frame_time(i)``."""
+    return Fraction(fps).limit_denominator(1001)
+
+
+def _check_output_path(path: Path, what: str) -> Path:
+    """Fail early, with advice, when ``path`` cannot be created: raised by ``open()``,
+    so a bad ``--record`` path is reported before rendering starts, not minutes later."""
+    path = Path(path).expanduser()
+    parent = path.parent.resolve() if str(path.parent) else Path.cwd()
+    if not parent.exists():
+        raise SinkError(f"cannot write the {what} {str(path)!r}: the folder {str(parent)!r} does not exist; "
+                        f"create it first (mkdir -p {str(parent)!r}) or choose another path")
+    if not parent.is_dir():
+        raise SinkError(f"cannot write the {what} {str(path)!r}: {str(parent)!r} is not a folder; "
+                        f"choose a path inside a folder")
+    if path.is_dir():
+        raise SinkError(f"cannot write the {what} {str(path)!r}: it is a folder; give a file name, "
+                        f"e.g. {str(path / ('out' + (path.suffix or '.mp4')))!r}")
+    # os.access is not enough (root, read-only mounts, ACLs): really create a file there.
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as e:
+        raise SinkError(f"cannot write the {what} {str(path)!r}: the folder {str(parent)!r} is not writable "
+                        f"({e.strerror or e}); choose a folder you can write to or fix its permissions") from e
+    return path
+
+
+def _warn_sometimes(count: int, msg: str, *args: object) -> None:
+    """Log a repeated problem the 1st, 10th, 100th, 1000th... time: seen, but no log flood at 30 fps."""
+    if count == 1 or math.log10(count).is_integer():
+        log.warning(msg, *args)
+
+
+def _as_frame(f: FrameOut, video: VideoSpec, who: str) -> np.ndarray:
+    img = np.asarray(f.frame)
+    if img.shape != (video.height, video.width, 3) or img.dtype != np.uint8:
+        raise ValueError(f"{who}: frame {f.index} is {img.dtype}{list(img.shape)}, expected uint8 "
+                         f"[{video.height}, {video.width}, 3] RGB as the VideoSpec says; convert it "
+                         f"(np.clip(x * 255, 0, 255).astype(np.uint8)) or open the sink with the right VideoSpec")
+    return np.ascontiguousarray(img)
+
+
+def _as_keypoints(f: FrameOut, who: str) -> np.ndarray:
+    kp = np.asarray(f.keypoints, dtype=np.float32)
+    if kp.shape != (N_KEYPOINTS, 2):
+        raise ValueError(f"{who}: frame {f.index} has keypoints of shape {list(kp.shape)}, "
+                         f"expected [{N_KEYPOINTS}, 2] (normalised x, y)")
+    return kp
+
+
+def _as_audio(samples: np.ndarray, who: str) -> np.ndarray:
+    x = np.asarray(samples)
+    if x.ndim != 1:
+        raise ValueError(f"{who}: audio must be mono [N] at the AudioSpec's sample rate, got shape {list(x.shape)}; "
+                         f"average the channels first")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if not np.isfinite(x).all():
+        log.warning("%s: audio block has NaN/inf samples; they are recorded as silence", who)
+        x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+    return x
+
+
+# --------------------------------------------------------------------------- mp4
+
+MP4_CONTAINER_OPTIONS = {
+    # Fragmented MP4: a new self-contained fragment at every keyframe; the header goes out
+    # after the first fragment (delay_moov), so it can carry the AAC priming edit list.
+    "movflags": "frag_keyframe+empty_moov+delay_moov+default_base_moof",
+    "flush_packets": "1",  # hand what the muxer wrote to the OS at once, not when a 32 KiB buffer fills
+}
+
+
+class Mp4Recorder:
+    """Records the stream to an MP4: H.264 (libx264, yuv420p) video + AAC audio, one file.
+
+    **Timestamps come from the master clock.** Video packet ``pts`` is the frame index in
+    a time base of ``1 / fps`` (an exact fraction, so 29.97 works too); audio ``pts`` is the
+    sample index in ``1 / sample_rate``. A dropped frame leaves a gap in the video
+    timestamps (the previous frame stays on screen), never a renumbering; an audio gap is
+    filled with silence and overlapping audio is cut, so after any number of hiccups the
+    two tracks still line up sample for frame. At ``close`` the audio is padded with
+    silence to the end of the last frame, so both tracks end together.
+
+    **Fragmented MP4, written to the final path as it goes** (``movflags =
+    frag_keyframe+empty_moov+delay_moov+default_base_moof``, packets flushed as they are
+    muxed): a keyframe every ``keyframe_seconds`` starts a new self-contained fragment. If
+    the process dies mid-recording (Ctrl-C without cleanup, SIGKILL, a full disk, a power
+    cut after the OS wrote its cache), the file still plays up to the last complete
+    fragment: about the last ``keyframe_seconds`` is lost (measured: 100 frames written,
+    94 play back after SIGKILL; the test checks at least 60). There is
+    no temporary file and no rename, so a crash cannot leave the recording elsewhere.
+    ``delay_moov`` writes the header after the first fragment, which lets it carry the
+    AAC priming edit list (without it, fragmented audio plays ~23 ms late). Every current
+    player (ffmpeg/ffplay, VLC, browsers, QuickTime) plays fragmented MP4; remux with
+    ``ffmpeg -i in.mp4 -c copy -movflags +faststart out.mp4`` if a tool wants a classic one.
+
+    File time 0 is the start of the first frame written (frame 0 for a recording from the
+    stream start; the file's ``comment`` tag names it), so a recording started mid-stream
+    does not open with minutes of nothing; both tracks shift by the same whole frame.
+    Audio that came before that frame is cut. Write each audio block before (or together
+    with) the frames it belongs to, as the engine does: audio still missing
+    ``audio_lag_s`` after a frame is written as silence (late audio is then dropped), so a
+    recording without any audio stays kill-safe and memory-bounded.
+
+    Frames of other streams than ``stream_id`` are ignored (one recorder per stream).
+    Encoding runs in the caller's thread: 256x256 with ``veryfast`` costs ~1.6 ms per frame
+    (median; mean 2.5 ms, worst ~20 ms at a keyframe, on this 2-core CPU), so it fits a 30 fps
+    loop. Thread-safe (one lock): audio and video may come
+    from different threads.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], crf: int = 20, audio: bool = True, *,
+                 preset: str = "veryfast", tune: str | None = "zerolatency", keyframe_seconds: float = 1.0,
+                 audio_bitrate: int = 128_000, audio_lag_s: float | None = 2.0, stream_id: int = 0) -> None:
+        if not 0 <= crf <= 51:
+            raise ValueError(f"Mp4Recorder: crf must be in 0..51 (lower = better, 18-23 is typical), got {crf}")
+        if not keyframe_seconds > 0:
+            raise ValueError(f"Mp4Recorder: keyframe_seconds must be > 0, got {keyframe_seconds}")
+        self.path = Path(path)
+        self.crf = int(crf)
+        self.audio = bool(audio)
+        self.preset = preset
+        self.tune = tune
+        self.keyframe_seconds = float(keyframe_seconds)
+        self.audio_bitrate = int(audio_bitrate)
+        self.audio_lag_s = audio_lag_s
+        self.stream_id = stream_id
+        self.frames_written = 0  # encoded frames
+        self.frames_skipped = 0  # frames with an index at or before the previous one
+        self.audio_samples_written = 0  # samples given to the AAC encoder, silence included
+        self.silence_inserted = 0  # samples of silence put into audio gaps (and the tail)
+        self.audio_samples_cut = 0  # samples dropped because they overlapped earlier audio
+        self._lock = threading.Lock()
+        self._container: Any = None
+        self._failed: BaseException | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"Mp4Recorder({str(self.path)!r})"
+
+    # -- open
+
+    def open(self, audio: AudioSpec, video: VideoSpec) -> None:
+        import av  # lazy: only recording needs PyAV
+
+        if self._container is not None:
+            raise RuntimeError(f"{self!r} is already open; one recorder writes one file")
+        self.path = _check_output_path(self.path, "recording")
+        self._aspec, self._vspec = audio, video
+        self._rate = fps_fraction(video.fps)
+        # libx264 + yuv420p needs even sizes: pad by one edge pixel rather than refuse.
+        self._pad = (video.height % 2, video.width % 2)
+        if any(self._pad):
+            log.info("%r: %dx%d is odd; yuv420p needs even sizes, the recording pads the last row/column",
+                     self, video.width, video.height)
+        try:
+            c = av.open(str(self.path), mode="w", format="mp4", container_options=dict(MP4_CONTAINER_OPTIONS))
+        except (OSError, av.error.FFmpegError) as e:
+            raise SinkError(f"cannot create the recording {str(self.path)!r}: {e}; check the path, "
+                            f"its permissions and the free space") from e
+        try:
+            vs = c.add_stream("libx264", rate=self._rate)
+            vs.width = video.width + self._pad[1]
+            vs.height = video.height + self._pad[0]
+            vs.pix_fmt = "yuv420p"
+            # Frame and encoder time bases stay these; the muxer picks its own stream time base
+            # (e.g. 1/15360 for 30 fps) at the header and rescales, exactly.
+            self._vtb = 1 / self._rate  # video pts = frame index
+            self._atb = Fraction(1, audio.sample_rate)  # audio pts = sample index
+            vs.time_base = self._vtb
+            cc = vs.codec_context
+            cc.gop_size = max(1, round(float(self._rate) * self.keyframe_seconds))  # one fragment each
+            # BT.601 limited range: what swscale's rgb24 -> yuv420p produces; say so in the stream.
+            cc.colorspace = 6  # AVCOL_SPC_SMPTE170M
+            cc.color_primaries = 6  # AVCOL_PRI_SMPTE170M
+            cc.color_trc = 6  # AVCOL_TRC_SMPTE170M
+            cc.color_range = 1  # AVCOL_RANGE_MPEG
+            opts = {"preset": self.preset, "crf": str(self.crf)}
+            if self.tune:
+                opts["tune"] = self.tune
+            vs.options = opts
+            self._vstream = vs
+            self._astream = None
+            if self.audio:
+                a = c.add_stream("aac", rate=audio.sample_rate)
+                a.layout = "mono"
+                a.time_base = self._atb
+                a.bit_rate = self.audio_bitrate
+                a.codec_context.open()
+                self._astream = a
+                self._frame_size = a.codec_context.frame_size or 1024
+            vs.codec_context.open()
+        except Exception as e:
+            c.close()
+            raise SinkError(f"{self!r}: cannot set up the H.264/AAC encoders ({e}); this PyAV build may lack "
+                            f"libx264 (pip install av ships it)") from e
+        self._container = c
+        self._origin_frame: int | None = None  # the stream frame at file time 0 (set by the first write)
+        self._origin_sample = 0  # the master clock sample at file time 0
+        self._last_index: int | None = None
+        # Audio: pending samples not yet a full encoder frame; _abuf[0] is master clock sample _abuf_start.
+        self._abuf = np.zeros(0, np.float32)
+        self._abuf_start = 0
+        self._pending: list[tuple[int, np.ndarray]] = []  # (start sample, block) before the first frame
+        self._pending_n = 0  # samples in _pending
+        self._max_pending = 60 * audio.sample_rate  # keep at most a minute of it
+        self._overlaps = 0
+        self._lag_warned = False
+        self._failed = None
+        self._closed = False
+        self.frames_written = self.frames_skipped = 0
+        self.audio_samples_written = self.silence_inserted = self.audio_samples_cut = 0
+        log.info("%r: recording %dx%d at %s fps%s (fragmented MP4, keyframe every %.2g s)", self, video.width,
+                 video.height, self._rate, f" + AAC {audio.sample_rate} Hz" if self.audio else "",
+                 self.keyframe_seconds)
+
+    # -- write
+
+    def _check_writable(self) -> None:
+        if self._container is None:
+            raise RuntimeError(f"{self!r}: call open() before writing" if not self._closed
+                               else f"{self!r} is closed")
+        if self._failed is not None:
+            raise SinkError(f"{self!r} stopped after an earlier write error: {self._failed}")
+
+    def _mux(self, packets: Iterable[Any]) -> None:
+        try:
+            for p in packets:
+                self._container.mux(p)
+        except OSError as e:
+            self._failed = e
+            raise SinkError(f"{self!r}: writing failed ({e}); is the disk full or the drive gone? "
+                            f"The file is playable up to the last complete fragment") from e
+
+    def _sample_of_frame(self, index: int) -> int:
+        """Master clock sample at which frame ``index`` starts."""
+        return math.floor(index * self._aspec.sample_rate / self._rate)
+
+    def _set_origin(self, frame: int) -> None:
+        """File time 0 = the start of stream frame ``frame`` (the first frame written). Both
+        tracks are stamped relative to it, a constant shift of the master clock, so both
+        start at 0 even when the recording begins mid-stream."""
+        self._origin_frame = frame
+        self._origin_sample = self._abuf_start = self._sample_of_frame(frame)
+        self._container.metadata["comment"] = (f"letsplay: time 0 = stream frame {frame} "
+                                               f"(sample {self._origin_sample}) at {self._rate} fps")
+        pending, self._pending, self._pending_n = self._pending, [], 0
+        for start, x in pending:  # audio that came before the first frame; what precedes it is cut
+            skip = min(max(0, self._origin_sample - start), len(x))
+            self._audio_locked(x[skip:], start + skip)
+
+    def write_frame(self, f: FrameOut) -> None:
+        if f.stream != self.stream_id:
+            return
+        import av
+
+        with self._lock:
+            self._check_writable()
+            img = _as_frame(f, self._vspec, repr(self))
+            if self._origin_frame is None:
+                self._set_origin(f.index)
+            if f.index < self._origin_frame or (self._last_index is not None and f.index <= self._last_index):
+                self.frames_skipped += 1
+                _warn_sometimes(self.frames_skipped, "%r: frame %d arrived after frame %s; skipped (timestamps "
+                                "must increase); %d skipped so far", self, f.index, self._last_index,
+                                self.frames_skipped)
+                return
+            if any(self._pad):
+                img = np.pad(img, ((0, self._pad[0]), (0, self._pad[1]), (0, 0)), mode="edge")
+            vf = av.VideoFrame.from_ndarray(img, format="rgb24")
+            vf = vf.reformat(format="yuv420p", dst_colorspace="itu601")
+            vf.pts = f.index - self._origin_frame  # the master clock; gaps stay gaps
+            vf.time_base = self._vtb
+            packets = self._vstream.encode(vf)
+            for p in packets:
+                p.duration = 1
+            self._mux(packets)
+            self._last_index = f.index
+            self.frames_written += 1
+            if self._astream is not None and self.audio_lag_s is not None:
+                # Audio this far behind the video is missing: silence keeps the muxer writing fragments.
+                due = self._sample_of_frame(f.index + 1) - round(self.audio_lag_s * self._aspec.sample_rate)
+                have = self._abuf_start + len(self._abuf)
+                if due > have:
+                    if not self._lag_warned:
+                        self._lag_warned = True
+                        log.warning("%r: audio is over %.1f s behind the video (frame %d); writing silence in "
+                                    "its place (write audio before the frames it belongs to)", self,
+                                    self.audio_lag_s, f.index)
+                    self._push_silence(due - have)
+
+    def write_audio(self, samples: np.ndarray, start_sample: int) -> None:
+        if not self.audio:
+            return
+        x = _as_audio(samples, repr(self))
+        with self._lock:
+            self._check_writable()
+            if self._origin_frame is None:
+                # Before the first frame, file time 0 is not known yet: hold the audio (bounded).
+                self._pending.append((int(start_sample), x.copy()))
+                self._pending_n += len(x)
+                while self._pending_n > self._max_pending:
+                    self._pending_n -= len(self._pending.pop(0)[1])
+                return
+            self._audio_locked(x, int(start_sample))
+
+    def _audio_locked(self, x: np.ndarray, start: int) -> None:
+        if len(x) == 0:
+            return
+        expected = self._abuf_start + len(self._abuf)  # master clock sample the next audio should start at
+        if start > expected:
+            self._push_silence(start - expected)
+        elif start < expected:
+            cut = min(expected - start, len(x))
+            self.audio_samples_cut += cut
+            self._overlaps += 1
+            _warn_sometimes(self._overlaps, "%r: audio block at sample %d overlaps audio up to sample %d; "
+                            "%d samples dropped (%d overlapping blocks so far)", self, start, expected, cut,
+                            self._overlaps)
+            x = x[cut:]
+        self._push(x)
+
+    def _push_silence(self, n: int) -> None:
+        self.silence_inserted += n
+        chunk = 1 << 16  # bounded memory even for an hour-long gap
+        while n > 0:
+            k = min(n, chunk)
+            self._push(np.zeros(k, np.float32))
+            n -= k
+
+    def _push(self, x: np.ndarray, final: bool = False) -> None:
+        """Append samples and encode every complete encoder frame (the rest waits)."""
+        import av
+
+        buf = np.concatenate([self._abuf, x]) if len(self._abuf) else x
+        fs = self._frame_size
+        n_full = len(buf) // fs * fs
+        end = len(buf) if final else n_full
+        pos = 0
+        while pos < end:
+            k = min(fs, end - pos)
+            af = av.AudioFrame.from_ndarray(buf[None, pos:pos + k], format="fltp", layout="mono")
+            af.sample_rate = self._aspec.sample_rate
+            af.pts = self._abuf_start + pos - self._origin_sample
+            af.time_base = self._atb
+            self._mux(self._astream.encode(af))
+            pos += k
+        self.audio_samples_written += end
+        self._abuf = np.array(buf[end:], np.float32)  # a copy: never keep a view on the caller's array
+        self._abuf_start = self._abuf_start + end
+
+    # -- close
+
+    def close(self) -> None:
+        """Flush the encoders, pad the audio to the last frame's end, finish the file. Idempotent."""
+        with self._lock:
+            self._closed = True
+            c = self._container
+            if c is None:
+                return
+            err: BaseException | None = None
+            if self._failed is None:
+                try:
+                    self._finish_audio()
+                    self._mux(self._vstream.encode(None))
+                    if self._astream is not None:
+                        self._mux(self._astream.encode(None))
+                except SinkError as e:
+                    err = e
+            self._container = None
+            try:
+                c.close()
+            except Exception as e:  # a full disk can fail the last fragment too
+                if err is None and self._failed is None:
+                    err = SinkError(f"{self!r}: finishing the file failed ({e}); it is playable up to "
+                                    f"the last complete fragment")
+                    err.__cause__ = e
+                else:
+                    log.warning("%r: closing after an earlier error: %s", self, e)
+            if err is not None:
+                raise err
+        log.info("%r: closed, %d frames (%d skipped), %.2f s audio (%.2f s silence inserted)", self,
+                 self.frames_written, self.frames_skipped, self.audio_samples_written / self._aspec.sample_rate,
+                 self.silence_inserted / self._aspec.sample_rate)
+
+    def _finish_audio(self) -> None:
+        """Pad the audio with silence to the end of the last frame, then encode what is left."""
+        if self._astream is None:
+            return
+        if self._origin_frame is None:
+            if not self._pending:  # nothing was written: an empty file
+                return
+            # Audio only: start at the frame holding the first sample.
+            self._set_origin(math.floor(self._pending[0][0] * self._rate / self._aspec.sample_rate))
+        if self._last_index is not None:
+            video_end = self._sample_of_frame(self._last_index + 1)
+            have = self._abuf_start + len(self._abuf)
+            if video_end > have:
+                self._push_silence(video_end - have)
+        self._push(np.zeros(0, np.float32), final=True)
+
+    def __enter__(self) -> Mp4Recorder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------- keypoints
+
+
+class KeypointsNpz:
+    """Collects every frame's keypoints and writes one ``.npz`` at ``close``.
+
+    Arrays: ``index`` [N] int64, ``time`` [N] float64 (seconds), ``stream`` [N] int64,
+    ``keypoints`` [N, 67, 2] float32 (normalised x, y), and ``spec``: a JSON string
+    ``{"audio": AudioSpec, "video": VideoSpec}`` (read it back with
+    ``json.loads(str(z["spec"]))``). Frames of all streams are kept, in arrival order.
+    The file appears atomically (temp file in the same folder, then rename): a reader
+    never sees half a file, and a crash leaves the previous file, if any, untouched.
+    The folder is checked at ``open``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._rows: list[tuple[int, float, int, np.ndarray]] = []
+        self._spec: str | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"KeypointsNpz({str(self.path)!r})"
+
+    def open(self, audio: AudioSpec, video: VideoSpec) -> None:
+        self.path = _check_output_path(self.path, "keypoints file")
+        self._spec = json.dumps({"audio": audio.to_dict(), "video": video.to_dict()}, sort_keys=True)
+        self._rows = []
+
+    def write_frame(self, f: FrameOut) -> None:
+        if self._spec is None:
+            raise RuntimeError(f"{self!r}: call open() before writing")
+        kp = _as_keypoints(f, repr(self)).copy()
+        with self._lock:
+            self._rows.append((int(f.index), float(f.time), int(f.stream), kp))
+
+    def write_audio(self, samples: np.ndarray, start_sample: int) -> None:
+        pass
+
+    def close(self) -> None:
+        with self._lock:
+            if self._spec is None:
+                return
+            rows, self._rows = self._rows, []
+            spec, self._spec = self._spec, None
+        n = len(rows)
+        arrays = {
+            "index": np.array([r[0] for r in rows], np.int64),
+            "time": np.array([r[1] for r in rows], np.float64),
+            "stream": np.array([r[2] for r in rows], np.int64),
+            "keypoints": (np.stack([r[3] for r in rows]) if n else np.zeros((0, N_KEYPOINTS, 2))).astype(np.float32),
+            "spec": np.array(spec),
+        }
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.savez(fh, **arrays)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+        except BaseException as e:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            if isinstance(e, OSError):
+                raise SinkError(f"{self!r}: writing the keypoints failed ({e}); check the free space") from e
+            raise
+        log.info("%r: wrote %d frames", self, n)
+
+
+# --------------------------------------------------------------------------- OSC
+
+
+class OscSink:
+    """Sends one OSC message per frame over UDP: ``<prefix>/frame`` with
+    ``[stream, index, time, x0, y0, ..., x66, y66]`` (layout in the module docstring).
+
+    The host name is resolved once at ``open`` (no DNS lookups in the frame loop) and the
+    socket is non-blocking, so a send never stalls the caller. Send errors (nobody
+    listening on some systems, a full socket buffer, the network gone) are counted in
+    ``errors`` and logged (the first, then every 100th), never raised.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 9000, prefix: str = "/letsplay") -> None:
+        if not prefix.startswith("/"):
+            raise ValueError(f"OscSink: the OSC prefix must start with '/', got {prefix!r} (e.g. '/letsplay')")
+        if not 0 < int(port) < 65536:
+            raise ValueError(f"OscSink: port must be 1..65535, got {port}")
+        self.host = host
+        self.port = int(port)
+        self.address = prefix.rstrip("/") + "/frame"
+        self.sent = 0
+        self.errors = 0
+        self._client: Any = None
+
+    def __repr__(self) -> str:
+        return f"OscSink({self.host}:{self.port}{self.address})"
+
+    def open(self, audio: AudioSpec, video: VideoSpec) -> None:
+        from pythonosc.udp_client import UDPClient
+
+        try:
+            info = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM)
+        except OSError as e:
+            raise SinkError(f"{self!r}: cannot resolve the OSC host {self.host!r} ({e}); "
+                            f"give an IP address such as 127.0.0.1") from e
+        ip = info[0][4][0]
+        self._client = UDPClient(ip, self.port)  # an IP literal: sendto never resolves again
+        log.info("%r: sending to %s:%d", self, ip, self.port)
+
+    def write_frame(self, f: FrameOut) -> None:
+        from pythonosc.osc_message_builder import OscMessageBuilder
+
+        if self._client is None:
+            raise RuntimeError(f"{self!r}: call open() before writing")
+        kp = _as_keypoints(f, repr(self))
+        b = OscMessageBuilder(address=self.address)
+        b.add_arg(int(f.stream), OscMessageBuilder.ARG_TYPE_INT)
+        b.add_arg(int(f.index), OscMessageBuilder.ARG_TYPE_INT)
+        b.add_arg(float(f.time), OscMessageBuilder.ARG_TYPE_FLOAT)
+        for v in kp.ravel().tolist():  # x0, y0, x1, y1, ...
+            b.add_arg(v, OscMessageBuilder.ARG_TYPE_FLOAT)
+        try:
+            self._client.send(b.build())
+            self.sent += 1
+        except OSError as e:
+            self.errors += 1
+            if self.errors == 1 or self.errors % 100 == 0:
+                log.warning("%r: UDP send failed (%s); %d failures so far, frames go on", self, e, self.errors)
+
+    def write_audio(self, samples: np.ndarray, start_sample: int) -> None:
+        pass
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+            log.info("%r: %d messages sent, %d send errors", self, self.sent, self.errors)
+
+
+# --------------------------------------------------------------------------- callbacks, queue
+
+
+class CallbackSink:
+    """Calls ``fn(frame_out)`` for every frame (and ``on_audio(samples, start_sample)``
+    for every audio block, if given), in the engine's thread: keep them quick."""
+
+    def __init__(self, fn: Callable[[FrameOut], object],
+                 on_audio: Callable[[np.ndarray, int], object] | None = None) -> None:
+        self.fn = fn
+        self.on_audio = on_audio
+
+    def __repr__(self) -> str:
+        return f"CallbackSink({getattr(self.fn, '__qualname__', self.fn)!r})"
+
+    def open(self, audio: AudioSpec, video: VideoSpec) -> None:
+        pass
+
+    def write_frame(self, f: FrameOut) -> None:
+        self.fn(f)
+
+    def write_audio(self, samples: np.ndarray, start_sample: int) -> None:
+        if self.on_audio is not None:
+            self.on_audio(samples, start_sample)
+
+    def close(self) -> None:
+        pass
+
+
+class FrameQueue:
+    """A bounded queue of frames for another thread to consume: the engine never waits.
+
+    When the consumer falls behind and the queue is full, the *oldest* frame is dropped
+    (``dropped`` counts them): a live consumer wants the newest frame. Iterate to consume;
+    the iteration ends once the sink is closed and the queue is empty::
+
+        q = FrameQueue(maxsize=4)
+        engine = Engine(..., sinks=[q])      # engine runs in its own thread
+        for f in q:                          # FrameOut, in order, newest kept
+            show(f.frame)
+    """
+
+    def __init__(self, maxsize: int = 8) -> None:
+        if maxsize < 1:
+            raise ValueError(f"FrameQueue: maxsize must be >= 1, got {maxsize}")
+        self.maxsize = int(maxsize)
+        self.dropped = 0
+        self._q: collections.deque[FrameOut] = collections.deque()
+        self._cv = threading.Condition()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"FrameQueue(maxsize={self.maxsize})"
+
+    def open(self, audio: AudioSpec, video: VideoSpec) -> None:
+        with self._cv:
+            self._closed = False
+
+    def write_frame(self, f: FrameOut) -> None:
+        with self._cv:
+            if len(self._q) >= self.maxsize:
+                self._q.popleft()
+                self.dropped += 1
+            self._q.append(f)
+            self._cv.notify()
+
+    def write_audio(self, samples: np.ndarray, start_sample: int) -> None:
+        pass
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __len__(self) -> int:
+        return len(self._q)
+
+    def get(self, timeout: float | None = None) -> FrameOut | None:
+        """The oldest queued frame; waits up to ``timeout`` s (None: until one comes).
+        Returns None on timeout, or when the sink is closed and nothing is left."""
+        with self._cv:
+            if not self._cv.wait_for(lambda: self._q or self._closed, timeout):
+                return None
+            return self._q.popleft() if self._q else None
+
+    def __iter__(self) -> Iterator[FrameOut]:
+        while True:
+            f = self.get()
+            if f is None:
+                return
+            yield f
+
+
+# --------------------------------------------------------------------------- raw pipe
+
+
+class RawVideoSink:
+    """Raw ``rgb24`` frames, back to back, to a binary stream (stdout by default), e.g.::
+
+        letsplay render song.wav --raw | ffmpeg -f rawvideo -pix_fmt rgb24 -s 256x256 -r 30 -i - out.mp4
+
+    Raw video carries no timestamps, so a dropped frame would shift everything after it:
+    with ``fill_gaps`` (default) the previous frame is written again for every missing
+    index, keeping frame n at n / fps. When the reader goes away (BrokenPipeError) the
+    sink logs it and stops quietly; ``broken`` tells. Only frames of ``stream_id`` are written.
+    """
+
+    def __init__(self, stream: IO[bytes] | None = None, *, fill_gaps: bool = True, stream_id: int = 0) -> None:
+        self._out = stream if stream is not None else sys.stdout.buffer
+        self.fill_gaps = fill_gaps
+        self.stream_id = stream_id
+        self.frames_written = 0  # frames written, repeats included
+        self.repeated = 0  # frames written again to fill gaps
+        self.broken = False
+        self._last: tuple[int, bytes] | None = None
+        self._vspec: VideoSpec | None = None
+
+    def __repr__(self) -> str:
+        return f"RawVideoSink({getattr(self._out, 'name', type(self._out).__name__)!r})"
+
+    def open(self, audio: AudioSpec, video: VideoSpec) -> None:
+        self._vspec = video
+        self._last = None
+        log.info("%r: raw rgb24 %dx%d at %s fps: ffmpeg -f rawvideo -pix_fmt rgb24 -s %dx%d -r %s -i - out.mp4",
+                 self, video.width, video.height, fps_fraction(video.fps), video.width, video.height,
+                 fps_fraction(video.fps))
+
+    def write_frame(self, f: FrameOut) -> None:
+        if self.broken or f.stream != self.stream_id:
+            return
+        if self._vspec is None:
+            raise RuntimeError(f"{self!r}: call open() before writing")
+        data = np.ascontiguousarray(_as_frame(f, self._vspec, repr(self))).tobytes()
+        chunks = []
+        if self._last is not None:
+            gap = f.index - self._last[0] - 1
+            if gap < 0:
+                log.warning("%r: frame %d arrived after frame %d; skipped", self, f.index, self._last[0])
+                return
+            if gap > 0 and self.fill_gaps:
+                chunks = [self._last[1]] * gap
+                self.repeated += gap
+        chunks.append(data)
+        try:
+            for c in chunks:
+                self._out.write(c)
+            self._out.flush()
+        except BrokenPipeError:
+            self._on_broken_pipe()
+            return
+        self.frames_written += len(chunks)
+        self._last = (f.index, data)
+
+    def _on_broken_pipe(self) -> None:
+        self.broken = True
+        log.info("%r: the reader closed the pipe after %d frames; raw output stopped", self, self.frames_written)
+        # Python would complain again when it flushes stdout at exit: point the fd at /dev/null.
+        try:
+            if self._out is sys.stdout.buffer or self._out is sys.stdout:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+                os.close(devnull)
+        except (OSError, ValueError, io.UnsupportedOperation):
+            pass
+
+    def write_audio(self, samples: np.ndarray, start_sample: int) -> None:
+        pass
+
+    def close(self) -> None:
+        if self.broken:
+            return
+        try:
+            self._out.flush()
+        except BrokenPipeError:
+            self._on_broken_pipe()
+        except ValueError:  # already closed by its owner
+            pass
+
+
+# --------------------------------------------------------------------------- fan-out
+
+
+class MultiSink:
+    """Fans every call out to several sinks, isolating failures.
+
+    ``open`` is all-or-nothing: a sink that cannot open (unwritable folder, bad host)
+    raises at once, after closing the ones already opened, so a mistake shows before
+    rendering starts. After that, a sink that raises in ``write_frame`` / ``write_audio``
+    is logged with its traceback and disabled (``failed`` maps it to the error); the
+    others go on. ``close`` closes every sink (disabled ones too, to release files),
+    logging errors instead of raising.
+    """
+
+    def __init__(self, sinks: Sequence[Sink]) -> None:
+        self.sinks: list[Sink] = list(sinks)
+        self.failed: list[tuple[Sink, BaseException]] = []  # (sink, the error that disabled it)
+        self._off: set[int] = set()  # id() of disabled sinks (sinks need not be hashable)
+
+    def __repr__(self) -> str:
+        return f"MultiSink({self.sinks!r})"
+
+    @property
+    def active(self) -> list[Sink]:
+        return [s for s in self.sinks if id(s) not in self._off]
+
+    def open(self, audio: AudioSpec, video: VideoSpec) -> None:
+        self.failed, self._off = [], set()
+        opened: list[Sink] = []
+        for s in self.sinks:
+            try:
+                s.open(audio, video)
+            except BaseException:
+                for o in reversed(opened):
+                    try:
+                        o.close()
+                    except Exception:
+                        log.exception("%r: closing after another sink failed to open", o)
+                raise
+            opened.append(s)
+
+    def _disable(self, s: Sink, e: Exception, what: str) -> None:
+        self.failed.append((s, e))
+        self._off.add(id(s))
+        log.error("%r failed in %s and is disabled; the other sinks go on", s, what, exc_info=e)
+
+    def write_frame(self, f: FrameOut) -> None:
+        for s in self.active:
+            try:
+                s.write_frame(f)
+            except Exception as e:
+                self._disable(s, e, f"write_frame (frame {f.index})")
+
+    def write_audio(self, samples: np.ndarray, start_sample: int) -> None:
+        for s in self.active:
+            try:
+                s.write_audio(samples, start_sample)
+            except Exception as e:
+                self._disable(s, e, f"write_audio (sample {start_sample})")
+
+    def close(self) -> None:
+        for s in self.sinks:
+            try:
+                s.close()
+            except Exception as e:
+                if id(s) not in self._off:
+                    self._disable(s, e, "close")
+                else:
+                    log.error("%r failed to close", s, exc_info=e)

@@ -1,0 +1,103 @@
+"""`letsplay live` on a REAL capture device: a private PulseAudio with a null sink.
+
+A known file is played into the sink while `letsplay live --device pulse --record`
+captures the sink's monitor; the recording's audio must correlate with the file and
+frames must come at >= 25 fps.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+
+import av
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest import music_signal
+from pulse import pulse_available, start_pulse
+
+pytestmark = pytest.mark.skipif(not pulse_available(), reason="PulseAudio (pulseaudio, pactl, paplay) not installed")
+
+SR = 44100
+
+
+@pytest.fixture(scope="module")
+def pulse(tmp_path_factory):
+    proc, env = start_pulse(tmp_path_factory.mktemp("pulse"))
+    yield env
+    proc.terminate()
+    proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    from letsplay.models.performer import Performer
+    from letsplay.models.presets import preset
+
+    torch.manual_seed(0)
+    p = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    Performer(preset("tiny")).save(p)
+    return p
+
+
+def read_mp4(path):
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        frames = [f.time for f in c.decode(v)]
+    with av.open(str(path)) as c:
+        a = c.streams.audio[0]
+        chunks = [f.to_ndarray() for f in c.decode(a)]
+        rate = a.rate
+    audio = np.concatenate([x.mean(axis=0) if x.ndim == 2 else x for x in chunks], axis=-1)
+    return frames, audio.astype(np.float32), rate
+
+
+def test_live_records_what_the_device_captured(pulse, tiny_ckpt, tmp_path):
+    env = dict(os.environ, **pulse)
+    played = music_signal(4.0, seed=21) * 0.7
+    wav = tmp_path / "played.wav"
+    sf.write(wav, played, SR, subtype="FLOAT")
+    silence = tmp_path / "silence.wav"
+    sf.write(silence, np.zeros(SR * 12, np.float32), SR)
+    out, stats = tmp_path / "live.mp4", tmp_path / "stats.json"
+    # Keep the sink running (a null sink's monitor only flows while something plays).
+    bed = subprocess.Popen(["paplay", str(silence)], env=env)
+    try:
+        live = subprocess.Popen(
+            [sys.executable, "-m", "letsplay.ui.cli", "live", "--device", "pulse", "--record", str(out),
+             "--seconds", "7", "--performer", str(tiny_ckpt), "--backend", "torch", "--no-window",
+             "--stats", str(stats)], env=env, stderr=subprocess.PIPE, text=True)
+        # wait until input is flowing (the status line counts rendered frames) before playing
+        err: list[str] = []
+        reader = threading.Thread(target=lambda: err.extend(iter(lambda: live.stderr.read(1), "")), daemon=True)
+        reader.start()
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 60 and not any(int(n) > 0 for n in re.findall(r"(\d+) frames", "".join(err))):
+            assert live.poll() is None, f"letsplay live exited early: {''.join(err)[-2000:]}"
+            time.sleep(0.05)
+        assert any(int(n) > 0 for n in re.findall(r"(\d+) frames", "".join(err))), "letsplay live never rendered input"
+        subprocess.run(["paplay", str(wav)], env=env, check=True, timeout=30)
+        live.wait(timeout=60)
+        reader.join(5)
+        assert live.returncode == 0, "".join(err)[-2000:]
+    finally:
+        bed.kill()
+    frames, audio, rate = read_mp4(out)
+    assert rate == SR
+    # the played file is in the recording: find it and correlate
+    c = np.correlate(audio, played[: SR // 2], mode="valid")
+    k = int(np.argmax(np.abs(c)))
+    seg = audio[k: k + len(played)]
+    assert len(seg) == len(played), "the recording does not hold the whole played file"
+    r = np.corrcoef(seg, played)[0, 1]
+    assert r > 0.9, f"correlation {r:.3f}"
+    # frames at >= 25 fps over the recording
+    dur = len(audio) / SR
+    assert len(frames) / dur >= 25
+    s = json.loads(stats.read_text())
+    assert s["frames"] / s["audio_seconds"] >= 25 and s["audio_seconds"] == pytest.approx(7.0, abs=0.05)
