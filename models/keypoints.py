@@ -57,7 +57,7 @@ class KeypointState(State):
 
 class KeypointOutput(NamedTuple):
     keypoints: Tensor  # [B, 67, 2] normalised (x, y)  (sequence: [B, T, 67, 2])
-    heatmap: Tensor  # [B, C, H, W] DLT of the keypoints  (sequence: [B, T, C, H, W])
+    heatmap: Tensor | None  # [B, C, H, W] DLT of the keypoints (sequence: [B, T, C, H, W]); None: not asked for
 
 
 class KeypointPredictor(nn.Module):
@@ -104,7 +104,10 @@ class KeypointPredictor(nn.Module):
         a = self.cfg.heatmap_alpha if alpha is None else alpha
         return dlt_heatmap(keypoints, H, W, self.cfg.heatmap, a, self.cfg.heatmap_radius)
 
-    def step(self, window: Tensor, state: KeypointState) -> tuple[KeypointOutput, KeypointState]:
+    def step(self, window: Tensor, state: KeypointState, with_heatmap: bool = True
+             ) -> tuple[KeypointOutput, KeypointState]:
+        """One frame; ``with_heatmap=False`` skips the DLT (``heatmap`` is None), for
+        training KHP alone, whose loss makes its own heatmaps."""
         B, F, T = window.shape  # [B, n_bins, window_columns]
         feat = self.motion(window)  # [B, audio_features]
         if self.cfg.avg_condition:
@@ -114,9 +117,9 @@ class KeypointPredictor(nn.Module):
         out = self.fc(h).reshape(B, N_KEYPOINTS, 2)
         base = self.mean_pose if self.cfg.avg_condition else torch.full_like(self.mean_pose, 0.5)
         kp = base + out  # [B, 67, 2]
-        return KeypointOutput(kp, self.heatmap(kp)), KeypointState(lstm_h=h, lstm_c=c)
+        return KeypointOutput(kp, self.heatmap(kp) if with_heatmap else None), KeypointState(lstm_h=h, lstm_c=c)
 
-    def forward(self, windows: Tensor, state: KeypointState | None = None
+    def forward(self, windows: Tensor, state: KeypointState | None = None, with_heatmap: bool = True
                 ) -> tuple[KeypointOutput, KeypointState]:
         """A sequence: ``windows [B, T, n_bins, window]`` -> outputs stacked on dim 1.
         Exactly a loop of :meth:`step` from ``state`` (fresh when ``None``)."""
@@ -126,9 +129,10 @@ class KeypointPredictor(nn.Module):
         state = self.init_state(B, windows.device) if state is None else state
         outs = []
         for t in range(T):
-            o, state = self.step(windows[:, t], state)
+            o, state = self.step(windows[:, t], state, with_heatmap)
             outs.append(o)
-        return KeypointOutput(*(torch.stack(x, dim=1) for x in zip(*outs, strict=True))), state
+        return KeypointOutput(*(None if x[0] is None else torch.stack(x, dim=1)
+                                for x in zip(*outs, strict=True))), state
 
     def loss(self, pred: Tensor, real: Tensor, confidence: Tensor | None = None) -> dict[str, Tensor]:
         """Eq. 2 (+ Eq. 3 unless ``dlt_loss=False``) for keypoints ``[..., 67, 2]``.

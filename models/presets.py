@@ -2,14 +2,15 @@
 
 * ``tiny`` -- 32x32 frames, a few thousand parameters per stage: unit tests, CI,
   smoke runs (milliseconds per frame on a CPU).
-* ``realtime`` -- 256x256 video at >= 30 fps on a 2-core CPU in plain torch. The STU
-  works at 128x128 and ends in a PixelShuffle head to 256; CVG generates at 64x64 with a
-  narrowed VGG prefix; the heatmap has one channel per body part (7) instead of 67.
-  Widths chosen by measurement (``letsplay model info --preset realtime --measure``):
-  3.3 GFLOP/frame, 8.2 M parameters, ~17 ms per frame (~58 fps) in torch eager on the
-  2-core AMD EPYC (AVX-512) dev machine -- headroom for the CQT (~0.3 ms/frame),
-  display and recording within 33 ms. Wider STUs measured there: base 24 / max 192
-  channels 4.2 GFLOP ~48 fps; base 32 / max 256 7.3 GFLOP ~36 fps.
+* ``realtime`` -- 256x256 video at >= 30 fps on a 2-core CPU through onnxruntime. The
+  STU works at 128x128 (8..128 channels over 4 levels) and ends in a PixelShuffle head
+  to 256; CVG generates at 64x64 with a narrowed VGG prefix; the heatmap has one channel
+  per body part (7) instead of 67. Sized by measurement on the slowest machine this
+  project has run on (a 2-core AVX2 AMD EPYC at 2 GHz, ~67 GFLOP/s fp32 GEMM on both
+  cores): 0.99 GFLOP/frame, ~2.9 M parameters, ~20 ms per frame in onnxruntime, 43 ms in
+  torch eager (narrow layers leave eager torch dominated by per-op overhead). Measured
+  there in the same run: 16..256 channels (3.3 GFLOP) 54 ms onnxruntime / 84 ms torch;
+  12..192 with one conv per level (1.6 GFLOP) 29 / 54 ms.
 * ``paper`` -- the paper's setting: 256x256 everywhere, full-width VGG prefix in CVG
   (ImageNet-loadable), a 64..512-channel STU with a 8x8 bottleneck, one summed heatmap.
 
@@ -51,7 +52,7 @@ def _realtime(audio: AudioSpec, video: VideoSpec | None, instrument: str) -> Per
                            hidden=128, heatmap="parts", heatmap_radius=2.0),
         cvg=CoarseConfig(scale=2, audio_channels=64, audio_layers=3, audio_features=128, hidden=128,
                          vgg_width_div=4, enc_channels=64, z_dim=16, dec_channels=128),
-        stu=STUConfig(base_channels=16, max_channels=256, depth=4, convs_per_level=2, gcn_hidden=32,
+        stu=STUConfig(base_channels=8, max_channels=128, depth=4, convs_per_level=2, gcn_hidden=32,
                       gcn_layers=2, audio_channels=64, audio_layers=3, audio_features=32,
                       out_upsample=2),
     )

@@ -87,6 +87,10 @@ PARTS: dict[str, tuple[int, ...]] = {
 }
 
 PART_NAMES: tuple[str, ...] = tuple(PARTS)
+_PART_ORDER: tuple[int, ...] = tuple(i for idx in PARTS.values() for i in idx)  # keypoints sorted by part
+_PART_SPANS: tuple[tuple[int, int], ...] = tuple(
+    (sum(len(v) for v in list(PARTS.values())[:c]), sum(len(v) for v in list(PARTS.values())[:c + 1]))
+    for c in range(len(PARTS)))  # each part's [start, end) in _PART_ORDER
 
 # --------------------------------------------------------------------------- mean poses
 
@@ -238,9 +242,12 @@ def dlt_heatmap(kp: Tensor, height: int, width: int, layout: HeatmapLayout = "su
     if layout == "parts":
         if P != N_KEYPOINTS:
             raise ValueError(f"'parts' layout needs the {N_KEYPOINTS}-point skeleton, got {P} points")
-        m = part_matrix(py.dtype, py.device)  # [C, P]
-        pyc = m.unsqueeze(-1) * py.unsqueeze(-3)  # [..., C, P, H]: each part's rows
-        return pyc.transpose(-1, -2) @ px.unsqueeze(-3)  # [..., C, H, P] @ [..., 1, P, W]
+        # Each keypoint is in exactly one part: sort the points by part once, then each
+        # channel is one [H, P_c] @ [P_c, W] product over its own points only.
+        order = torch.tensor(_PART_ORDER, device=py.device)
+        pys, pxs = py.index_select(-2, order), px.index_select(-2, order)  # [..., P, H], [..., P, W]
+        maps = [pys[..., a:b, :].transpose(-1, -2) @ pxs[..., a:b, :] for a, b in _PART_SPANS]  # [..., H, W] each
+        return torch.stack(maps, dim=-3)  # [..., C, H, W]
     raise ValueError(f"unknown heatmap layout {layout!r}; use 'sum', 'parts' or 'keypoints'")
 
 

@@ -379,6 +379,7 @@ class Trainer:
         self.perc.requires_grad_(False)
         self.noise = torch.Generator().manual_seed(cfg.seed + 1)
         self.plan = schedule(cfg)
+        self.dataset.with_frames = any(stage != "kp" for stage, _, _ in self.plan)  # KHP learns from audio alone
         self.opts = self._make_optimizers()
         self.use_amp = cfg.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
@@ -541,7 +542,7 @@ class Trainer:
         if stage == "kp":
             kp_real, conf = batch["keypoints"].to(self.device), batch["confidence"].to(self.device)
             with self._autocast():
-                out, _ = m.khp(windows)
+                out, _ = m.khp(windows, with_heatmap=False)  # the loss makes its own heatmaps
                 lk = m.khp.loss(out.keypoints.float(), kp_real, conf)
             self._update("kp", lk["kp"], self._gen_params("kp"))
             logs = lk

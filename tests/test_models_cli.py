@@ -48,8 +48,8 @@ def test_init_then_info(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
 
 
 def test_realtime_preset_fits_its_budget() -> None:
-    """The real-time preset: 256x256 video within ~4 GFLOP per frame (see models/presets.py)."""
+    """The real-time preset: 256x256 video within ~1 GFLOP per frame (see models/presets.py)."""
     cfg = preset("realtime")
     assert (cfg.video.height, cfg.video.width) == (256, 256)
     total = stage_costs(Performer(cfg))[-1]
-    assert total.name == "total" and 1e9 < total.flops < 4e9
+    assert total.name == "total" and 0.5e9 < total.flops < 1.2e9

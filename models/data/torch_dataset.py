@@ -83,7 +83,7 @@ class PerformanceDataset(Dataset):
 
     Each item is a dict:
 
-    * ``frames``: float32 [T, 3, H, W] in [-1, 1] (RGB)
+    * ``frames``: float32 [T, 3, H, W] in [-1, 1] (RGB); absent with ``with_frames = False``
     * ``cqt``: float32 [T, n_bins, window_columns], frame t's audio window
     * ``keypoints``: float32 [T, 67, 2] normalised (x, y); ``confidence``: float32 [T, 67]
     * ``clip``: clip id, ``start``: first frame index, ``instrument``: name
@@ -103,6 +103,7 @@ class PerformanceDataset(Dataset):
         self.seed = seed
         self.random_offset = random_offset
         self.epoch = 0
+        self.with_frames = True  # False: items carry no "frames" (keypoint training needs none)
         self.index: list[tuple[int, int]] = []
         for ci, c in enumerate(self.clips):
             for s in range(0, c.n_frames - seq_len + 1, self.stride):
@@ -112,6 +113,7 @@ class PerformanceDataset(Dataset):
         self._cqt_mod: Any = None
         self._cqts: dict[int, torch.Tensor] = {}
         self._kps: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._first: dict[int, np.ndarray] = {}  # frame 0 of each clip (its size, without frames)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -164,6 +166,11 @@ class PerformanceDataset(Dataset):
             self._kps[ci] = self.clips[ci].keypoints()
         return self._kps[ci]
 
+    def _first_frame(self, ci: int) -> np.ndarray:
+        if ci not in self._first:
+            self._first[ci] = self.clips[ci].frames(0, 1)
+        return self._first[ci]
+
     def window_start(self, i: int) -> tuple[int, int]:
         """(clip index, first frame) of item i for the current epoch."""
         ci, s = self.index[i]
@@ -180,17 +187,20 @@ class PerformanceDataset(Dataset):
         ci, s = self.window_start(i)
         clip = self.clips[ci]
         T = self.seq_len
-        frames = clip.frames(s, T)
+        # without frames, the crop needs only the clip's frame size (one frame read per clip)
+        frames = clip.frames(s, T) if self.with_frames else self._first_frame(ci)
         kp_all, conf_all = self._keypoints(ci)
         kp, conf = kp_all[s:s + T], conf_all[s:s + T]
         frames, kp, conf = _fit_frames(frames, kp, conf, self.video_spec.height, self.video_spec.width)
-        x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
         cqt = frame_windows(self.clip_cqt(ci), self.audio_spec, self._video_for(clip), range(s, s + T))
-        return {
-            "frames": x, "cqt": cqt.float(), "keypoints": torch.from_numpy(np.asarray(kp, np.float32)),
+        item: dict[str, Any] = {
+            "cqt": cqt.float(), "keypoints": torch.from_numpy(np.asarray(kp, np.float32)),
             "confidence": torch.from_numpy(np.asarray(conf, np.float32)), "clip": clip.id, "start": s,
             "instrument": clip.instrument,
         }
+        if self.with_frames:
+            item["frames"] = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        return item
 
     def total_seconds(self) -> float:
         return float(sum(c.n_frames / c.fps for c in self.clips))
