@@ -3,10 +3,21 @@
     python -m benchmarks.soak --minutes 10 --json benchmarks/results/soak_10min.json [--plot soak.png]
     python -m benchmarks.soak --minutes 120 --preset tiny --json benchmarks/results/soak_2h.json
 
-Every minute of audio it records resident memory (RSS), the engine's latency and the
-A/V offset (audio clock time minus the newest frame's time, which must stay below
-one frame), and at the end it reads the recording back: video and audio durations
-must agree within one frame. Memory must stay flat after the first minute.
+Every minute of audio it records resident memory (RSS), latency and the A/V offset
+(audio clock time minus the newest frame's time, which must stay below one frame), and
+at the end it reads the recording back: video and audio durations must agree within
+one frame. Memory must stay flat after the first minute, latency must not creep up.
+
+**Latency in a soak.** The soak renders faster than real time (render mode), where the
+engine records no audio-to-frame latency: there is no capture clock, the next block is
+always ready. What a long run can still show is whether the pipeline slows down, so
+each minute records, over that minute's frames:
+
+* ``step_ms`` p50 / p95 / max -- the backend step alone (timed around it);
+* ``pipeline_ms`` p50 / p95 / max -- the engine's latency measured the engine's way
+  (the wall time the source handed over the block that completed the frame's window
+  -> the frame reaching the sinks): CQT + waiting behind the same block's earlier
+  frames + the step. A live run adds the capture block on top of it.
 """
 
 from __future__ import annotations
@@ -16,6 +27,7 @@ import resource
 import sys
 import tempfile
 import time
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +73,7 @@ def run(minutes: float, preset: str = "tiny", backend: str = "torch", record: bo
         out_dir: str | None = None, progress: bool = True) -> dict:
     import torch
 
+    from letsplay.models.features import CQT, frame_column
     from letsplay.models.performer import Performer
     from letsplay.models.presets import preset as make_preset
     from letsplay.realtime.backends import TorchBackend
@@ -72,6 +85,8 @@ def run(minutes: float, preset: str = "tiny", backend: str = "torch", record: bo
     perf = Performer(make_preset(preset)).eval()
     audio, video = perf.cfg.audio, perf.cfg.video
     total = int(minutes * 60 * audio.sample_rate)
+    ahead = CQT(audio).ahead  # samples past a column's time its kernels read (0 when causal)
+    reads: deque[tuple[int, float]] = deque()  # (samples handed over so far, wall time), recent reads
 
     class Endless(AudioSource):
         name = "synthetic"
@@ -88,7 +103,25 @@ def run(minutes: float, preset: str = "tiny", backend: str = "torch", record: bo
             n = min(4096, total - self.pos)
             x, start = self.music.block(n), self.pos
             self.pos += n
+            reads.append((self.pos, time.monotonic()))
             return x, start
+
+    class Timed:
+        """The backend, with each step timed."""
+
+        def __init__(self, inner) -> None:
+            self.inner, self.name, self.device = inner, inner.name, inner.device
+            self.state_names = inner.state_names
+            self.last_ms = 0.0
+
+        def init_state(self, batch: int = 1):
+            return self.inner.init_state(batch)
+
+        def step(self, feeds):
+            t = time.perf_counter()
+            out = self.inner.step(feeds)
+            self.last_ms = (time.perf_counter() - t) * 1000
+            return out
 
     be = TorchBackend(perf)
     if backend == "onnxruntime":
@@ -98,6 +131,7 @@ def run(minutes: float, preset: str = "tiny", backend: str = "torch", record: bo
         d = Path(tempfile.mkdtemp(prefix="soak-onnx-"))
         export_onnx(perf, d, stages=False, cqt=False)
         be = OrtBackend(d, threads=2)
+    be = Timed(be)
     tmp = Path(out_dir or tempfile.mkdtemp(prefix="soak-"))
     mp4 = tmp / "soak.mp4"
     sinks = [Mp4Recorder(mp4)] if record else []
@@ -106,17 +140,34 @@ def run(minutes: float, preset: str = "tiny", backend: str = "torch", record: bo
     t0 = time.monotonic()
     mark = {"next": 60.0}
 
-    def on_frame(f) -> None:  # every minute of video: memory, step time, A/V offset
+    minute: dict[str, list[float]] = {"step": [], "pipeline": []}  # this minute's frames
+
+    def pct(v: list[float]) -> dict[str, float]:
+        a = np.asarray(v or [0.0])
+        return {"p50": round(float(np.percentile(a, 50)), 3), "p95": round(float(np.percentile(a, 95)), 3),
+                "max": round(float(a.max()), 3)}
+
+    def on_frame(f) -> None:  # every frame: latency; every minute of video: memory, latency, A/V offset
+        now = time.monotonic()
+        need = frame_column(f.index, audio, video) * audio.hop + ahead  # samples the frame's window needs
+        while len(reads) > 1 and reads[0][0] < need:
+            reads.popleft()
+        if reads and reads[0][0] >= need:
+            minute["pipeline"].append((now - reads[0][1]) * 1000)
+        minute["step"].append(be.last_ms)
         shown_until = (f.index + 1) / video.fps  # the frame covers [time, time + 1/fps)
         if shown_until + 1e-9 < mark["next"]:
             return
         mark["next"] += 60.0
         clock_s = eng.stats.audio_samples / audio.sample_rate
         samples.append({"audio_minutes": round(shown_until / 60, 3), "rss_mb": round(rss_mb(), 1),
-                        "wall_s": round(time.monotonic() - t0, 1),
-                        "step_ms_median": float(np.median(eng.stats.stage_ms["step"] or [0])),
+                        "wall_s": round(time.monotonic() - t0, 1), "frames": len(minute["step"]),
+                        "step_ms": pct(minute["step"]), "pipeline_ms": pct(minute["pipeline"]),
+                        "step_ms_median": pct(minute["step"])["p50"],
                         # audio clock minus the newest frame's time: < 1 frame + one read block
                         "av_offset_ms": round((clock_s - f.time) * 1000, 3)})
+        minute["step"].clear()
+        minute["pipeline"].clear()
         if progress:
             print(f"{samples[-1]}", file=sys.stderr)
 
@@ -143,6 +194,10 @@ def run(minutes: float, preset: str = "tiny", backend: str = "torch", record: bo
         "rss_first_minute_mb": base, "rss_peak_mb": peak,
         "rss_growth_pct": round((peak - base) / base * 100, 2),
         "max_av_offset_ms": max((abs(s["av_offset_ms"]) for s in samples), default=0.0),
+        # latency creep: the last minute's p95 over the first minute's (1.0 = flat)
+        "pipeline_p95_last_over_first": (round(samples[-1]["pipeline_ms"]["p95"]
+                                               / max(samples[0]["pipeline_ms"]["p95"], 1e-9), 3)
+                                         if samples else None),
         "recording": rec, "per_minute": samples, "mp4": str(mp4) if record else None,
     }
 
@@ -153,12 +208,18 @@ def plot(result: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    m = [s["audio_minutes"] for s in result["per_minute"]]
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3))
-    ax[0].plot(m, [s["rss_mb"] for s in result["per_minute"]])
+    per = result["per_minute"]
+    m = [s["audio_minutes"] for s in per]
+    fig, ax = plt.subplots(1, 3, figsize=(13, 3))
+    ax[0].plot(m, [s["rss_mb"] for s in per])
     ax[0].set(xlabel="audio minutes", ylabel="RSS MiB", title="memory")
-    ax[1].plot(m, [s["av_offset_ms"] for s in result["per_minute"]])
-    ax[1].set(xlabel="audio minutes", ylabel="ms", title="A/V offset")
+    for key, style in (("pipeline_ms", "-"), ("step_ms", "--")):
+        for q in ("p50", "p95"):
+            ax[1].plot(m, [s[key][q] for s in per], style, label=f"{key.split('_')[0]} {q}")
+    ax[1].set(xlabel="audio minutes", ylabel="ms", title="latency per minute")
+    ax[1].legend(fontsize=7)
+    ax[2].plot(m, [s["av_offset_ms"] for s in per])
+    ax[2].set(xlabel="audio minutes", ylabel="ms", title="A/V offset")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
@@ -170,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
     ap.add_argument("--no-record", action="store_true")
     ap.add_argument("--json", default=None)
-    ap.add_argument("--plot", default=None, help="PNG of memory and A/V offset per minute (needs matplotlib)")
+    ap.add_argument("--plot", default=None, help="PNG of memory, latency and A/V offset per minute (matplotlib)")
     args = ap.parse_args(argv)
     r = run(args.minutes, args.preset, args.backend, record=not args.no_record)
     print(write_json(r, args.json))

@@ -342,6 +342,55 @@ class Manifest:
         return self.folder / self.data["graphs"][name]["file"]
 
 
+def _is_shape(v: Any) -> bool:
+    """``["B", d1, d2, ...]``: the batch symbol, then positive ints."""
+    return (isinstance(v, list) and len(v) >= 1 and v[0] == "B"
+            and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in v[1:]))
+
+
+def _check_structure(path: Path, data: dict, video: VideoSpec) -> None:
+    """The parts of a manifest that backends read, checked for type and consistency, so an
+    edited or damaged manifest is a ManifestError here rather than a KeyError later."""
+
+    def bad(what: str) -> ManifestError:
+        return ManifestError(f"{path}: {what}; the manifest was edited or damaged -- re-export the model")
+
+    state = data["state"]
+    if not isinstance(state, list):
+        raise bad("'state' is not a list")
+    names: set[str] = set()
+    for i, s in enumerate(state):
+        if not (isinstance(s, dict) and isinstance(s.get("name"), str) and _is_shape(s.get("shape"))):
+            raise bad(f"state entry {i} is not {{name, shape: ['B', sizes...]}}")
+        if s["name"] in names:
+            raise bad(f"state {s['name']!r} is listed twice")
+        names.add(s["name"])
+    graphs = data["graphs"]
+    if not isinstance(graphs, dict) or not graphs:
+        raise bad("'graphs' is not a non-empty object")
+    for name, g in graphs.items():
+        if not (isinstance(g, dict) and isinstance(g.get("file"), str) and isinstance(g.get("sha256"), str)):
+            raise bad(f"graph {name!r} lacks its file name or SHA-256")
+        f = g["file"]
+        if not f or "\x00" in f or Path(f).name != f or f in (".", ".."):
+            raise bad(f"graph {name!r} names {f!r}, not a file in the folder")
+        for side in ("inputs", "outputs"):
+            io = g.get(side, [])
+            if not (isinstance(io, list) and all(isinstance(t, dict) and isinstance(t.get("name"), str)
+                                                 and isinstance(t.get("shape"), list) for t in io)):
+                raise bad(f"graph {name!r}: {side!r} is not a list of {{name, shape}}")
+    perf = graphs.get("performer")
+    if isinstance(perf, dict):  # (its inputs are checked against the graph itself by the backends)
+        outs = {t["name"]: t["shape"] for t in perf.get("outputs", [])}
+        if outs and outs.get("frame") != ["B", 3, video.height, video.width]:
+            raise bad(f"the performer graph's frame is {outs.get('frame')}, but video_spec says "
+                      f"['B', 3, {video.height}, {video.width}]")
+    cfg = data.get("config")
+    if cfg is not None and (not isinstance(cfg, dict) or cfg.get("audio") != data["audio_spec"]
+                            or cfg.get("video") != data["video_spec"]):
+        raise bad("audio_spec / video_spec disagree with the stored config")
+
+
 def read_manifest(folder: str | Path, checkpoint_sha256: str | None = None, verify: bool = True) -> Manifest:
     """Read and check ``folder/manifest.json``: format, version, specs, the graphs'
     digests, and (when given) that it was exported from that checkpoint."""
@@ -364,9 +413,10 @@ def read_manifest(folder: str | Path, checkpoint_sha256: str | None = None, veri
             raise ManifestError(f"{path}: the manifest lacks {key!r}; it was edited or truncated -- re-export")
     try:
         AudioSpec.from_dict(data["audio_spec"])
-        VideoSpec.from_dict(data["video_spec"])
+        video = VideoSpec.from_dict(data["video_spec"])
     except ValueError as e:
         raise ManifestError(f"{path}: bad spec in the manifest ({e}); re-export the model") from e
+    _check_structure(path, data, video)
     if checkpoint_sha256 is not None and data.get("checkpoint_sha256") != checkpoint_sha256:
         raise ManifestError(f"{folder}: exported from checkpoint {data.get('checkpoint_sha256')}, not from "
                             f"the one given ({checkpoint_sha256}); re-export from that checkpoint")

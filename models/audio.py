@@ -3,13 +3,16 @@ spec's sample rate.
 
 ``load_audio`` reads a whole file; ``stream_audio`` yields it block by block (a 10-hour
 file never sits in memory) with a streaming resampler, and both give the same samples.
-Bad input -- a missing path, an empty or non-audio file, NaN or inf samples -- raises
-:class:`AudioError`, whose message names the file, what was wrong and what to do.
+Bad input -- a missing path, an empty or non-audio file, NaN or inf samples, a
+compressed file damaged mid-way -- raises :class:`AudioError`, whose message names the
+file, what was wrong and what to do. A WAV whose data chunk is cut short (an interrupted
+copy) is read up to the cut, with a warning; so is clipped (full-scale) audio.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +33,8 @@ def _open(path: str | Path):
         raise AudioError(f"{p}: no such file; check the path")
     if p.is_dir():
         raise AudioError(f"{p}: is a folder, not an audio file")
+    if p.stat().st_size == 0:
+        raise AudioError(f"{p}: the file is empty (0 bytes); give a wav, flac, ogg or mp3 file with audio in it")
     try:
         f = sf.SoundFile(str(p))
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
@@ -39,6 +44,30 @@ def _open(path: str | Path):
         f.close()
         raise AudioError(f"{p}: the file holds no audio samples (empty)")
     return f
+
+
+# libsndfile's log for a WAV whose data chunk is cut short: "data : 88200 (should be 44078)".
+_DATA_CUT = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.M)
+CLIP_LEVEL = 0.999  # |sample| at or above this is counted as clipped (full scale)
+CLIP_WARN_FRACTION = 0.001  # warn when more than this share of the samples is clipped
+
+
+def _truncated(f) -> tuple[int, int] | None:
+    """(bytes announced, bytes present) when a WAV's data chunk is cut short, else None.
+
+    libsndfile reads the samples that are there without an error; only its log says
+    the header announced more. A size of 0 or 0xFFFFFFFF is a WAV streamed without a
+    known length (ffmpeg to a pipe), not a truncated one."""
+    try:
+        m = _DATA_CUT.search(f.extra_info)
+    except Exception:  # noqa: BLE001 - the log is a nicety; never fail a read over it
+        return None
+    if m is None:
+        return None
+    announced, present = int(m[1]), int(m[2])
+    if announced in (0, 0xFFFFFFFF) or present >= announced:
+        return None
+    return announced, present
 
 
 def check_finite(x: np.ndarray, where: str) -> None:
@@ -72,14 +101,22 @@ def stream_audio(path: str | Path, sample_rate: int, block: int = 65536) -> Iter
             log.debug("%s: %d Hz, %d ch, %d frames", path, f.samplerate, f.channels, f.frames)
         else:
             log.info("%s: resampling %d Hz -> %d Hz", path, f.samplerate, sample_rate)
-        read = 0
+        cut = _truncated(f)
+        if cut is not None:
+            log.warning("%s: the file is truncated: its header announces %d bytes of audio but only %d are "
+                        "there (%.2f s, %.0f%%); using what is there -- re-export or re-download the file for "
+                        "the rest", path, cut[0], cut[1], f.frames / f.samplerate, 100 * cut[1] / cut[0])
+        read = clipped = 0
         while True:
             try:
                 x = f.read(block, dtype="float32", always_2d=True)
-            except Exception as e:  # a truncated file fails mid-read
-                raise AudioError(f"{path}: the file is damaged after {read} frames ({e})") from e
+            except Exception as e:  # a truncated or corrupted compressed file fails mid-read
+                raise AudioError(f"{path}: the file is damaged after {read} frames "
+                                 f"({read / f.samplerate:.2f} s: {e}); re-export or re-download it, or convert "
+                                 f"the readable part (ffmpeg -i IN OUT.wav)") from e
             last = len(x) < block
             read += len(x)
+            clipped += int(np.count_nonzero(np.abs(x) >= CLIP_LEVEL))
             x = to_mono(x)
             check_finite(x, str(path))
             if rs is not None:
@@ -90,6 +127,10 @@ def stream_audio(path: str | Path, sample_rate: int, block: int = 65536) -> Iter
                 break
         if read == 0:
             raise AudioError(f"{path}: the file holds no audio samples (empty)")
+        if clipped > CLIP_WARN_FRACTION * read * f.channels:
+            log.warning("%s: %.1f%% of the samples are at full scale (clipped); it renders, but the "
+                        "performer hears the distortion -- lower the level before exporting the file",
+                        path, 100 * clipped / (read * f.channels))
 
 
 def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:

@@ -187,7 +187,10 @@ class Mp4Recorder:
     timestamps (the previous frame stays on screen), never a renumbering; an audio gap is
     filled with silence and overlapping audio is cut, so after any number of hiccups the
     two tracks still line up sample for frame. At ``close`` the audio is padded with
-    silence to the end of the last frame, so both tracks end together.
+    silence to the end of the last frame, so both tracks end together: audio past the end
+    of the newest frame is held back (up to ``HOLD_S``, 0.25 s; more than that means the
+    video stalled, and it is written) and, when the recording stops there (Ctrl-C or
+    ``Engine.stop`` between an audio block and its frames), cut at close.
 
     **Fragmented MP4, written to the final path as it goes** (``movflags =
     frag_keyframe+empty_moov+delay_moov+default_base_moof``, packets flushed as they are
@@ -216,6 +219,8 @@ class Mp4Recorder:
     loop. Thread-safe (one lock): audio and video may come
     from different threads.
     """
+
+    HOLD_S = 0.25  # audio held back past the newest frame: an engine block (4096 samples, 93 ms) and a frame
 
     def __init__(self, path: str | os.PathLike[str], crf: int = 20, audio: bool = True, *,
                  preset: str = "veryfast", tune: str | None = "zerolatency", keyframe_seconds: float = 1.0,
@@ -306,12 +311,15 @@ class Mp4Recorder:
         self._origin_frame: int | None = None  # the stream frame at file time 0 (set by the first write)
         self._origin_sample = 0  # the master clock sample at file time 0
         self._last_index: int | None = None
+        self._good_size = 0  # file size after the last successful write: the end of a complete box
+        self._video_end: int | None = None  # master clock sample at the end of the newest frame
         # Audio: pending samples not yet a full encoder frame; _abuf[0] is master clock sample _abuf_start.
         self._abuf = np.zeros(0, np.float32)
         self._abuf_start = 0
         self._pending: list[tuple[int, np.ndarray]] = []  # (start sample, block) before the first frame
         self._pending_n = 0  # samples in _pending
         self._max_pending = 60 * audio.sample_rate  # keep at most a minute of it
+        self._max_hold = round(self.HOLD_S * audio.sample_rate)  # audio held back past the newest frame
         self._overlaps = 0
         self._lag_warned = False
         self._failed = None
@@ -335,10 +343,28 @@ class Mp4Recorder:
         try:
             for p in packets:
                 self._container.mux(p)
+                self._good_size = self._file_size()  # packets are flushed at once: whole boxes so far
         except OSError as e:
             self._failed = e
             raise SinkError(f"{self!r}: writing failed ({e}); is the disk full or the drive gone? "
                             f"The file is playable up to the last complete fragment") from e
+
+    def _file_size(self) -> int:
+        try:
+            return os.stat(self.path).st_size
+        except OSError:
+            return self._good_size
+
+    def _cut_partial_fragment(self) -> None:
+        """After a failed write (a full disk), cut the file back to the end of the last
+        complete fragment: the half-written one after it would make strict readers fail
+        on its last packet. Done at close only, when the muxer writes no more."""
+        try:
+            if self.path.is_file() and self.path.stat().st_size > self._good_size:
+                os.truncate(self.path, self._good_size)
+                log.warning("%r: cut the half-written last fragment; %d bytes play", self, self._good_size)
+        except OSError as e:
+            log.warning("%r: could not cut the half-written last fragment (%s)", self, e)
 
     def _sample_of_frame(self, index: int) -> int:
         """Master clock sample at which frame ``index`` starts."""
@@ -366,6 +392,7 @@ class Mp4Recorder:
             self._check_writable()
             img = _as_frame(f, self._vspec, repr(self))
             if self._origin_frame is None:
+                self._video_end = self._sample_of_frame(f.index + 1)  # the held-back audio's limit
                 self._set_origin(f.index)
             if f.index < self._origin_frame or (self._last_index is not None and f.index <= self._last_index):
                 self.frames_skipped += 1
@@ -385,6 +412,9 @@ class Mp4Recorder:
             self._mux(packets)
             self._last_index = f.index
             self.frames_written += 1
+            self._video_end = self._sample_of_frame(f.index + 1)
+            if len(self._abuf):  # audio held back for this frame can go now
+                self._push(np.zeros(0, np.float32))
             if self._astream is not None and self.audio_lag_s is not None:
                 # Audio this far behind the video is missing: silence keeps the muxer writing fragments.
                 due = self._sample_of_frame(f.index + 1) - round(self.audio_lag_s * self._aspec.sample_rate)
@@ -444,6 +474,13 @@ class Mp4Recorder:
         fs = self._frame_size
         n_full = len(buf) // fs * fs
         end = len(buf) if final else n_full
+        if not final and self._video_end is not None:
+            # Hold back audio past the newest frame's end, so that a recording stopped between
+            # an audio block and its frames can still end both tracks together (close cuts it).
+            # Bounded: audio more than HOLD_S ahead (the video stalled) is written anyway.
+            ahead = self._abuf_start + len(buf) - self._video_end
+            if 0 < ahead <= self._max_hold:
+                end = min(end, max(0, self._video_end - self._abuf_start) // fs * fs)
         pos = 0
         while pos < end:
             k = min(fs, end - pos)
@@ -485,6 +522,8 @@ class Mp4Recorder:
                     err.__cause__ = e
                 else:
                     log.warning("%r: closing after an earlier error: %s", self, e)
+            if err is not None or self._failed is not None:
+                self._cut_partial_fragment()
             if err is not None:
                 raise err
         log.info("%r: closed, %d frames (%d skipped), %.2f s audio (%.2f s silence inserted)", self,
@@ -505,6 +544,10 @@ class Mp4Recorder:
             have = self._abuf_start + len(self._abuf)
             if video_end > have:
                 self._push_silence(video_end - have)
+            elif have > video_end:  # held-back audio past the last frame: both tracks end together
+                keep = max(0, video_end - self._abuf_start)
+                self.audio_samples_cut += len(self._abuf) - keep
+                self._abuf = self._abuf[:keep]
         self._push(np.zeros(0, np.float32), final=True)
 
     def __enter__(self) -> Mp4Recorder:

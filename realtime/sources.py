@@ -157,6 +157,7 @@ class MicSource(AudioSource):
         self.channels = channels
         self.blocksize = blocksize
         self.reopen_s = reopen_s
+        self.ring_seconds = ring_seconds
         self.ring = AudioRing(int(ring_seconds * sample_rate) + 1)
         self._stream = None
         self._scratch = np.zeros(1, dtype=np.float32)
@@ -197,13 +198,19 @@ class MicSource(AudioSource):
             sd.check_input_settings(device=dev, channels=ch, samplerate=rate, dtype="float32")
         except Exception:
             rate = int(info["default_samplerate"])
-            log.info("%s cannot capture at %d Hz; capturing at %d Hz and resampling",
-                     self.device_name, self.sample_rate, rate)
+            if rate != self.sample_rate:
+                log.info("%s cannot capture at %d Hz; capturing at %d Hz and resampling",
+                         self.device_name, self.sample_rate, rate)
+        # Set up afresh on every open: a device retried again and again while unplugged must
+        # not grow the ring, and one that comes back at the spec rate needs no resampler.
+        capacity = int(self.ring_seconds * rate) + 1
+        if self.ring.capacity != capacity:
+            self.ring = AudioRing(capacity)
+        self._resampler = None
         if rate != self.sample_rate:
             import soxr
 
             self._resampler = soxr.ResampleStream(rate, self.sample_rate, 1, dtype="float32")
-            self.ring = AudioRing(self.ring.capacity * rate // self.sample_rate + 1)
         self._device_rate = rate
         self._scratch = np.zeros(max(self.blocksize, 1) * 64, dtype=np.float32)
         self._stream = sd.InputStream(device=dev, channels=ch, samplerate=rate, dtype="float32",

@@ -233,7 +233,9 @@ def test_mp4_started_mid_stream_keeps_audio_and_video_together(tmp_path):
     assert first == 0
     onset = int(np.argmax(np.abs(got) > 0.3))
     assert abs(onset - 15 * 1470) <= 8
-    assert len(got) / SR == pytest.approx(46 / 30, abs=1 / 30)  # the audio ran one frame ahead: kept
+    # the audio ran one frame ahead of the last frame: cut at close, both tracks end together
+    assert len(got) / SR == pytest.approx(45 / 30, abs=1 / 30)
+    assert rec.audio_samples_cut == 1470
 
 
 def test_mp4_without_audio_writes_a_silent_track_of_the_same_length(tmp_path, caplog):

@@ -12,7 +12,7 @@ Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[a
 
 
 def _commands() -> list[Command]:
-    from letsplay.ui import cmd_audio, cmd_data, cmd_model, cmd_run, cmd_train
+    from letsplay.ui import cmd_audio, cmd_bench, cmd_data, cmd_model, cmd_run, cmd_train
 
     cmds: list[Command] = []
     cmds += cmd_run.COMMANDS
@@ -20,6 +20,7 @@ def _commands() -> list[Command]:
     cmds += cmd_model.COMMANDS
     cmds += cmd_data.COMMANDS
     cmds += cmd_train.COMMANDS
+    cmds += cmd_bench.COMMANDS
     return cmds
 
 
@@ -52,9 +53,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, OSError) as e:  # bad input: say what and stop, no traceback
-        print(f"letsplay {args.command}: error: {e}", file=sys.stderr)
+    except Exception as e:
+        if not isinstance(e, _user_errors()):
+            raise
+        print(f"letsplay {args.command}: error: {e}", file=sys.stderr)  # say what and stop, no traceback
         return 2
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that describe bad input or an unusable setup in words (the message says what
+    to do): ValueError / OSError subclasses, and the RuntimeError-based BackendError (no
+    such performer, provider unavailable) and SourceError (no such audio device). Looked
+    up in sys.modules: a module that raised one is loaded, and --help stays free of torch."""
+    found: list[type[BaseException]] = [ValueError, OSError]
+    for module, name in (("letsplay.realtime.backends", "BackendError"), ("letsplay.realtime.sources", "SourceError")):
+        m = sys.modules.get(module)
+        if m is not None:
+            found.append(getattr(m, name))
+    return tuple(found)
 
 
 if __name__ == "__main__":
