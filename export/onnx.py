@@ -15,6 +15,10 @@
   AudioSpec/VideoSpec, preset, instrument, the checkpoint's SHA-256, each graph's
   SHA-256, opset and the exporter / onnx / torch versions. Backends refuse a graph
   whose digest does not match, and a manifest from another checkpoint.
+  ``variants`` (optional, written by :mod:`letsplay.export.quantize`) lists reduced-precision
+  copies of a graph beside it (``performer.int8.onnx``, ``performer.fp16.onnx``) with
+  their digests and measured quality against the fp32 graph; the same I/O names, shapes
+  and float32 dtypes.
 
 Per-frame shapes are fixed and the batch is dynamic (several streams in one call).
 After export the graph's input and output shapes are read back and checked: the
@@ -45,6 +49,7 @@ MANIFEST_FORMAT = "letsplay.export"
 MANIFEST_VERSION = 1
 OPSET = 18
 STATE_IN, STATE_OUT = "state_in.", "state_out."
+PRECISIONS = ("fp32", "int8", "fp16")  # fp32: the exported graph itself; the rest: its variants
 
 
 class ExportError(RuntimeError):
@@ -336,10 +341,26 @@ class Manifest:
     def state(self) -> list[dict]:
         return self.data["state"]
 
-    def graph_path(self, name: str = "performer") -> Path:
+    @property
+    def variants(self) -> dict[str, dict]:
+        """Reduced-precision variants by precision (``int8``, ``fp16``): file, sha256,
+        the graph they were made from, and their measured quality."""
+        return self.data.get("variants", {})
+
+    def precisions(self, name: str = "performer") -> list[str]:
+        """The precisions graph ``name`` can be run at: fp32, then its listed variants."""
+        return ["fp32", *(p for p in PRECISIONS[1:] if self.variants.get(p, {}).get("graph") == name)]
+
+    def graph_path(self, name: str = "performer", precision: str = "fp32") -> Path:
         if name not in self.data["graphs"]:
             raise ManifestError(f"{self.folder}: no {name!r} graph (has {sorted(self.data['graphs'])})")
-        return self.folder / self.data["graphs"][name]["file"]
+        if precision == "fp32":
+            return self.folder / self.data["graphs"][name]["file"]
+        if precision not in self.precisions(name):
+            raise ManifestError(f"{self.folder}: no {precision} variant of the {name!r} graph (the manifest lists "
+                                f"{', '.join(self.precisions(name))}); make one with `letsplay export onnx "
+                                f"--checkpoint FILE --out {self.folder} --{precision}`")
+        return self.folder / self.variants[precision]["file"]
 
 
 def _is_shape(v: Any) -> bool:
@@ -379,6 +400,21 @@ def _check_structure(path: Path, data: dict, video: VideoSpec) -> None:
             if not (isinstance(io, list) and all(isinstance(t, dict) and isinstance(t.get("name"), str)
                                                  and isinstance(t.get("shape"), list) for t in io)):
                 raise bad(f"graph {name!r}: {side!r} is not a list of {{name, shape}}")
+    variants = data.get("variants", {})
+    if not isinstance(variants, dict):
+        raise bad("'variants' is not an object")
+    files = {g["file"] for g in graphs.values()}
+    for prec, v in variants.items():
+        if prec not in PRECISIONS[1:]:
+            raise bad(f"variant {prec!r} is not one of {', '.join(PRECISIONS[1:])}")
+        if not (isinstance(v, dict) and isinstance(v.get("file"), str) and isinstance(v.get("sha256"), str)):
+            raise bad(f"variant {prec!r} lacks its file name or SHA-256")
+        if v.get("precision") != prec or not isinstance(v.get("graph"), str) or v["graph"] not in graphs:
+            raise bad(f"variant {prec!r} does not name its precision and a graph of this manifest")
+        f = v["file"]
+        if not f or "\x00" in f or Path(f).name != f or f in (".", "..") or f in files:
+            raise bad(f"variant {prec!r} names {f!r}, not a file of its own in the folder")
+        files.add(f)
     perf = graphs.get("performer")
     if isinstance(perf, dict):  # (its inputs are checked against the graph itself by the backends)
         outs = {t["name"]: t["shape"] for t in perf.get("outputs", [])}
@@ -428,4 +464,12 @@ def read_manifest(folder: str | Path, checkpoint_sha256: str | None = None, veri
             if sha256_file(gp) != g["sha256"]:
                 raise ManifestError(f"{gp}: the graph's SHA-256 does not match the manifest -- it is "
                                     f"corrupted or from another export; re-export the model")
+        for prec, v in data.get("variants", {}).items():
+            gp = folder / v["file"]
+            if not gp.is_file():
+                raise ManifestError(f"{folder}: the {prec} variant {v['file']} listed in the manifest is missing; "
+                                    f"re-export the model (letsplay export onnx ... --{prec})")
+            if sha256_file(gp) != v["sha256"]:
+                raise ManifestError(f"{gp}: the {prec} variant's SHA-256 does not match the manifest -- it is "
+                                    f"corrupted or from another export; re-export the model (... --{prec})")
     return Manifest(folder, data)

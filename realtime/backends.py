@@ -14,6 +14,8 @@ The engine owns the state: it feeds ``state_out.*`` back as ``state_in.*``. Back
 * :class:`OrtBackend` -- an exported ONNX graph through onnxruntime (CPU, CUDA, TensorRT
   execution providers); raises when the provider actually running is not the one
   asked for (onnxruntime silently falls back to CPU), unless ``allow_fallback``.
+  ``precision`` picks the fp32 graph (default) or a reduced-precision variant the
+  manifest lists (``int8``, ``fp16``: ``letsplay export onnx ... --int8 --fp16``).
 * ``TrtBackend`` -- native TensorRT engines (``letsplay.export.tensorrt``), GPU only.
 
 :func:`make_backend` builds one by name; ``auto`` picks the fastest one really
@@ -50,7 +52,8 @@ class Backend(Protocol):
 
 
 def describe(b: Backend) -> str:
-    return f"{b.name} on {b.device}"
+    precision = getattr(b, "precision", "fp32")  # an onnxruntime variant: int8 / fp16
+    return f"{b.name} on {b.device}" + ("" if precision == "fp32" else f" ({precision})")
 
 
 # --------------------------------------------------------------------------- torch
@@ -112,15 +115,23 @@ class OrtBackend:
     name = "onnxruntime"
 
     def __init__(self, folder: str | Path, provider: str = "cpu", threads: int | None = None,
-                 allow_fallback: bool = False, spinning: bool = False) -> None:
+                 allow_fallback: bool = False, spinning: bool = False, precision: str = "fp32") -> None:
         try:
             import onnxruntime as ort
         except ImportError as e:
             raise BackendError("onnxruntime is not installed; install letsplay[cpu] (or [gpu] on a "
                                "CUDA machine -- never both)") from e
-        from letsplay.export.onnx import read_manifest
+        from letsplay.export.onnx import PRECISIONS, read_manifest
 
+        if precision not in PRECISIONS:
+            raise BackendError(f"unknown precision {precision!r}; choose {', '.join(PRECISIONS)}")
         self.manifest = read_manifest(folder)
+        if precision not in self.manifest.precisions("performer"):
+            raise BackendError(f"{self.manifest.folder}: the export has no {precision} variant of performer.onnx "
+                               f"(its manifest lists {', '.join(self.manifest.precisions('performer'))}); make one "
+                               f"with `letsplay export onnx --checkpoint FILE --out {self.manifest.folder} "
+                               f"--{precision}`")
+        self.precision = precision
         want = PROVIDERS.get(provider, provider)
         available = ort.get_available_providers()
         if want not in available and not allow_fallback:
@@ -137,7 +148,7 @@ class OrtBackend:
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = [want] + (["CPUExecutionProvider"] if want != "CPUExecutionProvider" else [])
         try:
-            self.session = ort.InferenceSession(str(self.manifest.graph_path("performer")), so,
+            self.session = ort.InferenceSession(str(self.manifest.graph_path("performer", precision)), so,
                                                 providers=providers)
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise BackendError(f"{self.manifest.folder}: onnxruntime cannot load the graph ({e}); "
@@ -166,6 +177,10 @@ class OrtBackend:
             if list(graph[k][1:]) != list(shape[1:]):
                 raise BackendError(f"{self.manifest.folder}: {k} is {graph[k]} in the graph but "
                                    f"[B, {', '.join(map(str, shape[1:]))}] in the manifest; re-export the model")
+        types = {i.name: i.type for i in self.session.get_inputs()}
+        if any(t != "tensor(float)" for t in types.values()):
+            raise BackendError(f"{self.manifest.folder}: the {self.precision} graph does not take float32 inputs "
+                               f"({types}); re-export the model")
 
     def init_state(self, batch: int = 1) -> dict[str, np.ndarray]:
         return {k: np.zeros((batch, *s), np.float32) for k, s in self._state_shapes.items()}
@@ -180,12 +195,16 @@ class OrtBackend:
 
 def make_backend(name: str, performer_path: str | Path | None = None, performer=None,
                  device: str | None = None, allow_fallback: bool = False, threads: int | None = None,
-                 ) -> Backend:
+                 precision: str = "fp32") -> Backend:
     """A backend by name: ``torch``, ``onnxruntime``, ``tensorrt`` or ``auto``.
 
     ``performer`` is a loaded Performer (torch), ``performer_path`` a checkpoint file or
-    an exported folder (manifest.json + graphs).
+    an exported folder (manifest.json + graphs). ``precision`` (onnxruntime only): fp32
+    or a variant the export lists.
     """
+    if precision != "fp32" and name != "onnxruntime":
+        raise BackendError(f"precision {precision} is for the onnxruntime backend (a variant of an exported "
+                           f"graph); the {name} backend runs fp32")
     if name == "torch":
         if performer is None:
             from letsplay.models.performer import Performer
@@ -197,5 +216,5 @@ def make_backend(name: str, performer_path: str | Path | None = None, performer=
             raise BackendError("the onnxruntime backend runs an exported folder; export one with "
                                "`letsplay export onnx --checkpoint FILE --out DIR`")
         return OrtBackend(performer_path, provider=device or "cpu", threads=threads,
-                          allow_fallback=allow_fallback)
+                          allow_fallback=allow_fallback, precision=precision)
     raise BackendError(f"unknown backend {name!r}; choose auto, torch, onnxruntime or tensorrt")

@@ -12,7 +12,9 @@ A performer is one of:
 installed), else onnxruntime (CUDA provider on a GPU, else CPU), else torch. A
 checkpoint run through onnxruntime is exported once into a cache folder keyed by the
 checkpoint's SHA-256 (``$LETSPLAY_CACHE`` or ``~/.cache/letsplay``), so later runs
-start at once.
+start at once. ``precision`` int8 / fp16 runs a reduced-precision variant of an exported
+folder through onnxruntime (``letsplay export onnx ... --int8 --fp16`` makes them; the
+cache holds fp32 only).
 """
 
 from __future__ import annotations
@@ -93,13 +95,27 @@ def _ort_providers() -> list[str]:
 
 
 def open_backend(ref: PerformerRef, backend: str = "auto", device: str | None = None,
-                 allow_fallback: bool = False, threads: int | None = None) -> Backend:
-    """Build the backend for a performer; ``auto`` picks the fastest available."""
+                 allow_fallback: bool = False, threads: int | None = None, precision: str = "fp32") -> Backend:
+    """Build the backend for a performer; ``auto`` picks the fastest available.
+    ``precision`` other than fp32 (int8, fp16: a variant the export lists) means
+    onnxruntime; ``auto`` then picks it."""
     from letsplay.models.performer import Performer
 
     if backend not in ("auto", "torch", "onnxruntime", "tensorrt"):
         raise BackendError(f"unknown backend {backend!r}; choose auto, torch, onnxruntime or tensorrt")
     gpu = torch.cuda.is_available()
+    if precision != "fp32":
+        if backend not in ("auto", "onnxruntime"):
+            raise BackendError(f"--precision {precision} is an onnxruntime variant of an exported graph; "
+                               f"use --backend onnxruntime (the {backend} backend runs fp32)")
+        if not _ort_providers():
+            raise BackendError(f"--precision {precision} needs onnxruntime; install letsplay[cpu]")
+        if ref.kind != "export":
+            raise BackendError(f"--precision {precision} runs a variant of an exported folder; make one with "
+                               f"`letsplay export onnx --checkpoint {ref.path} --out DIR --{precision}` and pass "
+                               f"--performer DIR")
+        backend = "onnxruntime"
+        device = device or "cpu"
     if backend == "auto":
         providers = _ort_providers()
         if gpu and _has_tensorrt():
@@ -116,7 +132,8 @@ def open_backend(ref: PerformerRef, backend: str = "auto", device: str | None = 
         return TorchBackend(Performer.load(ref.path), device or ("cuda" if gpu else "cpu"))
     folder = ref.path if ref.kind == "export" else _export_cached(ref.path)
     if backend == "onnxruntime":
-        return OrtBackend(folder, provider=device or "cpu", threads=threads, allow_fallback=allow_fallback)
+        return OrtBackend(folder, provider=device or "cpu", threads=threads, allow_fallback=allow_fallback,
+                          precision=precision)
     from letsplay.export.tensorrt import TrtBackend  # the native engine: GPU only
 
     return TrtBackend(folder)

@@ -1,7 +1,9 @@
 """`letsplay render | live | demo | devices | export`: the engine from the command line.
 
 Every running command takes ``--backend auto|torch|onnxruntime|tensorrt`` and
-``--performer NAME|PATH`` and prints which backend and device actually ran.
+``--performer NAME|PATH`` and prints which backend and device actually ran;
+``--precision int8|fp16`` runs a reduced-precision variant of an exported folder
+(onnxruntime; made by ``letsplay export onnx ... --int8 --fp16``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-fallback", action="store_true",
                    help="accept an onnxruntime provider other than the one asked for (warns)")
     p.add_argument("--threads", type=int, default=None, help="inference threads (onnxruntime)")
+    p.add_argument("--precision", choices=["fp32", "int8", "fp16"], default="fp32",
+                   help="onnxruntime only: run this variant of an exported folder (--performer DIR; "
+                        "made by `letsplay export onnx --int8/--fp16`)")
     p.add_argument("--lookahead", type=float, default=None, metavar="MS",
                    help="give the model MS of future audio; display is delayed as much")
     p.add_argument("--keypoints", default=None, metavar="NPZ", help="write per-frame keypoints to this .npz")
@@ -37,14 +42,15 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _open(args: argparse.Namespace):
     import dataclasses
 
+    from letsplay.realtime.backends import describe
     from letsplay.realtime.performers import open_backend, resolve_performer
 
     ref = resolve_performer(args.performer, args.instrument)
-    backend = open_backend(ref, args.backend, args.compute, args.allow_fallback, args.threads)
+    backend = open_backend(ref, args.backend, args.compute, args.allow_fallback, args.threads, args.precision)
     audio, video = _specs(backend)
     if args.lookahead is not None:
         video = dataclasses.replace(video, lookahead_ms=float(args.lookahead))
-    print(f"performer {ref.name} ({ref.path}); backend {backend.name} on {backend.device}", file=sys.stderr)
+    print(f"performer {ref.name} ({ref.path}); backend {describe(backend)}", file=sys.stderr)
     return ref, backend, audio, video
 
 
@@ -240,6 +246,18 @@ def _add_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--precision", choices=["fp32", "fp16"], default="fp16", help="TensorRT precision")
     p.add_argument("--no-stages", action="store_true", help="only the fused performer graph")
+    q = p.add_argument_group("reduced-precision variants of performer.onnx for CPU onnxruntime "
+                             "(run one with --precision int8|fp16)")
+    q.add_argument("--int8", action="store_true",
+                   help="static int8 (QDQ) quantization, calibrated on the demo music stepped through the fp32 graph")
+    q.add_argument("--fp16", action="store_true", help="float16 weights and activations (float32 I/O)")
+    q.add_argument("--calib-frames", type=int, default=300, metavar="N", help="int8 calibration frames (default 300)")
+    q.add_argument("--eval-frames", type=int, default=300, metavar="N",
+                   help="frames the variants are measured on against fp32, free-running (default 300)")
+    q.add_argument("--min-psnr", type=float, default=30.0, metavar="DB",
+                   help="record a variant only if its frames are at least this close to fp32 (default 30 dB; 0: any)")
+    q.add_argument("--threads", type=int, default=None,
+                   help="onnxruntime threads while measuring the variants (default: onnxruntime's)")
 
 
 def _run_export(args: argparse.Namespace) -> int:
@@ -254,6 +272,8 @@ def _run_export(args: argparse.Namespace) -> int:
     ref = resolve_performer(args.checkpoint)
     if ref.kind != "checkpoint":
         raise ValueError(f"{args.checkpoint} is already an exported folder; give the checkpoint")
+    if (args.int8 or args.fp16) and min(args.calib_frames, args.eval_frames) < 1:
+        raise ValueError("--calib-frames and --eval-frames must be at least 1")
     model = Performer.load(ref.path)
     steps = ["performer"] + ([] if args.no_stages else ["khp", "cvg", "stu", "cqt_step"])
     bar = tqdm(total=len(steps), unit="graph", desc="export")
@@ -275,12 +295,66 @@ def _run_export(args: argparse.Namespace) -> int:
     print(f"exported {ref.name} to {args.out}; parity torch vs onnxruntime over 100 frames (max abs diff):")
     for k, v in worst.items():
         print(f"  {k:28s} {v:.2e}")
+    rc = 0
+    if args.int8 or args.fp16:
+        rc = _export_variants(args, model)
     if args.target == "trt":
         from letsplay.export.tensorrt import build_engine
 
         plan = build_engine(Path(args.out) / "performer.onnx", Path(args.out) / "trt", args.precision)
         print(f"TensorRT engine: {plan}")
-    return 0
+    return rc
+
+
+def _export_variants(args: argparse.Namespace, model) -> int:
+    """--int8 / --fp16: make, measure and record the variants; print the report. Exit
+    status 1 when a variant was refused for its quality."""
+    from tqdm import tqdm
+
+    from letsplay.export.quantize import add_variants, windows_from_audio
+    from letsplay.realtime.demo import demo_audio
+
+    cfg = model.cfg
+    n_calib = args.calib_frames if args.int8 else 0
+    need = n_calib + args.eval_frames
+    x = demo_audio(cfg.instrument, cfg.audio.sample_rate)
+    windows = windows_from_audio(x[: int((need / cfg.video.fps + 1.0) * cfg.audio.sample_rate)], cfg.audio,
+                                 cfg.video, need)
+    calib = windows[:n_calib]
+    rest = windows[n_calib:]
+    held_out = len(rest) >= args.eval_frames
+    evals = rest[: args.eval_frames] if held_out else windows[: args.eval_frames]
+    precisions = [p for p, on in (("int8", args.int8), ("fp16", args.fp16)) if on]
+    bar = tqdm(total=len(precisions) * 2 + args.int8, unit="step", desc="variants")
+    reports = add_variants(args.out, calib, evals, precisions, min_psnr=args.min_psnr or None,
+                           threads=args.threads, source=f"demo music ({cfg.instrument})",
+                           progress=lambda s: (bar.set_postfix_str(s.split(":")[0]), bar.update(1)))
+    bar.close()
+    where = ("from the start" if not n_calib else "frames after the calibration ones" if held_out
+             else "overlapping the calibration frames: the demo is shorter than both")
+    print(f"variants vs fp32: {len(evals)} stepped frames of the demo music ({where}), each graph carrying its "
+          f"own state; threads {args.threads or 'onnxruntime default'}")
+    rc = 0
+    for p, r in reports.items():
+        ms = r["step_ms"]
+        print(f"  {p}: PSNR {r['psnr_db']:.1f} dB (worst frame {r['psnr_min_db']:.1f}, one step from the fp32 "
+              f"state {r['psnr_step_db']:.1f})", end="")
+        if r["keypoints_max_abs"] is not None:
+            print(f"; keypoints abs diff max {r['keypoints_max_abs']:.2e} mean {r['keypoints_mean_abs']:.2e}", end="")
+        print(f"; median step {ms['variant']:.2f} ms vs fp32 {ms['fp32']:.2f} ms ({r['speedup']:.2f}x)")
+        if r["speedup"] is not None and r["speedup"] < 1.0:
+            print(f"    note: {p} is slower than fp32 on this machine"
+                  + (" (int8 kernels pay off on CPUs with VNNI)" if p == "int8" else
+                     " (CPU onnxruntime has few float16 kernels: it computes in fp32 with casts)")
+                  + "; fp32 stays the faster choice here")
+        if r["recorded"]:
+            print(f"    wrote {Path(args.out) / r['file']} (run it: --performer {args.out} --backend onnxruntime "
+                  f"--precision {p})")
+        else:
+            print(f"    NOT recorded: {r['psnr_db']:.1f} dB is under --min-psnr {args.min_psnr:g} dB "
+                  f"(pass --min-psnr 0 to keep it anyway)", file=sys.stderr)
+            rc = 1
+    return rc
 
 
 COMMANDS = [
