@@ -170,6 +170,8 @@ def evaluate(model: Performer, clips: list[Any], max_seconds: float | None = Non
              chunk: int = 30, strip: str | Path | None = None, strip_frames: int = 6,
              kp_only: bool = False, progress: bool = True) -> EvalResult:
     """Run ``model`` step by step over each clip (from its first frame) and score it."""
+    if kp_only and model.khp is None:
+        raise ValueError("kp_only evaluation needs a model with KHP")
     from tqdm import tqdm
 
     from letsplay.models.data.torch_dataset import PerformanceDataset
@@ -193,7 +195,9 @@ def evaluate(model: Performer, clips: list[Any], max_seconds: float | None = Non
             continue
         ds = PerformanceDataset([clip], chunk, cfg.audio, cfg.video, stride=chunk,
                                 cache_dir=_cache_dir(clip))
+        ds.with_frames = not kp_only  # keypoints only: no frames read, only KHP stepped
         state = model.init_state(1, device)
+        khp_state = state.khp
         kps_p, kps_r = [], []
         prev_g = prev_r = None
         c_psnr = c_ssim = 0.0
@@ -202,9 +206,12 @@ def evaluate(model: Performer, clips: list[Any], max_seconds: float | None = Non
         for i in range(n // chunk):
             item = ds[i]
             windows = item["cqt"].to(device)  # [T, F, W]
-            real = (item["frames"].to(device) + 1) / 2  # [T, 3, H, W] in [0, 1]
+            real = None if kp_only else (item["frames"].to(device) + 1) / 2  # [T, 3, H, W] in [0, 1]
             for t in range(chunk):
-                out, state = model.step(windows[t:t + 1], state)
+                if kp_only:
+                    out, khp_state = model.khp.step(windows[t:t + 1], khp_state, with_heatmap=False)
+                else:
+                    out, state = model.step(windows[t:t + 1], state)
                 if out.keypoints is not None:
                     kps_p.append(out.keypoints[0].float().cpu().numpy())
                     kps_r.append(item["keypoints"][t].numpy())

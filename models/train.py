@@ -60,6 +60,7 @@ from torch import Tensor, nn
 from letsplay.models import losses
 from letsplay.models.discriminator import AudioVideoDiscriminator, DiscriminatorConfig, d_loss, frozen, g_adv_loss
 from letsplay.models.discriminator import mismatched as mismatched_audio
+from letsplay.models.keypoints import KeypointState
 from letsplay.models.performer import Performer, PerformerConfig
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,8 @@ class TrainConfig:
     workers: int = 0  # DataLoader worker processes
     amp: bool = True  # mixed precision on CUDA (ignored on CPU)
     max_clips: int | None = None  # use at most this many training clips (smoke runs)
+    kp_lanes: bool = True  # kp stage: clips read start to end, LSTM state carried between chunks (TBPTT)
+    teacher_keypoints: float = 0.0  # stu stage: share of sequences whose heatmaps come from the real keypoints
 
     def __post_init__(self) -> None:
         if self.stage not in STAGE_CHOICES:
@@ -275,6 +278,70 @@ def training_mean_pose(clips: list[Any]) -> np.ndarray | None:
     return (num / den).astype(np.float32)
 
 
+class Lanes:
+    """Stateful batches for the KP stage (truncated backpropagation through time).
+
+    ``batch`` lanes each read one training clip from its first frame to its end, ``T``
+    frames per step; the trainer carries KHP's LSTM state from a lane's chunk to the next
+    and restarts it (``reset``) where a lane starts a new clip. So KHP learns what it does
+    live and in evaluation: run from a fresh state at the start of the audio, for as long
+    as the music lasts -- with windows from the middle of a clip and a fresh state, what
+    happened before the window (which way the bow goes) is unknowable. Clips come in a
+    seeded order per epoch (each rank its own share); a clip's tail shorter than ``T`` is
+    skipped. The position (epoch, next clip, each lane's clip and frame) is training state.
+    """
+
+    def __init__(self, dataset: Any, batch: int, seq_len: int, seed: int, d: Dist,
+                 state: dict[str, Any] | None = None) -> None:
+        self.ds, self.batch, self.T, self.seed, self.dist = dataset, batch, seq_len, seed, d
+        n = len(dataset.clips)
+        self.usable = [ci for ci in range(n) if dataset.clips[ci].n_frames >= seq_len]
+        if len(self.usable) < d.world * batch:
+            raise ValueError(f"the training set has {len(self.usable)} clips of >= {seq_len} frames, fewer than "
+                             f"{d.world * batch} lanes; use a smaller --batch / --seq-len or more data")
+        st = state or {"epoch": 0, "next": 0, "lanes": [None] * batch}
+        self.epoch, self.next_clip = int(st["epoch"]), int(st["next"])
+        self.lanes: list[list[int] | None] = [None if x is None else [int(x[0]), int(x[1])] for x in st["lanes"]]
+        self._order = self._epoch_order(self.epoch)
+
+    def _epoch_order(self, epoch: int) -> list[int]:
+        perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.usable))
+        return [self.usable[i] for i in perm[self.dist.rank::self.dist.world]]
+
+    @property
+    def position(self) -> int:
+        return self.next_clip
+
+    @property
+    def per_epoch(self) -> int:
+        return len(self._order)
+
+    def state(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "next": self.next_clip, "lanes": self.lanes}
+
+    def _new_clip(self) -> int:
+        if self.next_clip >= len(self._order):
+            self.epoch, self.next_clip = self.epoch + 1, 0
+            self._order = self._epoch_order(self.epoch)
+        ci = self._order[self.next_clip]
+        self.next_clip += 1
+        return ci
+
+    def next(self) -> dict[str, Any]:
+        items, reset = [], []
+        for j in range(self.batch):
+            lane = self.lanes[j]
+            fresh = lane is None or lane[1] + self.T > self.ds.clips[lane[0]].n_frames
+            if fresh:
+                lane = self.lanes[j] = [self._new_clip(), 0]
+            items.append(self.ds.item(lane[0], lane[1], self.T))
+            reset.append(fresh)
+            lane[1] += self.T
+        out = _collate(items)
+        out["reset"] = torch.tensor(reset)
+        return out
+
+
 # --------------------------------------------------------------------------- state I/O
 
 
@@ -385,6 +452,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.step = 0
         self.batches = Batches(self.dataset, cfg.batch, cfg.seed, self.dist, cfg.workers)
+        use_lanes = cfg.kp_lanes and self.model.khp is not None and any(st == "kp" for st, _, _ in self.plan)
+        self.lanes = Lanes(self.dataset, cfg.batch, cfg.seq_len, cfg.seed, self.dist) if use_lanes else None
+        self.kp_state: Any = None  # KHP state carried between the lanes' chunks
         self._writer: Any = None
 
     # ---- optimizers: one per trained part, so a stage's Adam moments are its own
@@ -424,12 +494,16 @@ class Trainer:
                 tensors[f"rng.cuda.{i}"] = s
         for k, v in self.disc.state_dict().items():
             tensors[f"disc.{k}"] = v.detach().to("cpu").contiguous().clone()
+        if self.kp_state is not None:
+            for k, v in self.kp_state.to_dict().items():
+                tensors[f"lanes.{k}"] = v.detach().to("cpu").contiguous().clone()
         opt_meta = {name: _flatten_optim(name, o, tensors) for name, o in self.opts.items()}
         meta = {
             "step": self.step, "train_config": self.cfg.to_dict(), "schedule": self.plan,
             "model_config": self.model.cfg.to_dict(), "optimizers": opt_meta, "rng": _rng_json(),
             "data": {"epoch": self.batches.epoch, "position": self.batches.position,
-                     "per_epoch": self.batches.per_epoch, "world": self.dist.world},
+                     "per_epoch": self.batches.per_epoch, "world": self.dist.world,
+                     "lanes": None if self.lanes is None else self.lanes.state()},
             "scaler": self.scaler.state_dict() if self.use_amp else None,
             "performer_sha256": _file_sha256(tmp / "performer.safetensors"),
         }
@@ -491,6 +565,11 @@ class Trainer:
         self.step = int(meta["step"])
         self.batches = Batches(self.dataset, self.cfg.batch, self.cfg.seed, self.dist, self.cfg.workers,
                                epoch=meta["data"]["epoch"], position=meta["data"]["position"])
+        if self.lanes is not None and meta["data"].get("lanes") is not None:
+            self.lanes = Lanes(self.dataset, self.cfg.batch, self.cfg.seq_len, self.cfg.seed, self.dist,
+                               state=meta["data"]["lanes"])
+            lane_t = {k[6:]: v.to(self.device) for k, v in tensors.items() if k.startswith("lanes.")}
+            self.kp_state = KeypointState.from_dict(lane_t) if lane_t else None
         log.info("resumed from %s (step %d)", folder, self.step)
 
     # ---- one step of each stage
@@ -511,6 +590,32 @@ class Trainer:
             self.scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
         self.scaler.step(opt)
+
+    def _stu_teacher_forward(self, batch: dict[str, Any], windows: Tensor, z: Tensor | None) -> Tensor:
+        """The STU stage's frames with KHP and CVG frozen, where a ``teacher_keypoints``
+        share of the sequences (drawn from the noise generator) gets heatmaps and GCN
+        points from the real keypoints instead of KHP's. The STU then learns to draw
+        exactly the pose it is given -- a sharp performer wherever KHP puts it -- rather
+        than a blur over the poses KHP cannot tell apart. The rest equals Performer.forward."""
+        m = self.model
+        B = windows.shape[0]
+        with torch.no_grad():
+            kp, _ = m.khp(windows, with_heatmap=False)
+            kp = kp.keypoints  # [B, T, 67, 2]
+            coarse = None
+            if m.cvg is not None:
+                c, _ = m.cvg(windows, None, z)  # [B, T, 3, h, w]
+                coarse = c if c.shape[-2:] == m.cfg.work_size else F.interpolate(
+                    c.flatten(0, 1), size=m.cfg.work_size, mode="bilinear", align_corners=False
+                ).unflatten(0, c.shape[:2])
+            teach = (torch.rand(B, generator=self.noise) < self.cfg.teacher_keypoints).to(self.device)
+            kp = torch.where(teach[:, None, None, None], batch["keypoints"].to(self.device), kp)
+            a = m.khp.cfg.heatmap_alpha  # real points the data lacks (confidence 0) are not drawn
+            alpha = torch.where(teach[:, None, None], batch["confidence"].to(self.device) * a, torch.full_like(
+                batch["confidence"], a, device=self.device))
+            hm = m.khp.heatmap(kp, alpha)  # [B, T, C, h, w]
+        fake, _ = m.stu(coarse, hm, kp if m.stu.has_keypoints else None, windows)
+        return fake.float()
 
     def _stu_losses(self, fake: Tensor, real: Tensor, windows: Tensor) -> dict[str, Tensor]:
         cfg = self.cfg
@@ -541,10 +646,16 @@ class Trainer:
         logs: dict[str, Tensor] = {}
         if stage == "kp":
             kp_real, conf = batch["keypoints"].to(self.device), batch["confidence"].to(self.device)
+            state = None
+            if "reset" in batch and self.kp_state is not None:  # lanes: go on from the lane's last chunk
+                keep = (~batch["reset"]).to(self.device, windows.dtype)[:, None]
+                state = KeypointState(lstm_h=self.kp_state.lstm_h * keep, lstm_c=self.kp_state.lstm_c * keep)
             with self._autocast():
-                out, _ = m.khp(windows, with_heatmap=False)  # the loss makes its own heatmaps
+                out, st = m.khp(windows, state, with_heatmap=False)  # the loss makes its own heatmaps
                 lk = m.khp.loss(out.keypoints.float(), kp_real, conf)
             self._update("kp", lk["kp"], self._gen_params("kp"))
+            if "reset" in batch:
+                self.kp_state = KeypointState(lstm_h=st.lstm_h.detach().float(), lstm_c=st.lstm_c.detach().float())
             logs = lk
         elif stage == "cvg":
             real = batch["frames"].to(self.device)
@@ -563,8 +674,11 @@ class Trainer:
                 m.cfg = dataclasses.replace(m.cfg, end_to_end=True)
             try:
                 with self._autocast():
-                    out, _ = m(windows, None, z)
-                    fake = out.frame.float()
+                    if not e2e and self.cfg.teacher_keypoints > 0 and m.khp is not None:
+                        fake = self._stu_teacher_forward(batch, windows, z)
+                    else:
+                        out, _ = m(windows, None, z)
+                        fake = out.frame.float()
             finally:
                 m.cfg = saved
             logs.update(self._d_step(fake, real, windows))
@@ -651,7 +765,8 @@ class Trainer:
                 for o in self.opts.values():
                     for g in o.param_groups:
                         g["lr"] = lr
-                rec = self.train_step(stage, self.batches.next())
+                data = self.lanes if (stage == "kp" and self.lanes is not None) else self.batches
+                rec = self.train_step(stage, data.next())
                 if not all(math.isfinite(v) for v in rec.values()):
                     raise FloatingPointError(f"step {self.step} ({stage}): non-finite loss {rec}; "
                                              f"lower the learning rate or check the data")
@@ -660,7 +775,7 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix({"stage": stage, **{k: f"{v:.4f}" for k, v in rec.items()}}, refresh=False)
                 if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
-                    self._log({"step": self.step, "stage": stage, "lr": lr, "epoch": self.batches.epoch,
+                    self._log({"step": self.step, "stage": stage, "lr": lr, "epoch": data.epoch,
                                "time": time.time(), **rec})
                 if self.step % self.cfg.ckpt_every == 0 or self.step == end:
                     self.save_checkpoint()

@@ -101,3 +101,54 @@ def test_metrics() -> None:
     assert np.flatnonzero(motion_events(kp, "cello")).tolist() == [3, 6]
     md = ablation_markdown({"cello": {"full": {"psnr": 20.0, "ssim": 0.5, "kp_dist": 0.1}}}, "tiny", 10)
     assert "17.07" in md and "20.00" in md and "0.1000 / 0.117" in md
+
+
+def test_kp_lanes_read_clips_from_the_start_and_resume_exactly(dataset: Path, tmp_path: Path) -> None:
+    """The KP stage reads each clip start to end in chunks, carrying KHP's state between a
+    lane's chunks (reset at a new clip); an interrupted run resumes lanes and state exactly."""
+    torch.set_num_threads(1)
+    mcfg = preset("tiny", "cello")
+    cfg = _cfg(stage="kp", steps=5, batch=1, seq_len=30, ckpt_every=2)
+    tr = Trainer(mcfg, cfg, dataset, tmp_path / "peek", progress=False)
+    seen = [tr.lanes.next()]
+    n = {c.id: c.n_frames for c in tr.dataset.clips}[seen[0]["clip"][0]]  # the first lane's clip
+    assert n >= 60
+    seen += [tr.lanes.next() for _ in range(n // 30)]
+    assert [b["start"][0] for b in seen[: n // 30]] == list(range(0, n // 30 * 30, 30))
+    assert [bool(b["reset"][0]) for b in seen] == [True] + [False] * (n // 30 - 1) + [True]
+    assert len({b["clip"][0] for b in seen[: n // 30]}) == 1 and seen[-1]["start"][0] == 0
+
+    tr = Trainer(mcfg, cfg, dataset, tmp_path / "carry", progress=False)
+    tr.train_step("kp", tr.lanes.next())
+    h1 = tr.kp_state.lstm_h.clone()
+    assert h1.abs().sum() > 0  # carried to the lane's next chunk, not a fresh zero state
+
+    full = Trainer(mcfg, cfg, dataset, tmp_path / "a", progress=False).run()
+    first = Trainer(mcfg, cfg, dataset, tmp_path / "b", progress=False).run(stop_at=2)
+    rest = Trainer(mcfg, cfg, dataset, tmp_path / "b", progress=False).run(resume=True)
+    assert _losses(first.history + rest.history) == _losses(full.history)
+
+
+def test_stu_teacher_keypoints_draw_the_real_pose(dataset: Path, tmp_path: Path) -> None:
+    """teacher_keypoints=1: the STU stage's frames are the STU fed the real keypoints'
+    heatmaps (KHP and CVG frozen), and such a run trains."""
+    torch.set_num_threads(1)
+    cfg = _cfg(stage="stu", steps=2, teacher_keypoints=1.0)
+    tr = Trainer(preset("tiny", "cello"), cfg, dataset, tmp_path / "t", progress=False)
+    m = tr.model
+    batch = tr.batches.next()
+    w = batch["cqt"]
+    z = tr._z(*w.shape[:2])
+    with torch.no_grad():
+        fake = tr._stu_teacher_forward(batch, w, z)
+        coarse, _ = m.cvg(w, None, z)
+        up = torch.nn.functional.interpolate(coarse.flatten(0, 1), size=m.cfg.work_size, mode="bilinear",
+                                             align_corners=False).unflatten(0, coarse.shape[:2])
+        kp = batch["keypoints"]
+        hm = m.khp.heatmap(kp, batch["confidence"] * m.khp.cfg.heatmap_alpha)
+        want, _ = m.stu(up, hm, kp, w)
+        pred, _ = m(w, None, z)  # KHP's own keypoints give other frames
+    assert torch.allclose(fake, want, atol=1e-6)
+    assert not torch.allclose(fake, pred.frame, atol=1e-4)
+    r = tr.run()
+    assert r.step == 2 and all(math.isfinite(v) for h in r.history for v in h.values())

@@ -182,11 +182,14 @@ class PerformanceDataset(Dataset):
         return ci, s
 
     def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.item(*self.window_start(i))
+
+    def item(self, ci: int, s: int, T: int | None = None) -> dict[str, Any]:
+        """The ``T`` frames (default ``seq_len``) of clip ``ci`` from frame ``s``."""
         from letsplay.models.features import frame_windows
 
-        ci, s = self.window_start(i)
         clip = self.clips[ci]
-        T = self.seq_len
+        T = self.seq_len if T is None else T
         # without frames, the crop needs only the clip's frame size (one frame read per clip)
         frames = clip.frames(s, T) if self.with_frames else self._first_frame(ci)
         kp_all, conf_all = self._keypoints(ci)
