@@ -236,3 +236,19 @@ def test_identity_seed_fixes_the_look_and_the_picture() -> None:
     assert np.array_equal(frames[0], frames[1])
     assert not np.array_equal(frames[0], frames[2])
     assert Body.from_seed(7, "cello") != Body.from_seed(8, "cello")
+
+
+def test_bow_position_is_causal_in_the_notes() -> None:
+    """Where the bow is at time t depends only on the notes heard by t: how long the
+    sounding note will last, and the notes after it, change nothing before they happen."""
+    notes = random_melody("cello", seed=7, seconds=12).notes
+    t = np.arange(_frames(notes)) / FPS
+    b = bow_position(notes, t)
+    k = len(notes) // 2
+    cut = notes[k].onset + 0.5 * notes[k].duration  # halfway through note k
+    longer = [*notes[:k], Note(notes[k].onset, notes[k].duration * 1.7, notes[k].pitch, notes[k].velocity)]
+    b2 = bow_position(longer, t)
+    before = t <= cut
+    assert np.array_equal(b[before], b2[before])
+    later = t > notes[k].onset + notes[k].duration + 0.1  # past the original end: the longer stroke went on
+    assert not np.allclose(b[later], b2[later])

@@ -101,3 +101,44 @@ def test_live_records_what_the_device_captured(pulse, tiny_ckpt, tmp_path):
     assert len(frames) / dur >= 25
     s = json.loads(stats.read_text())
     assert s["frames"] / s["audio_seconds"] >= 25 and s["audio_seconds"] == pytest.approx(7.0, abs=0.05)
+
+
+def test_demo_plays_to_the_speakers_and_records_what_was_played(pulse, tiny_ckpt, tmp_path):
+    """`letsplay demo` with an output device plays the music (captured here from the null
+    sink's monitor with parecord) and renders and records exactly the samples it played."""
+    from letsplay.realtime.demo import demo_audio
+
+    env = dict(os.environ, **pulse, LETSPLAY_CACHE=str(tmp_path / "cache"))
+    heard = tmp_path / "heard.wav"
+    cap = subprocess.Popen(["parecord", "--device", "letsplay_test.monitor", "--rate", str(SR), "--channels", "1",
+                            "--format", "float32le", "--file-format=wav", str(heard)], env=env)
+    try:
+        time.sleep(1.0)  # the capture is open before the music starts
+        out, stats = tmp_path / "demo.mp4", tmp_path / "stats.json"
+        demo = subprocess.run([sys.executable, "-m", "letsplay.ui.cli", "demo", "--no-window", "--seconds", "4",
+                               "--performer", str(tiny_ckpt), "--backend", "torch", "--record", str(out),
+                               "--stats", str(stats)], env=env, capture_output=True, text=True, timeout=120)
+        assert demo.returncode == 0, demo.stderr[-3000:]
+        assert "playing to the speakers" in demo.stderr
+        time.sleep(0.5)
+    finally:
+        cap.terminate()
+        cap.wait(10)
+    # what the speakers got is the demo music
+    played, rate = sf.read(heard, dtype="float32")
+    assert rate == SR
+    music = demo_audio("cello", SR, 4.0)
+    from scipy.signal import correlate
+
+    c = correlate(played, music, mode="valid", method="fft")
+    k = int(np.argmax(np.abs(c)))  # where the music starts in the capture
+    assert 0 <= k and k + len(music) <= len(played), "the capture does not hold the whole demo"
+    assert np.corrcoef(played[k: k + len(music)], music)[0, 1] > 0.95
+    # and the recording holds the same samples, with frames for all of it
+    frames, audio, rate = read_mp4(out)
+    assert rate == SR and abs(len(audio) - len(music)) <= SR // 30
+    n = min(len(audio), len(music))
+    assert np.corrcoef(audio[:n], music[:n])[0, 1] > 0.95
+    assert len(frames) >= 100 and frames[-1] > 3.9  # video to the end of the music, ~30 fps
+    s = json.loads(stats.read_text())
+    assert s["frames"] >= 100  # frames for the music as it played (~30 fps)

@@ -15,9 +15,10 @@ Cello (seated, cello between the knees, bow in the right hand):
   distance from the nut is ``1 - 2**(-n/12)`` of the string, monotone in pitch on each
   string; the left hand moves to the next stop just before the note's onset; open
   strings leave the hand where it was;
-* the bow reverses direction at every note onset (one bow stroke per note, no slurs),
-  its speed grows with the note's velocity and is limited so the stroke fits in the
-  bow that is left; between notes it rests on the string;
+* the bow reverses direction at every note onset (one bow stroke per note, no slurs, the
+  first a down-bow), moves at a speed that grows with the note's velocity, slows as it
+  nears the end of the bow (:func:`bow_travel`: causal -- where the bow is depends on the
+  notes heard so far, never on when a note will end) and rests where the note ends;
 * the bow arm's angle follows the string being played (the C string is played with the
   arm high, the A string with the arm low), changing just before the onset;
 * vibrato on sustained stopped notes rolls the finger along the string by exactly the
@@ -352,43 +353,68 @@ _BOW_CONTACT = 0.9  # fraction of the string from the nut where the bow plays
 _BOW_TILT = np.radians([-15.0, -5.0, 5.0, 13.0])  # C, G, D, A: bow angle from square
 
 
-def plan_bow(notes: Sequence[Note]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One stroke per note, alternating direction. Returns per note (start position,
-    direction +1 down-bow / -1 up-bow, distance) in cm of bow."""
-    start, direction, dist = [], [], []
+_BOW_ATTACK_S = 0.05  # a stroke's speed builds up over about this long after the onset
+_BOW_MARGIN = 0.97  # share of the bow left toward its end that a stroke may use
+
+
+def bow_speed(velocity: int) -> float:
+    """The bow speed (cm/s) a note is played with: louder is faster."""
+    return 12.0 + 60.0 * ((velocity - 30) / 97.0) ** 1.3 if velocity > 30 else 12.0
+
+
+def bow_travel(tau: np.ndarray | float, speed: np.ndarray | float, room: np.ndarray | float) -> np.ndarray:
+    """Bow travelled (cm) ``tau`` seconds into a stroke at ``speed`` toward a bow end
+    ``room`` cm away: the speed builds up over ~``_BOW_ATTACK_S``, and the stroke slows
+    smoothly as the end nears and never passes it.
+
+    Causal: the position at ``tau`` depends only on the stroke so far (its onset, speed
+    and starting point), never on when the note will end -- so the motion can be
+    followed from the sound as it is heard, which is what the renderer learns to do."""
+    tau = np.maximum(np.asarray(tau, dtype=np.float64), 0.0)
+    g = tau - _BOW_ATTACK_S * (1.0 - np.exp(-tau / _BOW_ATTACK_S))  # g' rises 0 -> 1
+    return room * (1.0 - np.exp(-speed * g / room))
+
+
+def _bow_strokes(notes: Sequence[Note]) -> tuple[np.ndarray, ...]:
+    """Per note: start position, direction, distance, speed and room (see plan_bow)."""
+    start, direction, dist, speed, room = [], [], [], [], []
     b = 0.5 * (BOW_LO + BOW_HI)
     d = -1.0
     for n in notes:
         d = -d
-        speed = 12.0 + 60.0 * ((n.velocity - 30) / 97.0) ** 1.3 if n.velocity > 30 else 12.0  # cm/s
-        avail = (BOW_HI - b) if d > 0 else (b - BOW_LO)
-        want = speed * n.duration
-        D = min(want, 0.95 * avail)
-        D = max(D, min(1.5, 0.9 * avail))
+        v = bow_speed(n.velocity)
+        r = _BOW_MARGIN * ((BOW_HI - b) if d > 0 else (b - BOW_LO))
+        D = float(bow_travel(n.duration, v, r))
         start.append(b)
         direction.append(d)
         dist.append(D)
+        speed.append(v)
+        room.append(r)
         b = b + d * D
-    return np.array(start), np.array(direction), np.array(dist)
+    return tuple(np.array(x) for x in (start, direction, dist, speed, room))
 
 
-def _stroke_profile(x: np.ndarray, k: float = 0.6) -> np.ndarray:
-    """Monotone 0..1 with a slower start and end of the stroke (k <= 1 keeps it monotone)."""
-    x = np.clip(x, 0.0, 1.0)
-    return x - k * np.sin(2 * np.pi * x) / (2 * np.pi)
+def plan_bow(notes: Sequence[Note]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One stroke per note, alternating direction, the first a down-bow from the middle of
+    the bow. Returns per note (start position, direction +1 down-bow / -1 up-bow,
+    distance travelled by the note's end) in cm of bow."""
+    start, direction, dist, _, _ = _bow_strokes(notes)
+    return start, direction, dist
 
 
 def bow_position(notes: Sequence[Note], t: np.ndarray) -> np.ndarray:
-    """Contact point along the bow hair (cm from the frog) at times t."""
+    """Contact point along the bow hair (cm from the frog) at times t: each stroke
+    travels at its speed from its onset (:func:`bow_travel`) and rests where the note ends."""
     if not notes:
         return np.full_like(t, 0.5 * (BOW_LO + BOW_HI))
-    start, direction, dist = plan_bow(notes)
+    start, direction, _, speed, room = _bow_strokes(notes)
     on = np.array([n.onset for n in notes])
     dur = np.array([n.duration for n in notes])
     k = np.searchsorted(on, t, side="right") - 1
     kk = np.clip(k, 0, len(notes) - 1)
-    x = (t - on[kk]) / dur[kk]
-    b = start[kk] + direction[kk] * dist[kk] * _stroke_profile(x)
+    tau = np.clip(t - on[kk], 0.0, dur[kk])
+    room_k = np.maximum(room[kk], 1e-9)
+    b = start[kk] + direction[kk] * bow_travel(tau, speed[kk], room_k)
     return np.where(k < 0, start[0], b)
 
 
