@@ -252,6 +252,25 @@ class Performer(nn.Module):
         return model.to(device)
 
 
+def combine_stages(base: Performer, stages: dict[str, Performer]) -> Performer:
+    """``base`` with the named stages' weights taken from other Performers of the same
+    config, e.g. ``{"cvg": cvg_run}``: stages trained in separate runs (in parallel) put
+    together before the STU stage. Refuses models of other configs or missing stages."""
+    for name, other in stages.items():
+        if name not in ("khp", "cvg", "stu"):
+            raise ValueError(f"unknown stage {name!r}; choose khp, cvg or stu")
+        if other.cfg != base.cfg:
+            raise CheckpointError(f"the {name} source has another configuration than the base "
+                                  f"(preset {other.cfg.preset!r} vs {base.cfg.preset!r}, instrument "
+                                  f"{other.cfg.instrument!r} vs {base.cfg.instrument!r}); train both from the same "
+                                  f"preset, instrument and specs")
+        mine, theirs = getattr(base, name), getattr(other, name)
+        if mine is None or theirs is None:
+            raise CheckpointError(f"stage {name} is missing in {'the base' if mine is None else 'its source'}")
+        mine.load_state_dict(theirs.state_dict())
+    return base
+
+
 def _metadata(cfg: PerformerConfig) -> dict[str, str]:
     return {
         "format": FORMAT,

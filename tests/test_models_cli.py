@@ -12,6 +12,7 @@ from letsplay.models.performer import Performer, stage_costs
 from letsplay.models.presets import ABLATIONS, PRESETS, preset
 from letsplay.models.skeleton import INSTRUMENTS
 from letsplay.ui import cmd_model
+from letsplay.ui.cli import main
 
 
 def _run(argv: list[str]) -> int:
@@ -53,3 +54,29 @@ def test_realtime_preset_fits_its_budget() -> None:
     assert (cfg.video.height, cfg.video.width) == (256, 256)
     total = stage_costs(Performer(cfg))[-1]
     assert total.name == "total" and 0.5e9 < total.flops < 1.2e9
+
+
+def test_combine_takes_each_stage_from_its_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Stages trained in separate runs are put together: CVG from one file, the rest from
+    the base; another config is refused with a message."""
+    import torch
+
+    from letsplay.models.performer import Performer
+
+    torch.manual_seed(0)
+    base, other = Performer(preset("tiny")), Performer(preset("tiny"))
+    base.save(tmp_path / "base.safetensors")
+    other.save(tmp_path / "cvg.safetensors")
+    out = tmp_path / "both.safetensors"
+    assert main(["model", "combine", str(tmp_path / "base.safetensors"), "--stage",
+                 f"cvg={tmp_path / 'cvg.safetensors'}", "--out", str(out)]) == 0
+    both = Performer.load(out)
+    for name, want in (("khp", base), ("cvg", other), ("stu", base)):
+        mine, theirs = getattr(both, name).state_dict(), getattr(want, name).state_dict()
+        assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+    assert not torch.equal(both.cvg.state_dict()["lstm.weight_ih"], base.cvg.state_dict()["lstm.weight_ih"])
+    Performer(preset("tiny", instrument="trombone")).save(tmp_path / "tb.safetensors")
+    capsys.readouterr()
+    assert main(["model", "combine", str(out), "--stage", f"cvg={tmp_path / 'tb.safetensors'}",
+                 "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert "another configuration" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""`letsplay model info|init`: inspect Performer presets and checkpoints, write fresh ones."""
+"""`letsplay model info|init|combine`: inspect Performer presets and checkpoints, write fresh
+ones, put stages trained in separate runs together."""
 
 from __future__ import annotations
 
@@ -37,6 +38,15 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     init.add_argument("out", help="output .safetensors path")
     init.add_argument("--seed", type=int, default=0, help="initialisation seed (default 0)")
     init.set_defaults(_model_run=_run_init)
+    comb = sub.add_parser("combine", help="put stages trained in separate runs into one checkpoint",
+                          description="Copy the weights of the named stages from other checkpoints of the "
+                                      "same config into BASE, e.g. KHP from a kp run and CVG from a cvg run "
+                                      "trained in parallel, before training the STU stage with --init.")
+    comb.add_argument("base", help="the checkpoint whose other stages are kept")
+    comb.add_argument("--stage", action="append", required=True, metavar="STAGE=PATH",
+                      help="a stage (khp, cvg, stu) and the checkpoint to take it from; repeat for several")
+    comb.add_argument("--out", required=True, help="output .safetensors path")
+    comb.set_defaults(_model_run=_run_combine)
 
 
 def _run_model(args: argparse.Namespace) -> int:
@@ -106,7 +116,23 @@ def _run_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_combine(args: argparse.Namespace) -> int:
+    from letsplay.models.performer import Performer, combine_stages
+
+    stages, paths = {}, {}
+    for spec in args.stage:
+        name, sep, path = spec.partition("=")
+        if not sep or not path:
+            raise ValueError(f"--stage wants STAGE=PATH (e.g. cvg=runs/cvg/performer.safetensors), got {spec!r}")
+        stages[name], paths[name] = Performer.load(path), path
+    model = combine_stages(Performer.load(args.base), stages)
+    model.save(args.out)
+    taken = ", ".join(f"{k} from {v}" for k, v in paths.items())
+    print(f"wrote {args.out}: {taken}, the rest from {args.base}")
+    return 0
+
+
 COMMANDS = [
-    ("model", "inspect Performer presets/checkpoints (info) or write an untrained one (init)",
+    ("model", "inspect Performer presets/checkpoints (info), write an untrained one (init), combine stages",
      _add_model, _run_model),
 ]
