@@ -149,15 +149,11 @@ def ort_session(path: Path, provider: str, threads: int | None):
     when the provider that really runs is not the one asked for."""
     import onnxruntime as ort
 
+    from letsplay.export.onnx import session_options
     from letsplay.realtime.backends import PROVIDERS, BackendError
 
     want = PROVIDERS.get(provider, provider)
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so = session_options(threads)
     providers = [want] + (["CPUExecutionProvider"] if want != "CPUExecutionProvider" else [])
     sess = ort.InferenceSession(str(path), so, providers=providers)
     if sess.get_providers()[0] != want:

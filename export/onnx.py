@@ -247,6 +247,24 @@ def _check_shapes(io: list[dict], expected: dict[str, tuple[int, ...]], graph: s
     return fixed
 
 
+def session_options(threads: int | None = None, spinning: bool = False) -> Any:
+    """onnxruntime SessionOptions as every letsplay session uses them: all graph
+    optimisations, ``threads`` intra-op threads (None: onnxruntime's choice), one inter-op
+    thread, and thread spinning off unless asked for -- the engine's CQT (torch) and other
+    sessions share the cores, and idle-spinning threads would steal them (measured: 8x
+    slower renders on 2 cores)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return so
+
+
 def export_onnx(performer: Performer, out_dir: str | Path, checkpoint_sha256: str | None = None,
                 stages: bool = True, cqt: bool = True, progress: Callable[[str], None] | None = None) -> dict:
     """Export the Performer (fused step, optionally each stage and the CQT step) to

@@ -58,7 +58,15 @@ from typing import Any
 
 import numpy as np
 
-from letsplay.export.onnx import PRECISIONS, STATE_IN, STATE_OUT, ExportError, read_manifest, sha256_file
+from letsplay.export.onnx import (
+    PRECISIONS,
+    STATE_IN,
+    STATE_OUT,
+    ExportError,
+    read_manifest,
+    session_options,
+    sha256_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -122,12 +130,7 @@ class GraphRunner:
     def __init__(self, path: Path, threads: int | None) -> None:
         import onnxruntime as ort
 
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so = session_options(threads)
         so.log_severity_level = 3  # fp16 graphs make the CPU provider warn per node it cannot constant-fold
         self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         self.outputs = [o.name for o in self.session.get_outputs()]

@@ -3,12 +3,26 @@
 TensorRT is optional (the ``[trt]`` extra) and imported lazily here only. An engine is
 only valid for the TensorRT version and GPU it was built on, so the cache key is the
 SHA-256 of: the ONNX graph's digest, the TensorRT version, the GPU name and compute
-capability, the precision and the batch range. A change in any of them builds a new
-engine; a stale one is never loaded. The builder's timing cache is kept beside the
-engines, so rebuilds after a small change are quick.
+capability, the precision, the batch range (max and opt), whether the network is
+strongly typed, and the TF32 setting. A change in any of them builds a new engine; a
+stale one is never loaded. The builder's timing cache is kept beside the engines (one
+per TensorRT version and GPU), so rebuilds after a small change are quick.
 
-Status: written to the TensorRT 10 Python API; no GPU was available to the session
-that wrote it, so its tests (marked ``gpu``/``trt``) have not run yet.
+Precisions: ``fp32`` is strict float32 (TF32 tactics off, so it can be compared with the
+CPU to 1e-3). ``fp16`` on TensorRT 10 is the fp32 graph built with ``BuilderFlag.FP16``
+(weak typing: TensorRT picks fp16 kernels where it likes). TensorRT 11 removed weak
+typing and that flag; there the fp16 engine is built, strongly typed, from the export's
+float16 variant (``performer.fp16.onnx``: ``letsplay export onnx ... --fp16``), which
+:func:`engine_graph` picks.
+
+The runtime side (:class:`TrtBackend`) uses the TensorRT 10 name-based tensor API:
+``set_input_shape`` per input, ``set_tensor_address`` per I/O tensor, and
+``execute_async_v3(stream)``, with I/O buffers allocated once per batch size as torch
+CUDA tensors.
+
+Status: written to the TensorRT 10/11 Python API documentation; no GPU was available to
+the sessions that wrote it, so its tests (``tests/test_gpu.py``, marked ``gpu``/``trt``)
+have not run yet (``scripts/gpu_check.sh`` runs them).
 """
 
 from __future__ import annotations
@@ -16,10 +30,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+
 log = logging.getLogger(__name__)
+
+KEY_FORMAT = 2  # bump when what an engine is built with changes without its inputs changing
 
 
 class TensorRTUnavailable(RuntimeError):
@@ -40,6 +58,11 @@ def import_tensorrt():
     return trt
 
 
+def has_weak_fp16(trt) -> bool:
+    """TensorRT 10's ``BuilderFlag.FP16`` (removed in 11 with the rest of weak typing)."""
+    return hasattr(trt.BuilderFlag, "FP16")
+
+
 @dataclass(frozen=True)
 class EngineKey:
     onnx_sha256: str
@@ -48,12 +71,17 @@ class EngineKey:
     compute_capability: str
     precision: str  # "fp32" or "fp16"
     max_batch: int
+    opt_batch: int = 1
+    strongly_typed: bool = False
+    tf32: bool = False
+    format: int = KEY_FORMAT
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(self.__dict__, sort_keys=True).encode()).hexdigest()[:24]
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:24]
 
 
-def engine_key(onnx_path: Path, precision: str, max_batch: int) -> EngineKey:
+def engine_key(onnx_path: Path, precision: str, max_batch: int, opt_batch: int = 1,
+               strongly_typed: bool = False) -> EngineKey:
     import torch
 
     from letsplay.export.onnx import sha256_file
@@ -61,40 +89,77 @@ def engine_key(onnx_path: Path, precision: str, max_batch: int) -> EngineKey:
     trt = import_tensorrt()
     major, minor = torch.cuda.get_device_capability()
     return EngineKey(sha256_file(onnx_path), trt.__version__, torch.cuda.get_device_name(),
-                     f"{major}.{minor}", precision, max_batch)
+                     f"{major}.{minor}", precision, max_batch, opt_batch, strongly_typed,
+                     tf32=precision != "fp32")
+
+
+def engine_graph(manifest, precision: str) -> tuple[Path, bool]:
+    """Which graph of an exported folder an engine of ``precision`` is built from, and
+    whether strongly typed: the fp32 graph (weakly typed; fp16 through the builder flag on
+    TensorRT 10), or on TensorRT 11+ for fp16 the float16 variant, strongly typed."""
+    trt = import_tensorrt()
+    if precision == "fp16" and not has_weak_fp16(trt):
+        if "fp16" in manifest.precisions("performer"):
+            return manifest.graph_path("performer", "fp16"), True
+        raise TensorRTUnavailable(
+            f"TensorRT {trt.__version__} has no fp16 builder flag (weak typing was removed in TensorRT 11): an fp16 "
+            f"engine is built from the float16 variant of the graph, and {manifest.folder} has none; make it with "
+            f"`letsplay export onnx --checkpoint FILE --out {manifest.folder} --fp16`, use precision fp32, or "
+            f"install TensorRT 10 (pip install 'tensorrt>=10,<11')")
+    return manifest.graph_path("performer"), False
 
 
 def build_engine(onnx_path: str | Path, cache: str | Path, precision: str = "fp16", max_batch: int = 8,
-                 opt_batch: int = 1) -> Path:
-    """Build (or reuse) a serialized engine for ``onnx_path``; returns the plan's path."""
+                 opt_batch: int = 1, strongly_typed: bool = False) -> Path:
+    """Build (or reuse) a serialized engine for ``onnx_path``; returns the plan's path.
+
+    ``strongly_typed``: the graph carries its own precision (a float16 variant): the
+    network is built strongly typed and no precision flag is set."""
     trt = import_tensorrt()
     onnx_path, cache = Path(onnx_path), Path(cache)
     if precision not in ("fp32", "fp16"):
         raise ValueError(f"precision must be fp32 or fp16, got {precision!r}")
-    key = engine_key(onnx_path, precision, max_batch)
-    plan = cache / f"{onnx_path.stem}-{key.digest()}.plan"
+    if not 1 <= opt_batch <= max_batch:
+        raise ValueError(f"need 1 <= opt_batch <= max_batch, got opt_batch {opt_batch}, max_batch {max_batch}")
+    if precision == "fp16" and not strongly_typed and not has_weak_fp16(trt):
+        raise TensorRTUnavailable(
+            f"TensorRT {trt.__version__} has no fp16 builder flag (removed in TensorRT 11); build the fp16 engine from "
+            f"the float16 variant (performer.fp16.onnx, `letsplay export onnx ... --fp16`) with strongly_typed=True")
+    key = engine_key(onnx_path, precision, max_batch, opt_batch, strongly_typed)
+    plan = cache / f"{onnx_path.stem}-{precision}-{key.digest()}.plan"
     if plan.is_file():
         log.info("TensorRT engine cache hit: %s", plan.name)
         return plan
     cache.mkdir(parents=True, exist_ok=True)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
+    network = builder.create_network(flags)  # explicit batch: always, in TensorRT 10+
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx_path.read_bytes()):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise RuntimeError(f"TensorRT cannot parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, 2 << 30)
-    if precision == "fp16":
+    if precision == "fp16" and not strongly_typed:
         config.set_flag(trt.BuilderFlag.FP16)
-    timing_path = cache / "timing.cache"
-    timing = config.create_timing_cache(timing_path.read_bytes() if timing_path.is_file() else b"")
-    config.set_timing_cache(timing, ignore_mismatch=False)
+    if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)  # on by default: fp32 means fp32 here
+    where = hashlib.sha256(f"{key.trt_version}|{key.gpu}|{key.compute_capability}".encode()).hexdigest()[:12]
+    timing_path = cache / f"timing-{where}.cache"  # one per TensorRT version and GPU
+    blob = timing_path.read_bytes() if timing_path.is_file() else b""
+    timing = config.create_timing_cache(blob)
+    if timing is None or config.set_timing_cache(timing, ignore_mismatch=False) is False:
+        log.warning("TensorRT did not take the timing cache %s; building without it", timing_path.name)
+        timing = config.create_timing_cache(b"")
+        config.set_timing_cache(timing, ignore_mismatch=True)
     profile = builder.create_optimization_profile()
     for i in range(network.num_inputs):
         t = network.get_input(i)
         rest = tuple(t.shape)[1:]
+        if any(d < 0 for d in rest):
+            raise RuntimeError(f"{onnx_path}: input {t.name} has a dynamic dimension besides the batch "
+                               f"({tuple(t.shape)}); re-export the model")
         profile.set_shape(t.name, (1, *rest), (opt_batch, *rest), (max_batch, *rest))
     config.add_optimization_profile(profile)
     log.warning("building a TensorRT %s engine for %s (once per GPU/version)", precision, onnx_path.name)
@@ -102,76 +167,114 @@ def build_engine(onnx_path: str | Path, cache: str | Path, precision: str = "fp1
     if serialized is None:
         raise RuntimeError(f"TensorRT failed to build an engine for {onnx_path}")
     tmp = plan.with_suffix(".tmp")
-    tmp.write_bytes(bytes(serialized))
+    tmp.write_bytes(memoryview(serialized))
     tmp.replace(plan)
-    timing_path.write_bytes(bytes(config.get_timing_cache().serialize()))
-    plan.with_suffix(".json").write_text(json.dumps(key.__dict__, indent=2))
+    timing_path.write_bytes(memoryview(config.get_timing_cache().serialize()))
+    plan.with_suffix(".json").write_text(json.dumps(asdict(key), indent=2))
     return plan
 
 
+def _torch_dtype(trt, dt):
+    import torch
+
+    table = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16, trt.DataType.INT32: torch.int32,
+             trt.DataType.INT8: torch.int8, trt.DataType.BOOL: torch.bool}
+    if hasattr(trt.DataType, "INT64"):
+        table[trt.DataType.INT64] = torch.int64
+    if hasattr(trt.DataType, "BF16"):
+        table[trt.DataType.BF16] = torch.bfloat16
+    if dt not in table:
+        raise RuntimeError(f"TensorRT I/O tensor of type {dt} is not supported here")
+    return table[dt]
+
+
 class TrtBackend:
-    """A native TensorRT engine behind the flat-name interface; buffers allocated once
-    per batch size (torch CUDA tensors), one CUDA stream."""
+    """A native TensorRT engine behind the flat-name interface; I/O buffers allocated once
+    per batch size (torch CUDA tensors), one CUDA stream. ``precision`` fp16 (default) or
+    fp32; batches of 1..``max_batch`` streams."""
 
     name = "tensorrt"
 
-    def __init__(self, folder: str | Path, precision: str = "fp16", max_batch: int = 8) -> None:
-        import numpy as np  # noqa: F401
+    def __init__(self, folder: str | Path, precision: str = "fp16", max_batch: int = 8, opt_batch: int = 1) -> None:
         import torch
 
         from letsplay.export.onnx import read_manifest
 
         trt = import_tensorrt()
         self.manifest = read_manifest(folder)
-        plan = build_engine(self.manifest.graph_path("performer"), Path(folder) / "trt", precision, max_batch)
+        self.precision = precision
+        self.max_batch = max_batch
+        graph, typed = engine_graph(self.manifest, precision)
+        self.plan = build_engine(graph, Path(folder) / "trt", precision, max_batch, opt_batch, strongly_typed=typed)
         self._trt = trt
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engine = self._runtime.deserialize_cuda_engine(plan.read_bytes())
+        self.engine = self._runtime.deserialize_cuda_engine(self.plan.read_bytes())
         if self.engine is None:
-            raise RuntimeError(f"{plan}: TensorRT could not load the engine; delete it to rebuild")
+            raise RuntimeError(f"{self.plan}: TensorRT could not load the engine; delete it to rebuild")
         self.context = self.engine.create_execution_context()
+        if self.context is None:
+            raise RuntimeError(f"{self.plan}: TensorRT could not create an execution context")
         self.stream = torch.cuda.Stream()
-        self.device = f"cuda ({torch.cuda.get_device_name()}, TensorRT {trt.__version__}, {precision})"
+        self.device = f"cuda ({torch.cuda.get_device_name()}, TensorRT {trt.__version__})"  # + (precision) by describe
         self.state_names = tuple(d["name"] for d in self.manifest.state)
         self._state_shapes = {d["name"]: tuple(d["shape"][1:]) for d in self.manifest.state}
         self._names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self._inputs = [n for n in self._names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self._outputs = [n for n in self._names if n not in self._inputs]
+        self._dtypes = {n: _torch_dtype(trt, self.engine.get_tensor_dtype(n)) for n in self._names}
         self._buffers: dict[int, dict[str, torch.Tensor]] = {}
+        self._bound: int | None = None  # the batch size whose shapes and addresses the context holds
 
     def init_state(self, batch: int = 1):
-        import numpy as np
-
         return {k: np.zeros((batch, *s), np.float32) for k, s in self._state_shapes.items()}
+
+    def _set_shapes(self, batch: int) -> None:
+        for n in self._inputs:
+            shape = (batch, *tuple(self.engine.get_tensor_shape(n))[1:])
+            if not self.context.set_input_shape(n, shape):
+                raise RuntimeError(f"TensorRT refused shape {shape} for {n} (the engine takes batches "
+                                   f"1..{self.max_batch})")
 
     def _alloc(self, batch: int):
         import torch
 
-        if batch not in self._buffers:
+        if not 1 <= batch <= self.max_batch:
+            raise ValueError(f"batch {batch} is outside the engine's range 1..{self.max_batch} "
+                             f"(TrtBackend(max_batch=...) builds a wider one)")
+        bufs = self._buffers.get(batch)
+        if bufs is None:
+            self._set_shapes(batch)
+            self._bound = None
             bufs = {}
-            for n in self._inputs:
-                shape = (batch, *tuple(self.engine.get_tensor_shape(n))[1:])
-                self.context.set_input_shape(n, shape)
             for n in self._names:
-                shape = tuple(self.context.get_tensor_shape(n))
-                bufs[n] = torch.empty(shape, dtype=torch.float32, device="cuda")
+                shape = tuple(self.context.get_tensor_shape(n))  # outputs: resolved from the input shapes
+                if any(d < 0 for d in shape):
+                    raise RuntimeError(f"TensorRT left {n}'s shape unresolved: {shape}")
+                bufs[n] = torch.empty(shape, dtype=self._dtypes[n], device="cuda")
             self._buffers[batch] = bufs
-        bufs = self._buffers[batch]
-        for n in self._inputs:
-            self.context.set_input_shape(n, tuple(bufs[n].shape))
-        for n, t in bufs.items():
-            self.context.set_tensor_address(n, t.data_ptr())
+        if self._bound != batch:
+            self._set_shapes(batch)
+            for n, t in bufs.items():
+                if not self.context.set_tensor_address(n, t.data_ptr()):
+                    raise RuntimeError(f"TensorRT refused the buffer for {n}")
+            self._bound = batch
         return bufs
 
     def step(self, feeds):
         import torch
 
-        batch = int(feeds["window"].shape[0])
+        missing = [n for n in self._inputs if n not in feeds]
+        if missing:
+            raise ValueError(f"the feeds lack {missing}")
+        batch = int(np.shape(feeds["window"])[0])
         bufs = self._alloc(batch)
         with torch.cuda.stream(self.stream):
             for n in self._inputs:
-                bufs[n].copy_(torch.from_numpy(feeds[n]), non_blocking=True)
+                src = torch.as_tensor(feeds[n])
+                if tuple(src.shape) != tuple(bufs[n].shape):
+                    raise ValueError(f"{n} is {tuple(src.shape)}, the engine needs {tuple(bufs[n].shape)}")
+                bufs[n].copy_(src)  # host (pageable) -> device, on this stream
             if not self.context.execute_async_v3(self.stream.cuda_stream):
                 raise RuntimeError("TensorRT execution failed")
-            out = {n: bufs[n].cpu().numpy() for n in self._names if n not in self._inputs}
-        self.stream.synchronize()
+            out = {n: bufs[n].float().cpu().numpy() for n in self._outputs}  # .cpu() waits for the stream
         return out

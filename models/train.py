@@ -111,6 +111,8 @@ class TrainConfig:
                              f"{self.seq_len})")
         if self.ckpt_every < 1 or self.log_every < 1:
             raise ValueError("ckpt_every and log_every must be >= 1")
+        if not 0.0 <= self.teacher_keypoints <= 1.0:
+            raise ValueError(f"teacher_keypoints is a share of the sequences, 0..1; got {self.teacher_keypoints}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

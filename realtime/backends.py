@@ -10,12 +10,15 @@ Names (the exported graphs' manifest uses the same):
 The engine owns the state: it feeds ``state_out.*`` back as ``state_in.*``. Backends:
 
 * :class:`TorchBackend` -- the PyTorch Performer; CPU or CUDA; fp16 on CUDA, bf16 on
-  CPUs that have it (opt-in: quality must be checked), optional CUDA graphs.
+  CPUs that have it (opt-in: quality must be checked), optional CUDA graphs
+  (``cuda_graph``: the step captured once per batch size and replayed).
 * :class:`OrtBackend` -- an exported ONNX graph through onnxruntime (CPU, CUDA, TensorRT
   execution providers); raises when the provider actually running is not the one
-  asked for (onnxruntime silently falls back to CPU), unless ``allow_fallback``.
-  ``precision`` picks the fp32 graph (default) or a reduced-precision variant the
-  manifest lists (``int8``, ``fp16``: ``letsplay export onnx ... --int8 --fp16``).
+  asked for (onnxruntime silently falls back to CPU), unless ``allow_fallback``;
+  ``device`` is the provider that really runs. ``precision`` picks the fp32 graph
+  (default) or a reduced-precision variant the manifest lists (``int8``, ``fp16``:
+  ``letsplay export onnx ... --int8 --fp16``). On the CUDA and TensorRT providers it
+  runs with IO binding (device buffers allocated once per batch size).
 * ``TrtBackend`` -- native TensorRT engines (``letsplay.export.tensorrt``), GPU only.
 
 :func:`make_backend` builds one by name; ``auto`` picks the fastest one really
@@ -26,11 +29,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import torch
+
+from letsplay.models.state import StateError
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +65,40 @@ def describe(b: Backend) -> str:
 # --------------------------------------------------------------------------- torch
 
 
+@dataclass
+class _Captured:
+    """One captured step: its batch size, the graph, the static inputs it reads (float32,
+    by flat name) and the static outputs it writes (float32)."""
+
+    batch: int
+    graph: torch.cuda.CUDAGraph
+    inputs: dict[str, torch.Tensor]
+    outputs: dict[str, torch.Tensor]
+
+
 class TorchBackend:
-    """The PyTorch Performer behind the flat-name interface."""
+    """The PyTorch Performer behind the flat-name interface.
+
+    ``dtype``: fp32 (default), fp16 (CUDA only) or bf16. CUDA fp32 follows torch's
+    process-wide TF32 switches (``torch.backends.cudnn.allow_tf32`` is on by default, so
+    convolutions may run in TF32 unless the application turns it off).
+
+    ``cuda_graph`` (CUDA only): the step is captured into a :class:`torch.cuda.CUDAGraph`
+    and replayed -- one launch instead of one per kernel. Static float32 input tensors
+    (the window and every state tensor) are allocated for a batch size (``batch``, or the
+    first step's); the step is warmed up on a side stream and captured on it, the casts
+    to the model's dtype and back to float32 inside the graph. Each step copies the feeds
+    into the static inputs, replays, and returns copies of the static outputs (float32
+    numpy, the same names as the eager path). Another batch size re-captures (one graph is
+    kept). ``torch.tensor(<data>, device=cuda)`` constants built inside the step are made
+    once during the warm-up (a capture cannot copy from the host).
+    """
 
     name = "torch"
+    GRAPH_WARMUP = 3  # eager steps on the side stream before the capture (lazy init, cuDNN/cuBLAS handles)
 
-    def __init__(self, performer, device: str = "cpu", dtype: str = "fp32") -> None:
+    def __init__(self, performer, device: str = "cpu", dtype: str = "fp32", cuda_graph: bool = False,
+                 batch: int | None = None) -> None:
         from letsplay.models.performer import Performer
 
         if not isinstance(performer, Performer):
@@ -72,28 +106,37 @@ class TorchBackend:
         dev = torch.device(device)
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise BackendError("CUDA was asked for but torch sees no GPU; use --backend torch "
-                               "--device cpu, or install a CUDA build of torch")
+                               "--compute cpu, or install a CUDA build of torch")
+        if cuda_graph and dev.type != "cuda":
+            raise BackendError(f"CUDA graphs (--cuda-graph) need the CUDA device, not {dev}: they replay captured "
+                               f"GPU kernels; use --backend torch --compute cuda on a GPU, or run without --cuda-graph")
         self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
         if self.dtype == torch.float16 and dev.type != "cuda":
             raise BackendError("fp16 runs on CUDA only; on CPU use fp32 (or bf16 where the CPU has it)")
+        if batch is not None and (not cuda_graph or batch < 1):
+            raise ValueError("batch (the CUDA graph's batch size) needs cuda_graph=True and must be >= 1")
         self.model = performer.eval().to(dev, self.dtype)
         self.cfg = performer.cfg
         self.torch_device = dev
+        self.cuda_graph = bool(cuda_graph)
         self.device = str(dev) if dev.type == "cpu" else f"{dev} ({torch.cuda.get_device_name(dev)})"
-        self.state_names = tuple(self.model.init_state(1).to_dict())
+        if self.cuda_graph:
+            self.device += ", CUDA graph"
+        st = self.model.init_state(1).to_dict()
+        self.state_names = tuple(st)
+        self._state_shapes = {k: tuple(v.shape[1:]) for k, v in st.items()}
+        self._captured: _Captured | None = None
+        self._stream = torch.cuda.Stream(device=dev) if self.cuda_graph else None  # warm-up and capture
+        if self.cuda_graph and batch is not None:
+            with torch.inference_mode():
+                self._capture(batch)
 
     def init_state(self, batch: int = 1) -> dict[str, np.ndarray]:
         st = self.model.init_state(batch, "cpu").to_dict()
         return {k: v.float().numpy() for k, v in st.items()}
 
-    @torch.inference_mode()
-    def step(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        dev, dt = self.torch_device, self.dtype
-        window = torch.as_tensor(feeds["window"]).to(dev, dt)
-        flat = {k[len(STATE_IN):]: torch.as_tensor(v).to(dev, dt)
-                for k, v in feeds.items() if k.startswith(STATE_IN)}
-        state = self.model.state_from_dict(flat)
-        out, new = self.model.step(window, state)
+    @staticmethod
+    def _collect(out, new) -> dict[str, torch.Tensor]:
         res = {"frame": out.frame}
         for k in ("keypoints", "coarse", "heatmap"):
             v = getattr(out, k)
@@ -101,7 +144,76 @@ class TorchBackend:
                 res[k] = v
         for k, v in new.to_dict().items():
             res[STATE_OUT + k] = v
+        return res
+
+    @torch.inference_mode()
+    def step(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.cuda_graph:
+            return self._step_graph(feeds)
+        dev, dt = self.torch_device, self.dtype
+        window = torch.as_tensor(feeds["window"]).to(dev, dt)
+        flat = {k[len(STATE_IN):]: torch.as_tensor(v).to(dev, dt)
+                for k, v in feeds.items() if k.startswith(STATE_IN)}
+        state = self.model.state_from_dict(flat)
+        out, new = self.model.step(window, state)
+        res = self._collect(out, new)
         return {k: v.float().cpu().numpy() for k, v in res.items()}
+
+    # ------------------------------------------------------------------- CUDA graph
+
+    def _graph_step(self, static: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The step over the static inputs, as captured: casts in, the model, casts out."""
+        dt = self.dtype
+        window = static["window"].to(dt)
+        flat = {k[len(STATE_IN):]: v.to(dt) for k, v in static.items() if k.startswith(STATE_IN)}
+        out, new = self.model.step(window, self.model.state_from_dict(flat))
+        return {k: v.float() for k, v in self._collect(out, new).items()}
+
+    def _capture(self, batch: int) -> _Captured:
+        dev, cfg = self.torch_device, self.cfg
+        self._captured = None  # the previous graph (and its memory pool) goes first
+        with torch.cuda.device(dev):
+            static = {"window": torch.zeros(batch, cfg.audio.n_bins, cfg.audio.window_columns, device=dev)}
+            for k, shape in self._state_shapes.items():
+                static[STATE_IN + k] = torch.zeros((batch, *shape), device=dev)
+            stream = self._stream
+            try:
+                stream.wait_stream(torch.cuda.current_stream(dev))
+                with torch.cuda.stream(stream):
+                    for _ in range(self.GRAPH_WARMUP):
+                        self._graph_step(static)
+                torch.cuda.current_stream(dev).wait_stream(stream)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
+                    outputs = self._graph_step(static)
+            except Exception as e:  # noqa: BLE001 - whatever broke the capture, say so and how to go on
+                raise BackendError(f"the {cfg.preset} Performer's step could not be captured into a CUDA graph "
+                                   f"at batch {batch} ({type(e).__name__}: {str(e).strip()[:300]}); run without "
+                                   f"--cuda-graph") from e
+        self._captured = _Captured(batch, graph, static, outputs)
+        log.info("captured the %s step into a CUDA graph (batch %d, %s)", cfg.preset, batch, self.dtype)
+        return self._captured
+
+    def _step_graph(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if "window" not in feeds:
+            raise StateError("the feeds lack 'window'")
+        batch = int(np.shape(feeds["window"])[0])
+        cap = self._captured
+        want = {"window", *(STATE_IN + k for k in self.state_names)}
+        if set(feeds) != want:
+            missing, extra = sorted(want - set(feeds)), sorted(set(feeds) - want)
+            raise StateError(f"state names do not fit this model: missing {missing}, unexpected {extra}; the state "
+                             f"comes from a model with another configuration")
+        if cap is None or cap.batch != batch:
+            cap = self._capture(batch)
+        for k, dst in cap.inputs.items():
+            src = torch.as_tensor(feeds[k])
+            if tuple(src.shape) != tuple(dst.shape):
+                raise StateError(f"{k!r} has shape {tuple(src.shape)}, this model needs "
+                                 f"[B, {', '.join(map(str, dst.shape[1:]))}] (B = {batch}, from the window)")
+            dst.copy_(src)  # any dtype / device in, float32 on the GPU
+        cap.graph.replay()
+        return {k: v.cpu().numpy() for k, v in cap.outputs.items()}  # .cpu(): a copy, after the replay
 
 
 # --------------------------------------------------------------------------- onnxruntime
@@ -109,19 +221,42 @@ class TorchBackend:
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 
 
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
+
+@dataclass
+class _OrtBinding:
+    """IO binding for one batch size: the binding, and the device OrtValues bound to it
+    (allocated once). ``foreign``: inputs bound to a caller's OrtValue on the last step."""
+
+    io: object  # onnxruntime.IOBinding
+    inputs: dict[str, object]  # name -> OrtValue
+    outputs: dict[str, object]
+    foreign: set[str]
+
+
 class OrtBackend:
-    """An exported folder's fused graph through onnxruntime."""
+    """An exported folder's fused graph through onnxruntime.
+
+    ``provider_options``: options for the requested provider (``{"device_id": "1"}``,
+    ``{"use_tf32": "0"}`` for strict fp32 on the CUDA provider, ...). ``io_binding``:
+    None (default) binds inputs and outputs to device buffers when the provider that
+    runs is CUDA or TensorRT, and runs ``session.run`` on CPU; True/False force it (True
+    on CPU binds CPU buffers: the same code path, for tests). With IO binding, a feed may
+    also be an ``onnxruntime.OrtValue`` (already on the device): it is bound as it is.
+    """
 
     name = "onnxruntime"
 
     def __init__(self, folder: str | Path, provider: str = "cpu", threads: int | None = None,
-                 allow_fallback: bool = False, spinning: bool = False, precision: str = "fp32") -> None:
+                 allow_fallback: bool = False, spinning: bool = False, precision: str = "fp32",
+                 provider_options: Mapping[str, str] | None = None, io_binding: bool | None = None) -> None:
         try:
             import onnxruntime as ort
         except ImportError as e:
             raise BackendError("onnxruntime is not installed; install letsplay[cpu] (or [gpu] on a "
                                "CUDA machine -- never both)") from e
-        from letsplay.export.onnx import PRECISIONS, read_manifest
+        from letsplay.export.onnx import PRECISIONS, read_manifest, session_options
 
         if precision not in PRECISIONS:
             raise BackendError(f"unknown precision {precision!r}; choose {', '.join(PRECISIONS)}")
@@ -137,16 +272,12 @@ class OrtBackend:
         if want not in available and not allow_fallback:
             raise BackendError(f"onnxruntime provider {want} is not available here (have {available}); "
                                f"install onnxruntime-gpu for CUDA/TensorRT, or pass --allow-fallback")
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        if not spinning:
-            # Off by default: the engine's CQT (torch) and other sessions share the cores, and
-            # idle-spinning ORT threads would steal them (measured: 8x slower renders on 2 cores).
-            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        providers = [want] + (["CPUExecutionProvider"] if want != "CPUExecutionProvider" else [])
+        so = session_options(threads, spinning)
+        providers: list = [(want, {k: str(v) for k, v in provider_options.items()}) if provider_options else want]
+        if want == "TensorrtExecutionProvider" and "CUDAExecutionProvider" in available:
+            providers.append("CUDAExecutionProvider")  # the nodes TensorRT does not take run on CUDA, not CPU
+        if want != "CPUExecutionProvider":
+            providers.append("CPUExecutionProvider")
         try:
             self.session = ort.InferenceSession(str(self.manifest.graph_path("performer", precision)), so,
                                                 providers=providers)
@@ -160,11 +291,21 @@ class OrtBackend:
             if not allow_fallback:
                 raise BackendError(msg)
             log.warning(msg)
-        self.device = running[0]
+        self.device = running[0]  # what really runs: the session's first provider
         self.state_names = tuple(d["name"] for d in self.manifest.state)
         self._state_shapes = {d["name"]: tuple(d["shape"][1:]) for d in self.manifest.state}
         self._check_graph_matches_manifest()
         self._outputs = [o.name for o in self.session.get_outputs()]
+        on_gpu = self.device in GPU_PROVIDERS
+        self.io_binding = on_gpu if io_binding is None else bool(io_binding)
+        if self.io_binding:
+            self._ort = ort
+            opts = self.session.get_provider_options().get(self.device, {})
+            self._bind_device = ("cuda", int(opts.get("device_id", 0) or 0)) if on_gpu else ("cpu", 0)
+            self._in_shapes = {"window": (self.manifest.audio.n_bins, self.manifest.audio.window_columns),
+                               **{STATE_IN + k: s for k, s in self._state_shapes.items()}}
+            self._out_shapes = self._output_shapes()
+            self._bindings: dict[int, _OrtBinding] = {}
 
     def _check_graph_matches_manifest(self) -> None:
         graph = {i.name: i.shape for i in self.session.get_inputs()}
@@ -182,11 +323,76 @@ class OrtBackend:
             raise BackendError(f"{self.manifest.folder}: the {self.precision} graph does not take float32 inputs "
                                f"({types}); re-export the model")
 
+    def _output_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Per-frame output shapes for the device buffers: the manifest's (the true shapes
+        from the torch run at export), else the graph's where every dim is fixed."""
+        listed = {d["name"]: d["shape"][1:] for d in self.manifest.data["graphs"]["performer"].get("outputs", [])}
+        out = {}
+        for o in self.session.get_outputs():
+            shape = listed.get(o.name, o.shape[1:])
+            if o.type != "tensor(float)" or not all(isinstance(d, int) and d > 0 for d in shape):
+                raise BackendError(f"{self.manifest.folder}: output {o.name} is {o.type} {o.shape}; IO binding needs "
+                                   f"float32 outputs of known per-frame shape -- re-export the model")
+            out[o.name] = tuple(shape)
+        return out
+
     def init_state(self, batch: int = 1) -> dict[str, np.ndarray]:
         return {k: np.zeros((batch, *s), np.float32) for k, s in self._state_shapes.items()}
 
     def step(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.io_binding:
+            return self._step_bound(feeds)
         res = self.session.run(self._outputs, {k: np.ascontiguousarray(v, np.float32) for k, v in feeds.items()})
+        return dict(zip(self._outputs, res, strict=True))
+
+    # ------------------------------------------------------------------- IO binding
+
+    def _binding(self, batch: int) -> _OrtBinding:
+        b = self._bindings.get(batch)
+        if b is None:
+            kind, dev_id = self._bind_device
+            value = self._ort.OrtValue.ortvalue_from_shape_and_type
+            io = self.session.io_binding()
+            ins = {n: value([batch, *s], np.float32, kind, dev_id) for n, s in self._in_shapes.items()}
+            outs = {n: value([batch, *self._out_shapes[n]], np.float32, kind, dev_id) for n in self._outputs}
+            for n, v in ins.items():
+                io.bind_ortvalue_input(n, v)
+            for n in self._outputs:
+                io.bind_ortvalue_output(n, outs[n])
+            b = self._bindings[batch] = _OrtBinding(io, ins, outs, set())
+        return b
+
+    def _step_bound(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        OrtValue = self._ort.OrtValue
+        if set(feeds) != set(self._in_shapes):
+            missing, extra = sorted(set(self._in_shapes) - set(feeds)), sorted(set(feeds) - set(self._in_shapes))
+            raise BackendError(f"the feeds do not fit the graph: missing {missing}, unexpected {extra}")
+        w = feeds["window"]
+        batch = int(w.shape()[0] if isinstance(w, OrtValue) else np.shape(w)[0])
+        b = self._binding(batch)
+        for n, static in b.inputs.items():
+            v = feeds[n]
+            if isinstance(v, OrtValue):  # the caller's buffer (on the device): bound as it is
+                if tuple(v.shape()) != (batch, *self._in_shapes[n]):
+                    raise BackendError(f"{n} is {tuple(v.shape())}, the graph needs "
+                                       f"{(batch, *self._in_shapes[n])} (B = {batch}, from the window)")
+                b.io.bind_ortvalue_input(n, v)
+                b.foreign.add(n)
+                continue
+            a = np.ascontiguousarray(v, np.float32)
+            if a.shape != (batch, *self._in_shapes[n]):
+                raise BackendError(f"{n} is {a.shape}, the graph needs {(batch, *self._in_shapes[n])} "
+                                   f"(B = {batch}, from the window)")
+            static.update_inplace(a)  # host -> the buffer allocated for this batch size
+            if n in b.foreign:
+                b.io.bind_ortvalue_input(n, static)
+                b.foreign.discard(n)
+        b.io.synchronize_inputs()
+        self.session.run_with_iobinding(b.io)
+        b.io.synchronize_outputs()
+        res = b.io.copy_outputs_to_cpu()  # in the order the outputs were bound: self._outputs
+        if self._bind_device[0] == "cpu":  # CPU OrtValues' arrays can share the bound buffers
+            res = [np.array(r, copy=True) for r in res]
         return dict(zip(self._outputs, res, strict=True))
 
 
@@ -195,22 +401,25 @@ class OrtBackend:
 
 def make_backend(name: str, performer_path: str | Path | None = None, performer=None,
                  device: str | None = None, allow_fallback: bool = False, threads: int | None = None,
-                 precision: str = "fp32") -> Backend:
+                 precision: str = "fp32", cuda_graph: bool = False) -> Backend:
     """A backend by name: ``torch``, ``onnxruntime``, ``tensorrt`` or ``auto``.
 
     ``performer`` is a loaded Performer (torch), ``performer_path`` a checkpoint file or
     an exported folder (manifest.json + graphs). ``precision`` (onnxruntime only): fp32
-    or a variant the export lists.
+    or a variant the export lists. ``cuda_graph`` (torch on CUDA only): see TorchBackend.
     """
     if precision != "fp32" and name != "onnxruntime":
         raise BackendError(f"precision {precision} is for the onnxruntime backend (a variant of an exported "
                            f"graph); the {name} backend runs fp32")
+    if cuda_graph and name != "torch":
+        raise BackendError(f"CUDA graphs are for the torch backend on CUDA, not the {name} backend")
     if name == "torch":
         if performer is None:
             from letsplay.models.performer import Performer
 
             performer = Performer.load(performer_path)
-        return TorchBackend(performer, device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        return TorchBackend(performer, device or ("cuda" if torch.cuda.is_available() or cuda_graph else "cpu"),
+                            cuda_graph=cuda_graph)
     if name == "onnxruntime":
         if performer_path is None or not Path(performer_path).is_dir():
             raise BackendError("the onnxruntime backend runs an exported folder; export one with "

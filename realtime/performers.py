@@ -95,14 +95,25 @@ def _ort_providers() -> list[str]:
 
 
 def open_backend(ref: PerformerRef, backend: str = "auto", device: str | None = None,
-                 allow_fallback: bool = False, threads: int | None = None, precision: str = "fp32") -> Backend:
+                 allow_fallback: bool = False, threads: int | None = None, precision: str = "fp32",
+                 cuda_graph: bool = False) -> Backend:
     """Build the backend for a performer; ``auto`` picks the fastest available.
     ``precision`` other than fp32 (int8, fp16: a variant the export lists) means
-    onnxruntime; ``auto`` then picks it."""
+    onnxruntime; ``auto`` then picks it. ``cuda_graph`` (``--cuda-graph``): the torch
+    backend on CUDA with its step captured into a CUDA graph; it needs ``backend="torch"``
+    and a CUDA device (``device`` "cuda" or unset)."""
     from letsplay.models.performer import Performer
 
     if backend not in ("auto", "torch", "onnxruntime", "tensorrt"):
         raise BackendError(f"unknown backend {backend!r}; choose auto, torch, onnxruntime or tensorrt")
+    if cuda_graph:
+        if backend != "torch":
+            raise BackendError(f"--cuda-graph captures the PyTorch step into a CUDA graph: use it with --backend "
+                               f"torch --compute cuda, not --backend {backend}")
+        if device is not None and torch.device(device).type != "cuda":
+            raise BackendError(f"--cuda-graph needs --compute cuda (CUDA graphs replay GPU kernels), not "
+                               f"--compute {device}")
+        device = device or "cuda"  # no GPU: TorchBackend says so
     gpu = torch.cuda.is_available()
     if precision != "fp32":
         if backend not in ("auto", "onnxruntime"):
@@ -129,7 +140,7 @@ def open_backend(ref: PerformerRef, backend: str = "auto", device: str | None = 
         if ref.kind != "checkpoint":
             raise BackendError(f"{ref.path} is an exported folder; the torch backend needs the checkpoint "
                                f"(or use --backend onnxruntime)")
-        return TorchBackend(Performer.load(ref.path), device or ("cuda" if gpu else "cpu"))
+        return TorchBackend(Performer.load(ref.path), device or ("cuda" if gpu else "cpu"), cuda_graph=cuda_graph)
     folder = ref.path if ref.kind == "export" else _export_cached(ref.path)
     if backend == "onnxruntime":
         return OrtBackend(folder, provider=device or "cpu", threads=threads, allow_fallback=allow_fallback,

@@ -36,3 +36,37 @@ def music_signal(seconds: float, sr: int = 44100, seed: int = 0) -> np.ndarray:
 @pytest.fixture(scope="session")
 def music() -> np.ndarray:
     return music_signal(3.0)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module (restored after): on a small machine shared with an
+    engine thread, a UI or other jobs, torch's thread pool (OpenMP spinning) makes the tiny
+    model's steps and the CQT many times slower. Use with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def performer():
+    """A randomly initialised ``tiny`` Performer (seed 0), in eval mode."""
+    import torch
+
+    from letsplay.models.performer import Performer
+    from letsplay.models.presets import preset
+
+    torch.manual_seed(0)
+    return Performer(preset("tiny")).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(performer, tmp_path_factory):
+    """The ``performer`` fixture saved as a checkpoint file."""
+    p = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    performer.save(p)
+    return p

@@ -11,19 +11,12 @@ from conftest import music_signal
 
 from letsplay.models.features import CQT, frame_windows, frames_available
 from letsplay.models.performer import Performer
-from letsplay.models.presets import preset
 from letsplay.realtime.backends import TorchBackend
 from letsplay.realtime.engine import Engine, EngineConfig, to_uint8_rgb
 from letsplay.realtime.sinks import CallbackSink
 from letsplay.realtime.sources import ArraySource, FileSource
 
 SR = 44100
-
-
-@pytest.fixture(scope="module")
-def performer():
-    torch.manual_seed(0)
-    return Performer(preset("tiny")).eval()
 
 
 def offline_frames(p: Performer, x: np.ndarray):

@@ -17,7 +17,6 @@ import av
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 from conftest import music_signal
 from pulse import pulse_available, start_pulse
 
@@ -32,17 +31,6 @@ def pulse(tmp_path_factory):
     yield env
     proc.terminate()
     proc.wait(5)
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    from letsplay.models.performer import Performer
-    from letsplay.models.presets import preset
-
-    torch.manual_seed(0)
-    p = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    Performer(preset("tiny")).save(p)
-    return p
 
 
 def read_mp4(path):

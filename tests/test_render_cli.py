@@ -9,21 +9,9 @@ import av
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 from conftest import music_signal
 
 SR = 44100
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    from letsplay.models.performer import Performer
-    from letsplay.models.presets import preset
-
-    torch.manual_seed(0)
-    p = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    Performer(preset("tiny")).save(p)
-    return p
 
 
 def render(*args):

@@ -34,12 +34,9 @@ import av
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 from conftest import music_signal
 from pulse import pulse_available, start_pulse
 
-from letsplay.models.performer import Performer
-from letsplay.models.presets import preset
 from letsplay.models.spec import AudioSpec, VideoSpec
 from letsplay.realtime import sources
 from letsplay.realtime.backends import TorchBackend
@@ -47,30 +44,10 @@ from letsplay.realtime.engine import Engine, EngineConfig
 from letsplay.realtime.sinks import CallbackSink, FrameOut, Mp4Recorder
 from letsplay.realtime.sources import ArraySource, MicSource
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SR = 44100
 ROOT = Path(__file__).parents[1]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The machine is shared: one torch thread, restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def performer():
-    torch.manual_seed(0)
-    return Performer(preset("tiny")).eval()
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(performer, tmp_path_factory):
-    p = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    performer.save(p)
-    return p
 
 
 def read_mp4(path: Path) -> tuple[list[Fraction], float]:

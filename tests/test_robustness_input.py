@@ -40,7 +40,6 @@ from conftest import music_signal
 from letsplay.export.onnx import ManifestError, export_onnx, read_manifest, sha256_file
 from letsplay.models.audio import AudioError, audio_info, load_audio
 from letsplay.models.performer import CheckpointError, Performer, read_checkpoint
-from letsplay.models.presets import preset
 from letsplay.realtime.backends import BackendError, OrtBackend, TorchBackend, make_backend
 from letsplay.realtime.engine import Engine, EngineConfig
 from letsplay.realtime.performers import open_backend, resolve_performer
@@ -48,30 +47,10 @@ from letsplay.realtime.sinks import CallbackSink
 from letsplay.realtime.sources import FileSource
 from letsplay.ui.cli import main
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SR = 44100
 ROOT = Path(__file__).parents[1]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The machine is shared: one torch thread, restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def performer():
-    torch.manual_seed(0)
-    return Performer(preset("tiny")).eval()
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(performer, tmp_path_factory):
-    p = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    performer.save(p)
-    return p
 
 
 class FiniteBackend(TorchBackend):

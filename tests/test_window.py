@@ -32,24 +32,10 @@ from letsplay.realtime.sources import ArraySource, MicSource  # noqa: E402
 from letsplay.ui import window as window_mod  # noqa: E402
 from letsplay.ui.window import LatestFrame, LetsplayWindow, SessionSinks  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SR = 44100
 WAIT_MS = 20000  # generous: a loaded 2-core machine
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The engine's thread and the UI share 2 busy cores: one torch thread each avoids
-    oversubscription stalls (OpenMP spinning) that would only make the tests slow."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def performer():
-    torch.manual_seed(0)
-    return Performer(preset("tiny")).eval()
 
 
 @pytest.fixture(scope="module")

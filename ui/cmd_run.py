@@ -3,7 +3,8 @@
 Every running command takes ``--backend auto|torch|onnxruntime|tensorrt`` and
 ``--performer NAME|PATH`` and prints which backend and device actually ran;
 ``--precision int8|fp16`` runs a reduced-precision variant of an exported folder
-(onnxruntime; made by ``letsplay export onnx ... --int8 --fp16``).
+(onnxruntime; made by ``letsplay export onnx ... --int8 --fp16``); ``--cuda-graph``
+(with ``--backend torch --compute cuda``) replays the step as a captured CUDA graph.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "tensorrt"], default="auto")
     p.add_argument("--compute", default=None, choices=["cpu", "cuda"],
                    help="where the backend runs (default: the best available)")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="--backend torch --compute cuda only: capture the model's step into a CUDA graph and "
+                        "replay it (one launch per frame instead of one per kernel)")
     p.add_argument("--allow-fallback", action="store_true",
                    help="accept an onnxruntime provider other than the one asked for (warns)")
     p.add_argument("--threads", type=int, default=None, help="inference threads (onnxruntime)")
@@ -46,7 +50,8 @@ def _open(args: argparse.Namespace):
     from letsplay.realtime.performers import open_backend, resolve_performer
 
     ref = resolve_performer(args.performer, args.instrument)
-    backend = open_backend(ref, args.backend, args.compute, args.allow_fallback, args.threads, args.precision)
+    backend = open_backend(ref, args.backend, args.compute, args.allow_fallback, args.threads, args.precision,
+                           cuda_graph=args.cuda_graph)
     audio, video = _specs(backend)
     if args.lookahead is not None:
         video = dataclasses.replace(video, lookahead_ms=float(args.lookahead))
@@ -299,9 +304,11 @@ def _run_export(args: argparse.Namespace) -> int:
     if args.int8 or args.fp16:
         rc = _export_variants(args, model)
     if args.target == "trt":
-        from letsplay.export.tensorrt import build_engine
+        from letsplay.export.onnx import read_manifest
+        from letsplay.export.tensorrt import build_engine, engine_graph
 
-        plan = build_engine(Path(args.out) / "performer.onnx", Path(args.out) / "trt", args.precision)
+        graph, typed = engine_graph(read_manifest(args.out), args.precision)  # TensorRT 11 fp16: the fp16 variant
+        plan = build_engine(graph, Path(args.out) / "trt", args.precision, strongly_typed=typed)
         print(f"TensorRT engine: {plan}")
     return rc
 

@@ -25,6 +25,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--vgg-weights", help="local ImageNet VGG-19 weights for the perceptual loss")
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    p.add_argument("--teacher-keypoints", type=float, default=0.0, metavar="SHARE",
+                   help="stu stage: share of sequences drawn from the real keypoints' heatmaps instead of KHP's "
+                        "(0..1, default 0: the paper's recipe)")
+    p.add_argument("--no-kp-lanes", action="store_true",
+                   help="kp stage: random windows from a fresh state instead of clips read start to end")
 
 
 def _add_train(p: argparse.ArgumentParser) -> None:
@@ -45,7 +50,8 @@ def _train_config(args: argparse.Namespace, stage: str):  # noqa: ANN202 - lazy 
     return TrainConfig(stage=stage, steps=args.steps, batch=args.batch, seq_len=args.seq_len,
                        stage_fractions=tuple(args.fractions), seed=args.seed, ckpt_every=args.ckpt_every,
                        log_every=args.log_every, workers=args.workers, amp=not args.no_amp,
-                       vgg_weights=args.vgg_weights)
+                       vgg_weights=args.vgg_weights, teacher_keypoints=args.teacher_keypoints,
+                       kp_lanes=not args.no_kp_lanes)
 
 
 def _threads(args: argparse.Namespace) -> None:

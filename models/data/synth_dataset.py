@@ -31,7 +31,8 @@ from letsplay.models.spec import AudioSpec, VideoSpec
 
 log = logging.getLogger(__name__)
 
-RENDERER_VERSION = 2  # 2: causal bowing (bow_travel). Bump when the picture or the motion changes: old datasets then refuse to resume
+# Bump when the picture or the motion changes: old datasets then refuse to resume.
+RENDERER_VERSION = 2  # 2: causal bowing (bow_travel)
 
 
 @dataclass(frozen=True)
