@@ -209,11 +209,15 @@ class Performer(nn.Module):
 
     # ----------------------------------------------------------------------- checkpoints
 
-    def save(self, path: str | Path) -> None:
-        """Write a safetensors checkpoint: tensors + config/spec metadata + digest."""
+    def save(self, path: str | Path, dtype: torch.dtype | None = None) -> None:
+        """Write a safetensors checkpoint: tensors + config/spec metadata + digest.
+        ``dtype`` (e.g. ``torch.float16``: half the file) stores the floating-point tensors
+        in that type; :meth:`load` copies them back into the fp32 model."""
         from safetensors.torch import save_file
 
         tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in self.state_dict().items()}
+        if dtype is not None:
+            tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
         meta = _metadata(self.cfg)
         meta["sha256"] = _digest(meta, tensors)
         Path(path).parent.mkdir(parents=True, exist_ok=True)

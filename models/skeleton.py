@@ -186,8 +186,10 @@ def heatmap_channels(layout: HeatmapLayout) -> int:
 @functools.lru_cache(maxsize=8)
 def _part_order(device: torch.device) -> Tensor:
     """``_PART_ORDER`` as an index tensor, made once per device: no host-to-device copy per
-    frame (a CUDA graph capture cannot contain one)."""
-    return torch.tensor(_PART_ORDER, device=device)
+    frame (a CUDA graph capture cannot contain one). Made outside inference mode, so a
+    later autograd trace (training, ONNX export) in the same process may use it."""
+    with torch.inference_mode(False):
+        return torch.tensor(_PART_ORDER, device=device)
 
 
 def part_matrix(dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
@@ -252,7 +254,9 @@ def dlt_heatmap(kp: Tensor, height: int, width: int, layout: HeatmapLayout = "su
             raise ValueError(f"'parts' layout needs the {N_KEYPOINTS}-point skeleton, got {P} points")
         # Each keypoint is in exactly one part: sort the points by part once, then each
         # channel is one [H, P_c] @ [P_c, W] product over its own points only.
-        order = _part_order(py.device)
+        # (under torch.compile the constant is traced in: dynamo does not keep lru_cache)
+        order = (torch.tensor(_PART_ORDER, device=py.device) if torch.compiler.is_compiling()
+                 else _part_order(py.device))
         pys, pxs = py.index_select(-2, order), px.index_select(-2, order)  # [..., P, H], [..., P, W]
         maps = [pys[..., a:b, :].transpose(-1, -2) @ pxs[..., a:b, :] for a, b in _PART_SPANS]  # [..., H, W] each
         return torch.stack(maps, dim=-3)  # [..., C, H, W]

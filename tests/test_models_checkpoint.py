@@ -50,6 +50,27 @@ def test_round_trip_is_exact(saved: tuple[Performer, Path]) -> None:
     assert PerformerConfig.from_json(meta["config"]) == model.cfg
 
 
+def test_fp16_file_loads_as_fp32_with_rounded_weights(saved: tuple[Performer, Path], tmp_path: Path) -> None:
+    model, path = saved
+    half = tmp_path / "half.safetensors"
+    model.save(half, dtype=torch.float16)
+    tensors, _ = _read(half)
+    sd = model.state_dict()
+    assert all(t.dtype == (torch.float16 if sd[k].is_floating_point() else sd[k].dtype) for k, t in tensors.items())
+    assert half.stat().st_size < 0.6 * path.stat().st_size
+    loaded = Performer.load(half)
+    for k, v in loaded.state_dict().items():
+        assert v.dtype == sd[k].dtype
+        want = sd[k].to(torch.float16).to(sd[k].dtype) if v.is_floating_point() else sd[k]
+        assert torch.equal(v, want)
+    tensors["khp.fc.weight"] = tensors["khp.fc.weight"] + 1  # still guarded by the digest
+    with safe_open(str(half), framework="pt") as f:
+        meta = f.metadata()
+    save_file(tensors, str(half), metadata=meta)
+    with pytest.raises(CheckpointError, match="digest"):
+        Performer.load(half)
+
+
 def test_round_trip_ablation(tmp_path: Path) -> None:
     model = Performer(ablate(preset("tiny"), "no_cvg"))
     model.save(tmp_path / "m.safetensors")

@@ -107,3 +107,17 @@ def test_normalized_adjacency() -> None:
     # every node connected: the skeleton graph is one component
     reach = torch.linalg.matrix_power((a > 0).double(), 67)
     assert (reach[0] > 0).all()
+
+
+def test_parts_heatmap_differentiable_after_an_inference_mode_call():
+    """The cached part-order index must not be an inference tensor: a process that renders
+    under inference_mode and then trains or exports (autograd trace) uses the same cache."""
+    from letsplay.models.skeleton import _part_order
+
+    _part_order.cache_clear()
+    kp = torch.rand(2, 67, 2)
+    with torch.inference_mode():
+        dlt_heatmap(kp, 16, 16, "parts")
+    k = kp.clone().requires_grad_()
+    dlt_heatmap(k, 16, 16, "parts").sum().backward()
+    assert k.grad is not None and k.grad.abs().sum() > 0

@@ -1,0 +1,67 @@
+"""Make a shipped performer from a trained checkpoint: fp16 tensors, its held-out evaluation
+and the training facts, into ``models/performers/<instrument>.{safetensors,json}``.
+
+    python scripts/ship_performer.py CHECKPOINT --data DATASET [--runs RUN_DIR ...]
+        [--max-seconds 10] [--strip docs/img/cello_heldout_strip.png] [--out models/performers]
+
+The checkpoint is evaluated as loaded from the fp16 file (what users get), on the
+dataset's ``test`` split, each clip from a fresh state frame by frame (``letsplay eval``).
+``--runs`` names the training folders the stages came from; their configs and last logged
+metrics go into the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from letsplay.models.evaluate import evaluate_checkpoint
+from letsplay.models.performer import Performer
+
+
+def _last_logged(run: Path) -> dict | None:
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    return json.loads(lines[-1]) if lines else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("checkpoint")
+    ap.add_argument("--data", required=True, help="dataset with a held-out test split")
+    ap.add_argument("--runs", nargs="*", default=[], help="training folders the stages came from")
+    ap.add_argument("--max-seconds", type=float, default=10.0)
+    ap.add_argument("--strip", default=None, help="PNG strip of generated vs ground-truth frames")
+    ap.add_argument("--out", default="models/performers")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    model = Performer.load(args.checkpoint)
+    out = Path(args.out)
+    dst = out / f"{model.cfg.instrument}.safetensors"
+    model.save(dst, dtype=torch.float16)
+    res = evaluate_checkpoint(dst, args.data, "test", args.max_seconds, strip=args.strip)
+    runs = {}
+    for r in map(Path, args.runs):
+        cfg = r / "train_config.json"
+        runs[r.name] = {"train_config": json.loads(cfg.read_text()) if cfg.is_file() else None,
+                        "last_logged": _last_logged(r)}
+    info = {"instrument": model.cfg.instrument, "preset": model.cfg.preset, "source": str(args.checkpoint),
+            "file_mb": round(dst.stat().st_size / 1e6, 3), "eval_max_seconds_per_clip": args.max_seconds,
+            "eval": res.to_dict(), "runs": runs}
+    (out / f"{model.cfg.instrument}.json").write_text(json.dumps(info, indent=1) + "\n")
+    e = res.to_dict()
+    print(f"{dst}: PSNR {e['psnr']:.2f} dB, SSIM {e['ssim']:.3f}, keypoints {e['kp_dist']:.4f}, "
+          f"sync {100 * (e['sync'] or 0):.1f} % (detector ceiling {100 * (e['sync_gt'] or 0):.1f} %)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
