@@ -20,14 +20,10 @@ N_FRAMES = 100
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    torch.manual_seed(0)
-    p = Performer(preset("tiny")).eval()
-    ckpt = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    p.save(ckpt)
+def exported(performer, tiny_ckpt, tmp_path_factory):
     out = tmp_path_factory.mktemp("export")
-    export_onnx(p, out, checkpoint_sha256=sha256_file(ckpt))
-    return p, out, ckpt
+    export_onnx(performer, out, checkpoint_sha256=sha256_file(tiny_ckpt))
+    return performer, out, tiny_ckpt
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,10 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 from conftest import music_signal
 
 from letsplay.export.onnx import ManifestError, export_onnx, read_manifest, sha256_file
 from letsplay.export.quantize import add_variants, psnr, windows_from_audio
-from letsplay.models.performer import Performer
-from letsplay.models.presets import preset
 from letsplay.realtime.backends import BackendError, OrtBackend, describe
 
 N_EVAL = 30
@@ -24,12 +21,8 @@ N_CALIB = 60
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    torch.manual_seed(0)
-    p = Performer(preset("tiny")).eval()
-    ckpt = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    p.save(ckpt)
-    return p, ckpt
+def tiny(performer, tiny_ckpt):
+    return performer, tiny_ckpt
 
 
 @pytest.fixture(scope="module")
