@@ -80,8 +80,9 @@ class AudioSpec:
 
     @property
     def fmax(self) -> float:
-        """Centre frequency of the top bin, Hz."""
-        return float(self.fmin) * 2.0 ** ((self.n_bins - 1) / self.bins_per_octave)
+        """Centre frequency of the top bin, Hz (inf when it would overflow a float)."""
+        octaves = (self.n_bins - 1) / self.bins_per_octave
+        return math.inf if octaves > 1000 else float(self.fmin) * 2.0 ** octaves
 
     @property
     def column_rate(self) -> float:
