@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from letsplay.models.features import CQT
+from letsplay.models.features import cqt_kernel_bank
 from letsplay.models.performer import Performer
 from letsplay.models.spec import AudioSpec, VideoSpec
 
@@ -157,7 +157,14 @@ class CQTStep(nn.Module):
         if spec.alignment != "causal":
             raise ExportError("cqt_step.onnx is exported for causal specs only (a centered column "
                               "completes mid-chunk); the fused performer graph takes CQT windows")
-        self.cqt = CQT(spec)
+        # Exact-length kernels, one matrix product per octave over the carried tail: one
+        # graph a host can run hop by hop (the Python CQT's segment DFT needs float64 state).
+        groups, weights, back, ahead = cqt_kernel_bank(spec)
+        self.spec = spec
+        self.groups = groups
+        self.context = back + ahead + spec.hop - 1
+        for i, w in enumerate(weights):
+            self.register_buffer(f"w{i}", torch.from_numpy(w), persistent=False)
         self.hop = spec.hop
 
     def forward(self, audio: Tensor, tail: Tensor) -> tuple[Tensor, Tensor]:
@@ -165,14 +172,14 @@ class CQTStep(nn.Module):
         x = torch.cat([tail, audio], dim=1)  # [B, context + hop]; the column's time is its end
         L = x.shape[1]
         parts = []
-        for i, g in enumerate(self.cqt.groups):
-            w = getattr(self.cqt, f"w{i}")  # [length, 2 * n_bins]
+        for i, g in enumerate(self.groups):
+            w = getattr(self, f"w{i}")  # [length, 2 * n_bins]
             seg = x[:, L + g.offset: L + g.offset + g.length]  # offset < 0: support ends at the column
             ri = seg @ w
             re, im = ri[:, : g.n_bins], ri[:, g.n_bins:]
             parts.append(torch.sqrt(re * re + im * im))
         col = torch.cat(parts, dim=1)
-        if self.cqt.spec.scaling == "log":
+        if self.spec.scaling == "log":
             col = torch.log1p(col)
         return col.unsqueeze(-1), x[:, H:]
 
@@ -308,7 +315,7 @@ def export_onnx(performer: Performer, out_dir: str | Path, checkpoint_sha256: st
                s_outs + [STATE_OUT + f"{name}.{n}" for n in st])
     if cqt and cfg.audio.alignment == "causal":
         step = CQTStep(cfg.audio)
-        tail = torch.zeros(1, step.cqt.context)
+        tail = torch.zeros(1, step.context)
         do("cqt_step", step, [torch.zeros(1, cfg.audio.hop), tail], ["audio", STATE_IN + "cqt.tail"],
            ["column", STATE_OUT + "cqt.tail"])
 
