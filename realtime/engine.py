@@ -111,18 +111,31 @@ class _Stream:
         self.col0 = 0  # absolute index of cols[..., 0]
         self.n_cols = 0  # columns produced so far
         self.pos = 0  # samples consumed (clock)
+        self.queue: list[np.ndarray] = []  # samples pushed but not yet through the CQT
         self.arrivals: deque[tuple[int, float]] = deque(maxlen=4096)  # (samples so far, wall time)
 
     def push(self, x: np.ndarray, start: int, now: float) -> int:
-        """Feed samples that begin at clock position ``start``; returns gap samples filled."""
+        """Queue samples that begin at clock position ``start``; returns gap samples filled.
+
+        The CQT runs on queued audio only when a frame needs it (:meth:`flush`): one step
+        per frame, not one per device read, and the columns are the same either way."""
         gap = max(0, start - self.pos)
         if gap:  # samples lost upstream: keep the clock true with silence
             x = np.concatenate([np.zeros(gap, np.float32), x])
         if len(x) == 0:
             return 0
-        new, self.state = self.cqt.step(torch.from_numpy(x)[None], self.state)
+        self.queue.append(x if gap else x.copy())  # a source may reuse its read buffer
         self.pos += len(x)
         self.arrivals.append((self.pos, now))
+        return gap
+
+    def flush(self) -> None:
+        """Run the CQT over the queued audio."""
+        if not self.queue:
+            return
+        x = self.queue[0] if len(self.queue) == 1 else np.concatenate(self.queue)
+        self.queue.clear()
+        new, self.state = self.cqt.step(torch.from_numpy(x)[None], self.state)
         if new.shape[-1]:
             self.cols = torch.cat([self.cols, new], dim=-1)
             self.n_cols += new.shape[-1]
@@ -130,7 +143,6 @@ class _Stream:
             if extra > 0:
                 self.cols = self.cols[..., extra:]
                 self.col0 += extra
-        return gap
 
     def window(self, c: int, width: int) -> torch.Tensor:
         """The ``width`` columns ending at absolute column c, zeros before the start."""
@@ -330,7 +342,6 @@ class Engine:
 
     def _read_audio(self, limit: int | None) -> bool:
         got = False
-        t0 = time.perf_counter()
         for k, (src, st) in enumerate(zip(self.sources, self._streams, strict=True)):
             x, start = src.read(self.config.read_timeout)
             if k == 0:
@@ -349,8 +360,6 @@ class Engine:
             if k == 0:
                 self.stats.gap_samples += gap
                 self.stats.audio_samples = st.pos
-        if got:
-            self.stats.stage_ms["cqt"].append((time.perf_counter() - t0) * 1000)
         return got
 
     def _due(self) -> int:
@@ -362,6 +371,11 @@ class Engine:
         due = self._due()
         if due == 0:
             return
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            for st in self._streams:
+                st.flush()
+        self.stats.stage_ms["cqt"].append((time.perf_counter() - t0) * 1000)
         if self.config.realtime and due > self.config.max_pending:
             skip = due - 1  # render only the newest due frame
             self.stats.dropped += skip
