@@ -78,10 +78,10 @@ class _OctaveGroup:
     length: int  # support length in samples
 
 
-@functools.lru_cache(maxsize=8)
 def _nnaudio_kernels(spec: AudioSpec) -> tuple[np.ndarray, int, np.ndarray, np.ndarray, np.ndarray]:
     """nnAudio's kernels for ``spec``: (kernels [n_bins, fft_len], fft_len, lengths,
-    centre frequencies, index of each row's first nonzero tap)."""
+    centre frequencies, index of each row's first nonzero tap). Not cached: the kernel
+    matrix is 22 MB and only its derived plan is kept."""
     from nnAudio.utils import create_cqt_kernels
 
     q = 1.0 / (2.0 ** (1.0 / spec.bins_per_octave) - 1.0)
@@ -334,7 +334,7 @@ class CQT(nn.Module):
             c = tc * zc - ts * zs  # cos(a + b), sin(a + b), exact IEEE products and sums
             sn = tc * zs + ts * zc
             hit = (c, torch.cat([-sn[:, :nd], sn[:, nd:]], 1))
-            if len(self._epochs) >= 8:
+            if len(self._epochs) >= 3:  # 2 MB each; a step touches at most three
                 self._epochs.pop(next(iter(self._epochs)))
             self._epochs[key] = hit
         return hit
