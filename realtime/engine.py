@@ -355,8 +355,7 @@ class Engine:
             if k == 0:
                 self._out.write_audio(x, start)
                 self.stats.input_rms = float(np.sqrt(np.mean(x * x)))
-            with torch.inference_mode():
-                gap = st.push(x, start, now)
+            gap = st.push(x, start, now)  # queued; the CQT runs when a frame is due
             if k == 0:
                 self.stats.gap_samples += gap
                 self.stats.audio_samples = st.pos
