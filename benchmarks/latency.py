@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 
 def open_for(performer: str | None, backend: str, preset: str | None, instrument: str | None,
-             compute: str | None, threads: int | None, seed: int = 0):
+             compute: str | None, threads: int | None, seed: int = 0, pipeline: bool = False):
     """(backend, audio spec, video spec, description of the performer)."""
     from letsplay.realtime.performers import open_backend, resolve_performer
 
@@ -54,13 +54,13 @@ def open_for(performer: str | None, backend: str, preset: str | None, instrument
             be = TorchBackend(perf, compute or "cpu")
         elif backend == "onnxruntime":
             folder = Path(tempfile.mkdtemp(prefix="letsplay-latency-"))
-            export_onnx(perf, folder, stages=False, cqt=False)
-            be = OrtBackend(folder, provider=compute or "cpu", threads=threads)
+            export_onnx(perf, folder, stages=False, cqt=False, pipeline=pipeline)
+            be = OrtBackend(folder, provider=compute or "cpu", threads=threads, pipeline=pipeline)
         else:
             raise ValueError(f"--preset runs with --backend torch or onnxruntime, not {backend!r}")
         return be, perf.cfg.audio, perf.cfg.video, {"name": f"untrained {preset}", "preset": preset}
     ref = resolve_performer(performer, instrument)
-    be = open_backend(ref, backend, compute, threads=threads)
+    be = open_backend(ref, backend, compute, threads=threads, pipeline=pipeline)
     if hasattr(be, "cfg"):
         audio, video, pre = be.cfg.audio, be.cfg.video, be.cfg.preset
     else:
@@ -71,17 +71,23 @@ def open_for(performer: str | None, backend: str, preset: str | None, instrument
 def run(seconds: float = 20.0, performer: str | None = None, backend: str = "onnxruntime",
         preset: str | None = None, instrument: str | None = None, compute: str | None = None,
         threads: int | None = None, audio_file: str | None = None, block: int = 256, max_pending: int = 1,
-        seed: int = 0, progress: bool = True) -> dict:
-    """Run the live engine for ``seconds`` of audio at real-time pace; the JSON-able result."""
+        seed: int = 0, progress: bool = True, pipeline: bool | None = None) -> dict:
+    """Run the live engine for ``seconds`` of audio at real-time pace; the JSON-able result.
+    ``pipeline`` None: as ``letsplay live --pipeline auto`` decides."""
     from benchmarks.soak import SyntheticMusic
+    from letsplay.realtime.backends import describe
     from letsplay.realtime.engine import Engine, EngineConfig
     from letsplay.realtime.sinks import CallbackSink
     from letsplay.realtime.sources import ArraySource, FileSource
 
     if seconds <= 0:
         raise ValueError(f"seconds must be > 0, got {seconds}")
-    threads_used = set_threads(threads)
-    be, audio, video, who = open_for(performer, backend, preset, instrument, compute, threads, seed)
+    from letsplay.realtime.performers import auto_pipeline
+
+    if pipeline is None:
+        pipeline = auto_pipeline(backend, compute)
+    threads_used = set_threads(threads or (1 if pipeline else None))  # as `letsplay live` does
+    be, audio, video, who = open_for(performer, backend, preset, instrument, compute, threads, seed, pipeline)
     sr = audio.sample_rate
     if audio_file:
         src = FileSource(audio_file, sr, realtime=True, block=block)
@@ -95,7 +101,8 @@ def run(seconds: float = 20.0, performer: str | None = None, backend: str = "onn
         shown.append(time.monotonic())
         bar.update(1)
 
-    cfg = EngineConfig(realtime=True, max_pending=max_pending, latency_window=max(20000, 2 * expected))
+    cfg = EngineConfig(realtime=True, max_pending=max_pending, latency_window=max(20000, 2 * expected),
+                       pipeline=pipeline)
     eng = Engine(be, audio, video, src, [CallbackSink(on_frame)], cfg)
     t0 = time.monotonic()
     stats = eng.run(seconds)
@@ -117,7 +124,8 @@ def run(seconds: float = 20.0, performer: str | None = None, backend: str = "onn
         "video": video.to_dict(),
         "source": {"kind": "file" if audio_file else "synthetic music", "path": audio_file, "block": block,
                    "pace": "real time"},
-        "engine": {"realtime": True, "max_pending": max_pending},
+        "engine": {"realtime": True, "max_pending": max_pending, "pipeline": pipeline},
+        "backend_description": describe(be),
         "audio_seconds": stats["audio_seconds"],
         "wall_seconds": round(wall, 3),
         "frames": stats["frames"],
@@ -136,7 +144,8 @@ def run(seconds: float = 20.0, performer: str | None = None, backend: str = "onn
 
 def markdown(r: dict) -> str:
     lat = r["latency_ms"]
-    return (f"{r['performer']['name']} ({r['performer'].get('preset')}) on {r['backend']} / {r['device']}, "
+    return (f"{r['performer']['name']} ({r['performer'].get('preset')}) on {r['backend_description']}"
+            f"{', pipelined' if r['engine'].get('pipeline') else ''}, "
             f"{r['audio_seconds']:.1f} s of audio at real-time pace, blocks of {r['source']['block']} samples\n\n"
             + markdown_table(["p50 ms", "p95 ms", "p99 ms", "max ms", "fps", "target fps", "dropped", "errors"],
                              [[lat["median_ms"], lat["p95_ms"], lat["p99_ms"], lat["max_ms"], r["fps"],
@@ -156,11 +165,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--audio", default=None, help="an audio file instead of synthetic music")
     ap.add_argument("--block", type=int, default=256, help="samples released per read (default 256)")
     ap.add_argument("--max-pending", type=int, default=1)
+    ap.add_argument("--pipeline", choices=["auto", "on", "off"], default="auto",
+                    help="front + back halves of each frame on two threads (EngineConfig.pipeline); auto: as "
+                         "`letsplay live` decides (on for onnxruntime on a CPU of <= 2 cores)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     r = run(args.seconds, args.performer, args.backend, args.preset, args.instrument, args.compute, args.threads,
-            args.audio, args.block, args.max_pending)
+            args.audio, args.block, args.max_pending,
+            pipeline={"auto": None, "on": True, "off": False}[args.pipeline])
     write_json(r, args.json)
     print(markdown(r))
     if args.json:

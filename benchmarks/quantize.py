@@ -40,7 +40,7 @@ def run(checkpoint: str, frames: int = 300, calib_frames: int = 300, threads: in
     with tempfile.TemporaryDirectory(prefix="letsplay-bench-quant.") as scratch:
         folder = Path(out or scratch)
         t0 = time.perf_counter()
-        export_onnx(model, folder, checkpoint_sha256=sha256_file(ref.path), stages=False, cqt=False)
+        export_onnx(model, folder, checkpoint_sha256=sha256_file(ref.path), stages=False, cqt=False, pipeline=False)
         export_s = time.perf_counter() - t0
         need = calib_frames + frames
         x = demo_audio(cfg.instrument, cfg.audio.sample_rate)

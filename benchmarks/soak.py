@@ -2,6 +2,7 @@
 
     python -m benchmarks.soak --minutes 10 --json benchmarks/results/soak_10min.json [--plot soak.png]
     python -m benchmarks.soak --minutes 120 --preset tiny --json benchmarks/results/soak_2h.json
+    python -m benchmarks.soak --minutes 30 --pipeline --json benchmarks/results/soak_30min_pipelined.json
 
 Every minute of audio it records resident memory (RSS), latency and the A/V offset
 (audio clock time minus the newest frame's time, which must stay below one frame), and
@@ -70,7 +71,7 @@ class SyntheticMusic:
 
 
 def run(minutes: float, preset: str = "tiny", backend: str = "torch", record: bool = True,
-        out_dir: str | None = None, progress: bool = True) -> dict:
+        out_dir: str | None = None, progress: bool = True, pipeline: bool = False) -> dict:
     import torch
 
     from letsplay.models.features import CQT, frame_column
@@ -107,12 +108,26 @@ def run(minutes: float, preset: str = "tiny", backend: str = "torch", record: bo
             return x, start
 
     class Timed:
-        """The backend, with each step timed."""
+        """The backend, with each step timed (pipelined: front + back of the same frame)."""
 
         def __init__(self, inner) -> None:
             self.inner, self.name, self.device = inner, inner.name, inner.device
             self.state_names = inner.state_names
+            self.pipeline = getattr(inner, "pipeline", False)
             self.last_ms = 0.0
+            self._fronts: deque[float] = deque()  # front times of frames not yet through back
+
+        def front(self, feeds):
+            t = time.perf_counter()
+            out = self.inner.front(feeds)
+            self._fronts.append((time.perf_counter() - t) * 1000)
+            return out
+
+        def back(self, front):
+            t = time.perf_counter()
+            out = self.inner.back(front)
+            self.last_ms = self._fronts.popleft() + (time.perf_counter() - t) * 1000
+            return out
 
         def init_state(self, batch: int = 1):
             return self.inner.init_state(batch)
@@ -123,14 +138,14 @@ def run(minutes: float, preset: str = "tiny", backend: str = "torch", record: bo
             self.last_ms = (time.perf_counter() - t) * 1000
             return out
 
-    be = TorchBackend(perf)
+    be = TorchBackend(perf, pipeline=pipeline)
     if backend == "onnxruntime":
         from letsplay.export.onnx import export_onnx
         from letsplay.realtime.backends import OrtBackend
 
         d = Path(tempfile.mkdtemp(prefix="soak-onnx-"))
-        export_onnx(perf, d, stages=False, cqt=False)
-        be = OrtBackend(d, threads=2)
+        export_onnx(perf, d, stages=False, cqt=False, pipeline=pipeline)
+        be = OrtBackend(d, pipeline=True) if pipeline else OrtBackend(d, threads=2)
     be = Timed(be)
     tmp = Path(out_dir or tempfile.mkdtemp(prefix="soak-"))
     mp4 = tmp / "soak.mp4"
@@ -189,6 +204,7 @@ def run(minutes: float, preset: str = "tiny", backend: str = "torch", record: bo
     peak = max((s["rss_mb"] for s in samples), default=base)
     return {
         "benchmark": "soak", "machine": machine(), "preset": preset, "backend": eng.backend.name,
+        "pipelined": eng.pipelined,
         "audio_minutes": minutes, "wall_seconds": round(wall, 1), "speed_x_realtime": round(minutes * 60 / wall, 2),
         "frames": eng.stats.frames, "dropped": eng.stats.dropped, "errors": eng.stats.errors,
         "rss_first_minute_mb": base, "rss_peak_mb": peak,
@@ -230,10 +246,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
     ap.add_argument("--no-record", action="store_true")
+    ap.add_argument("--pipeline", action="store_true", help="the engine's pipelined mode (front/back on two threads)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--plot", default=None, help="PNG of memory, latency and A/V offset per minute (matplotlib)")
     args = ap.parse_args(argv)
-    r = run(args.minutes, args.preset, args.backend, record=not args.no_record)
+    r = run(args.minutes, args.preset, args.backend, record=not args.no_record, pipeline=args.pipeline)
     print(write_json(r, args.json))
     if args.plot:
         plot(r, args.plot)

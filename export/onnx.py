@@ -7,6 +7,12 @@
   model has) and every ``state_out.<name>`` out. The engine feeds ``state_out`` back.
 * ``khp.onnx``, ``cvg.onnx``, ``stu.onnx`` -- each stage alone, same naming (a host can
   run them on different devices, or swap one).
+* ``front.onnx``, ``back.onnx`` -- the same step cut in two for a pipelined host (the
+  engine's ``pipeline`` mode): ``front`` takes ``window`` and every ``state_in.*`` and
+  gives ``keypoints`` / ``coarse`` / ``heatmap``, every ``state_out.*`` and the STU
+  encoder's ``mid.skip<i>``, ``mid.fused`` (the CNN-GRU's output) and ``mid.audio``;
+  ``back`` (the GCN and the decoder, stateless) takes ``keypoints`` and ``mid.*`` and
+  gives ``frame``. Frame t's back half can run beside frame t + 1's front half.
 * ``cqt_step.onnx`` -- the streaming CQT for a non-Python host: ``audio`` [B, hop]
   and ``state_in.cqt.tail`` in; ``column`` [B, n_bins, 1] and ``state_out.cqt.tail`` out.
   Feed the stream hop-sized chunks from its start: after chunk k the graph emits
@@ -42,6 +48,7 @@ from torch import Tensor, nn
 from letsplay.models.features import cqt_kernel_bank
 from letsplay.models.performer import Performer
 from letsplay.models.spec import AudioSpec, VideoSpec
+from letsplay.models.stu import STUMid
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +105,50 @@ def _performer_step(p: Performer) -> tuple[_FlatStep, list[str], list[str]]:
         return [getattr(o, k) for k in out_names], new.to_dict()
 
     return _FlatStep(fn, names, 1, p), ["window"], out_names
+
+
+def _mid_names(p: Performer) -> list[str]:
+    """The flat names of :class:`STUMid` between ``front.onnx`` and ``back.onnx``."""
+    stu = p.stu
+    return ([f"mid.skip{i}" for i in range(len(stu.enc) - 1)] + ["mid.fused"]
+            + (["mid.audio"] if stu.audio_enc is not None else []))
+
+
+def flatten_mid(mid: STUMid) -> list[Tensor]:
+    return [*mid.skips, mid.fused, *([] if mid.audio is None else [mid.audio])]
+
+
+def unflatten_mid(p: Performer, flat: Sequence[Tensor]) -> STUMid:
+    n = len(p.stu.enc) - 1
+    return STUMid(skips=tuple(flat[:n]), fused=flat[n], audio=flat[n + 1] if p.stu.audio_enc is not None else None)
+
+
+def _pipeline_steps(p: Performer) -> dict[str, tuple[nn.Module, list[str], list[str]]]:
+    """The step cut in two for a pipelined host: ``front`` (KHP, CVG, the STU encoder and
+    CNN-GRU: all the state) and ``back`` (the GCN and the decoder: stateless).
+    ``back(front(x))`` is ``performer.onnx``'s step."""
+    names = list(p.init_state(1).to_dict())
+    probe, _ = p.step(torch.zeros(1, p.cfg.audio.n_bins, p.cfg.audio.window_columns), p.init_state(1))
+    shown = [k for k in ("keypoints", "coarse", "heatmap") if getattr(probe, k) is not None]
+    mids = _mid_names(p)
+    kp_in = ["keypoints"] if p.stu.gcn is not None else []
+
+    def front_fn(window: Tensor, st: dict[str, Tensor]):
+        f, new = p.step_front(window, p.state_from_dict(st))
+        return [*(getattr(f, k) for k in shown), *flatten_mid(f.mid)], new.to_dict()
+
+    class _Back(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.owner = p
+
+        def forward(self, *args: Tensor) -> tuple[Tensor]:
+            kp = args[0] if kp_in else None
+            mid = unflatten_mid(p, args[len(kp_in):])
+            return (p.stu.decode(mid, kp),)
+
+    return {"front": (_FlatStep(front_fn, names, 1, p), ["window"], shown + mids),
+            "back": (_Back(), kp_in + mids, ["frame"])}
 
 
 def _stage_steps(p: Performer) -> dict[str, tuple[_FlatStep, list[str], list[str], list[Tensor]]]:
@@ -273,9 +324,10 @@ def session_options(threads: int | None = None, spinning: bool = False) -> Any:
 
 
 def export_onnx(performer: Performer, out_dir: str | Path, checkpoint_sha256: str | None = None,
-                stages: bool = True, cqt: bool = True, progress: Callable[[str], None] | None = None) -> dict:
-    """Export the Performer (fused step, optionally each stage and the CQT step) to
-    ``out_dir`` with its manifest; returns the manifest dict."""
+                stages: bool = True, cqt: bool = True, pipeline: bool = True,
+                progress: Callable[[str], None] | None = None) -> dict:
+    """Export the Performer (fused step, optionally each stage, the front/back pipeline
+    pair and the CQT step) to ``out_dir`` with its manifest; returns the manifest dict."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     p = performer.eval().to("cpu")
@@ -313,6 +365,16 @@ def export_onnx(performer: Performer, out_dir: str | Path, checkpoint_sha256: st
             st = getattr(p.init_state(1), name).to_dict()
             do(name, mod, [*examples, *st.values()], s_ins + [STATE_IN + f"{name}.{n}" for n in st],
                s_outs + [STATE_OUT + f"{name}.{n}" for n in st])
+    if pipeline:
+        steps = _pipeline_steps(p)
+        mod, f_ins, f_outs = steps["front"]
+        do("front", mod, [window, *state0.values()], f_ins + [STATE_IN + n for n in snames],
+           f_outs + [STATE_OUT + n for n in snames])
+        with torch.no_grad():
+            fo = mod(window, *state0.values())
+        by_name = dict(zip(f_outs, fo, strict=False))
+        mod, b_ins, b_outs = steps["back"]
+        do("back", mod, [by_name[n] for n in b_ins], b_ins, b_outs)
     if cqt and cfg.audio.alignment == "causal":
         step = CQTStep(cfg.audio)
         tail = torch.zeros(1, step.context)

@@ -46,7 +46,7 @@ from letsplay.models.keypoints import KeypointConfig, KeypointPredictor, Keypoin
 from letsplay.models.skeleton import INSTRUMENTS, heatmap_channels
 from letsplay.models.spec import AudioSpec, VideoSpec
 from letsplay.models.state import ConfigError, State, StateError, config_from_dict, config_to_dict
-from letsplay.models.stu import StructuredTemporalUNet, STUConfig, STUState
+from letsplay.models.stu import StructuredTemporalUNet, STUConfig, STUMid, STUState
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,16 @@ class PerformerOutput(NamedTuple):
     heatmap: Tensor | None  # [B, C, h, w] DLT heatmap at the working size
 
 
+class PerformerFront(NamedTuple):
+    """:meth:`Performer.step_front`'s result: the outputs known before the decoder, and
+    what the decoder needs."""
+
+    coarse: Tensor | None  # as in PerformerOutput
+    keypoints: Tensor | None
+    heatmap: Tensor | None
+    mid: STUMid  # the STU encoder's levels, fused bottleneck and audio features
+
+
 def _stack(outs: list[PerformerOutput]) -> PerformerOutput:
     cols = zip(*outs, strict=True)
     return PerformerOutput(*(None if c[0] is None else torch.stack(c, dim=1) for c in cols))
@@ -171,7 +181,16 @@ class Performer(nn.Module):
 
     def step(self, window: Tensor, state: PerformerState, z: Tensor | None = None
              ) -> tuple[PerformerOutput, PerformerState]:
-        """One video frame: window ``[B, n_bins, window_columns]``, z ``[B, z_dim]`` or None."""
+        """One video frame: window ``[B, n_bins, window_columns]``, z ``[B, z_dim]`` or None.
+        Exactly :meth:`step_back` of :meth:`step_front`."""
+        front, new_state = self.step_front(window, state, z)
+        return self.step_back(front), new_state
+
+    def step_front(self, window: Tensor, state: PerformerState, z: Tensor | None = None
+                   ) -> tuple[PerformerFront, PerformerState]:
+        """The stateful part of a frame: KHP, CVG and the STU's encoder + CNN-GRU. All of
+        the new state comes from here; :meth:`step_back` (the GCN and the decoder) is
+        stateless, so a host can run frame t's back half beside frame t + 1's front half."""
         B, Fq, T = window.shape
         if (Fq, T) != (self.cfg.audio.n_bins, self.cfg.audio.window_columns):
             raise ValueError(f"CQT window must be [B, {self.cfg.audio.n_bins}, "
@@ -186,12 +205,19 @@ class Performer(nn.Module):
             coarse_up = coarse
             if coarse.shape[-2:] != self.cfg.work_size:
                 coarse_up = F.interpolate(coarse, size=self.cfg.work_size, mode="bilinear", align_corners=False)
-        stu_kp, stu_hm, stu_coarse = kp, hm, coarse_up
+        stu_hm, stu_coarse = hm, coarse_up
         if not self.cfg.end_to_end:
-            stu_kp, stu_hm, stu_coarse = (None if t is None else t.detach() for t in (kp, hm, coarse_up))
-        frame, stu_state = self.stu.step(stu_coarse, stu_hm, stu_kp, window, state.stu)
-        return (PerformerOutput(frame, coarse, kp, hm),
+            stu_hm, stu_coarse = (None if t is None else t.detach() for t in (hm, coarse_up))
+        mid, stu_state = self.stu.encode(stu_coarse, stu_hm, window, state.stu)
+        return (PerformerFront(coarse, kp, hm, mid),
                 PerformerState(khp=khp_state, cvg=cvg_state, stu=stu_state))
+
+    def step_back(self, front: PerformerFront) -> PerformerOutput:
+        """The stateless rest of a frame (the STU's GCN and decoder) -> the outputs."""
+        kp = front.keypoints
+        stu_kp = kp if self.cfg.end_to_end or kp is None else kp.detach()
+        frame = self.stu.decode(front.mid, stu_kp)
+        return PerformerOutput(frame, front.coarse, kp, front.heatmap)
 
     def forward(self, windows: Tensor, state: PerformerState | None = None, z: Tensor | None = None
                 ) -> tuple[PerformerOutput, PerformerState]:

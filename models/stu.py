@@ -28,6 +28,7 @@ inputs and the carried state, in training and in streaming alike.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -69,6 +70,14 @@ class STUConfig:
 @dataclass(frozen=True)
 class STUState(State):
     gru_h: Tensor | None  # [B, C_bottleneck, h, w] fused features F^hat_{t-1}; None without GRU
+
+
+class STUMid(NamedTuple):
+    """What :meth:`StructuredTemporalUNet.encode` hands to ``decode`` for one frame."""
+
+    skips: tuple[Tensor, ...]  # encoder levels 0 .. depth-1: [B, ch[i], H / 2**i, W / 2**i]
+    fused: Tensor  # [B, cb, h, w] F^hat_t (F^hq_t without the GRU)
+    audio: Tensor | None  # [B, audio_features]; None without the audio branch
 
 
 # --------------------------------------------------------------------------- blocks
@@ -187,7 +196,15 @@ class StructuredTemporalUNet(nn.Module):
              window: Tensor | None, state: STUState) -> tuple[Tensor, STUState]:
         """coarse ``[B, 3, H, W]``, heatmap ``[B, C, H, W]``, keypoints ``[B, 67, 2]``,
         window ``[B, n_bins, window]`` (each None where this STU does not use it)
-        -> frame ``[B, 3, H*s, W*s]`` in [-1, 1]."""
+        -> frame ``[B, 3, H*s, W*s]`` in [-1, 1]. Exactly :meth:`decode` of :meth:`encode`."""
+        mid, new_state = self.encode(coarse, heatmap, window, state)
+        return self.decode(mid, keypoints), new_state
+
+    def encode(self, coarse: Tensor | None, heatmap: Tensor | None, window: Tensor | None,
+               state: STUState) -> tuple[STUMid, STUState]:
+        """Steps 1, 2 and 4: the UNet encoder, the CNN-GRU (all of the STU's state) and the
+        audio encoder. :meth:`decode` needs only the result and the keypoints, so a
+        pipelined host can decode frame t while it encodes frame t + 1."""
         ins = ([coarse] if self.has_coarse else []) + ([heatmap] if self.heatmap_channels else [])
         if any(t is None for t in ins):
             raise ValueError("STU.step: missing coarse frame or heatmap input")
@@ -200,6 +217,16 @@ class StructuredTemporalUNet(nn.Module):
         if self.gru is not None:
             f = self.gru(f, state.gru_h)  # F^hat_t
         new_state = STUState(gru_h=f if self.gru is not None else None)
+        a = None
+        if self.audio_enc is not None:
+            if window is None:
+                raise ValueError("STU.step: this STU reads audio and needs the CQT window")
+            a = self.audio_enc(window)  # [B, audio_features]
+        return STUMid(skips=tuple(skips), fused=f, audio=a), new_state
+
+    def decode(self, mid: STUMid, keypoints: Tensor | None) -> Tensor:
+        """Steps 3 and 5: the GCN at the keypoints and the decoder -> the frame. Stateless."""
+        f = mid.fused
         parts = [f]
         if self.gcn is not None:
             if keypoints is None:
@@ -207,16 +234,13 @@ class StructuredTemporalUNet(nn.Module):
             h, w = self.bottleneck_size
             nodes = self.gcn(sample_at(f, keypoints))  # [B, 67, gcn_hidden]
             parts.append(splat_at(nodes, keypoints, h, w))  # [B, gcn_hidden, h, w]
-        if self.audio_enc is not None:
-            if window is None:
-                raise ValueError("STU.step: this STU reads audio and needs the CQT window")
-            a = self.audio_enc(window)  # [B, audio_features]
-            parts.append(a[:, :, None, None].expand(-1, -1, *f.shape[2:]))
+        if mid.audio is not None:
+            parts.append(mid.audio[:, :, None, None].expand(-1, -1, *f.shape[2:]))
         x = self.dec_in(torch.cat(parts, dim=1))  # [B, cb, h, w]
         for i in reversed(range(len(self.up))):
             x = self.up[i](F.interpolate(x, scale_factor=2.0, mode="nearest"))  # [B, ch[i], ...]
-            x = self.merge[i](torch.cat([x, skips[i]], dim=1))
-        return torch.tanh(self.head(x)), new_state
+            x = self.merge[i](torch.cat([x, mid.skips[i]], dim=1))
+        return torch.tanh(self.head(x))
 
     def forward(self, coarse: Tensor | None, heatmap: Tensor | None, keypoints: Tensor | None,
                 windows: Tensor | None, state: STUState | None = None) -> tuple[Tensor, STUState]:

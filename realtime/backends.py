@@ -41,6 +41,14 @@ from letsplay.models.state import StateError
 log = logging.getLogger(__name__)
 
 STATE_IN, STATE_OUT = "state_in.", "state_out."
+MID = "mid."  # the tensors a pipelined step's front half hands to its back half
+
+
+def pipelined(b: Backend) -> bool:
+    """True when ``b`` can run a frame as two halves (``front`` then ``back``), so the
+    engine can run frame t's back beside frame t + 1's front (``EngineConfig.pipeline``)."""
+    return callable(getattr(b, "front", None)) and callable(getattr(b, "back", None)) and getattr(
+        b, "can_pipeline", True)
 
 
 class BackendError(RuntimeError):
@@ -59,7 +67,8 @@ class Backend(Protocol):
 
 def describe(b: Backend) -> str:
     precision = getattr(b, "precision", "fp32")  # an onnxruntime variant: int8 / fp16
-    return f"{b.name} on {b.device}" + ("" if precision == "fp32" else f" ({precision})")
+    halves = ", pipelined front/back" if getattr(b, "pipeline", False) else ""
+    return f"{b.name} on {b.device}" + ("" if precision == "fp32" else f" ({precision})") + halves
 
 
 # --------------------------------------------------------------------------- torch
@@ -98,7 +107,7 @@ class TorchBackend:
     GRAPH_WARMUP = 3  # eager steps on the side stream before the capture (lazy init, cuDNN/cuBLAS handles)
 
     def __init__(self, performer, device: str = "cpu", dtype: str = "fp32", cuda_graph: bool = False,
-                 batch: int | None = None) -> None:
+                 batch: int | None = None, pipeline: bool = False) -> None:
         from letsplay.models.performer import Performer
 
         if not isinstance(performer, Performer):
@@ -122,6 +131,10 @@ class TorchBackend:
         self.device = str(dev) if dev.type == "cpu" else f"{dev} ({torch.cuda.get_device_name(dev)})"
         if self.cuda_graph:
             self.device += ", CUDA graph"
+        self.can_pipeline = not self.cuda_graph  # front/back halves run eager
+        if pipeline and not self.can_pipeline:
+            raise BackendError("--pipeline runs the step's halves eagerly; it does not combine with --cuda-graph")
+        self.pipeline = bool(pipeline)  # the engine runs :meth:`front` / :meth:`back` on two threads
         st = self.model.init_state(1).to_dict()
         self.state_names = tuple(st)
         self._state_shapes = {k: tuple(v.shape[1:]) for k, v in st.items()}
@@ -158,6 +171,43 @@ class TorchBackend:
         out, new = self.model.step(window, state)
         res = self._collect(out, new)
         return {k: v.float().cpu().numpy() for k, v in res.items()}
+
+    # ------------------------------------------------------------------- pipeline halves
+
+    @torch.inference_mode()
+    def front(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """:meth:`Performer.step_front`: the shown outputs but ``frame``, every
+        ``state_out.*`` and the ``mid.*`` tensors :meth:`back` needs."""
+        from letsplay.export.onnx import _mid_names, flatten_mid
+
+        if self.cuda_graph:
+            raise BackendError("the pipelined step runs eager; drop --cuda-graph (or the pipeline)")
+        dev, dt = self.torch_device, self.dtype
+        window = torch.as_tensor(feeds["window"]).to(dev, dt)
+        flat = {k[len(STATE_IN):]: torch.as_tensor(v).to(dev, dt)
+                for k, v in feeds.items() if k.startswith(STATE_IN)}
+        f, new = self.model.step_front(window, self.model.state_from_dict(flat))
+        res = {k: getattr(f, k) for k in ("keypoints", "coarse", "heatmap") if getattr(f, k) is not None}
+        res.update({STATE_OUT + k: v for k, v in new.to_dict().items()})
+        res.update(zip(_mid_names(self.model), flatten_mid(f.mid), strict=True))
+        return {k: v.float().cpu().numpy() for k, v in res.items()}
+
+    @torch.inference_mode()
+    def back(self, front: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """:meth:`Performer.step_back` on :meth:`front`'s result -> what :meth:`step` gives."""
+        from letsplay.export.onnx import _mid_names, unflatten_mid
+        from letsplay.models.performer import PerformerFront
+
+        dev, dt = self.torch_device, self.dtype
+
+        def t(k: str) -> torch.Tensor | None:
+            return None if k not in front else torch.as_tensor(front[k]).to(dev, dt)
+
+        mid = unflatten_mid(self.model, [t(k) for k in _mid_names(self.model)])
+        out = self.model.step_back(PerformerFront(t("coarse"), t("keypoints"), t("heatmap"), mid))
+        res = {k: v for k, v in front.items() if not k.startswith(MID)}
+        res["frame"] = out.frame.float().cpu().numpy()
+        return res
 
     # ------------------------------------------------------------------- CUDA graph
 
@@ -244,13 +294,20 @@ class OrtBackend:
     runs is CUDA or TensorRT, and runs ``session.run`` on CPU; True/False force it (True
     on CPU binds CPU buffers: the same code path, for tests). With IO binding, a feed may
     also be an ``onnxruntime.OrtValue`` (already on the device): it is bound as it is.
+
+    ``pipeline``: load the export's ``front.onnx`` / ``back.onnx`` pair instead of the
+    fused graph (fp32, no IO binding), each session with ``threads`` intra-op threads (1
+    unless given): :meth:`front` and :meth:`back` run a frame's halves, so the engine can
+    keep one core on frame t's back half and one on frame t + 1's front half
+    (``EngineConfig.pipeline``); :meth:`step` runs the two in a row.
     """
 
     name = "onnxruntime"
 
     def __init__(self, folder: str | Path, provider: str = "cpu", threads: int | None = None,
                  allow_fallback: bool = False, spinning: bool = False, precision: str = "fp32",
-                 provider_options: Mapping[str, str] | None = None, io_binding: bool | None = None) -> None:
+                 provider_options: Mapping[str, str] | None = None, io_binding: bool | None = None,
+                 pipeline: bool = False) -> None:
         try:
             import onnxruntime as ort
         except ImportError as e:
@@ -267,6 +324,18 @@ class OrtBackend:
                                f"with `letsplay export onnx --checkpoint FILE --out {self.manifest.folder} "
                                f"--{precision}`")
         self.precision = precision
+        self.can_pipeline = self.pipeline = bool(pipeline)  # the front/back graphs are what runs
+        if pipeline:
+            if precision != "fp32" or io_binding:
+                raise BackendError("the pipelined onnxruntime step runs the fp32 front/back graphs without IO "
+                                   "binding; drop --precision / IO binding, or the pipeline")
+            missing = [g for g in ("front", "back") if g not in self.manifest.data["graphs"]]
+            if missing:
+                raise BackendError(f"{self.manifest.folder}: the export has no {' / '.join(missing)} graph for the "
+                                   f"pipelined step (exported by an older letsplay); re-export it with "
+                                   f"`letsplay export onnx --checkpoint FILE --out {self.manifest.folder}`")
+            threads = threads or 1
+            io_binding = False
         want = PROVIDERS.get(provider, provider)
         available = ort.get_available_providers()
         if want not in available and not allow_fallback:
@@ -278,12 +347,21 @@ class OrtBackend:
             providers.append("CUDAExecutionProvider")  # the nodes TensorRT does not take run on CUDA, not CPU
         if want != "CPUExecutionProvider":
             providers.append("CPUExecutionProvider")
-        try:
-            self.session = ort.InferenceSession(str(self.manifest.graph_path("performer", precision)), so,
-                                                providers=providers)
-        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
-            raise BackendError(f"{self.manifest.folder}: onnxruntime cannot load the graph ({e}); "
-                               f"re-export the model") from e
+
+        def load(graph: str):
+            try:
+                return ort.InferenceSession(str(self.manifest.graph_path(graph, precision)), so, providers=providers)
+            except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+                raise BackendError(f"{self.manifest.folder}: onnxruntime cannot load {graph}.onnx ({e}); "
+                                   f"re-export the model") from e
+
+        if pipeline:
+            self._front, self._back = load("front"), load("back")
+            self.session = self._front  # the session whose providers and inputs are checked below
+            self._front_outputs = [o.name for o in self._front.get_outputs()]
+            self._back_inputs = [i.name for i in self._back.get_inputs()]
+        else:
+            self.session = load("performer")
         running = self.session.get_providers()
         if running[0] != want:
             msg = (f"onnxruntime runs {running[0]}, not the requested {want} (its libraries did not load); "
@@ -340,10 +418,28 @@ class OrtBackend:
         return {k: np.zeros((batch, *s), np.float32) for k, s in self._state_shapes.items()}
 
     def step(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.can_pipeline:
+            return self.back(self.front(feeds))
         if self.io_binding:
             return self._step_bound(feeds)
         res = self.session.run(self._outputs, {k: np.ascontiguousarray(v, np.float32) for k, v in feeds.items()})
         return dict(zip(self._outputs, res, strict=True))
+
+    def front(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``front.onnx``: the shown outputs but ``frame``, every ``state_out.*`` and ``mid.*``."""
+        if not self.can_pipeline:
+            raise BackendError("this backend runs the fused graph; open it with pipeline=True (--pipeline)")
+        res = self._front.run(self._front_outputs, {k: np.ascontiguousarray(v, np.float32) for k, v in feeds.items()})
+        return dict(zip(self._front_outputs, res, strict=True))
+
+    def back(self, front: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``back.onnx`` on :meth:`front`'s result -> what the fused graph gives."""
+        if not self.can_pipeline:
+            raise BackendError("this backend runs the fused graph; open it with pipeline=True (--pipeline)")
+        (frame,) = self._back.run(["frame"], {k: front[k] for k in self._back_inputs})
+        res = {k: v for k, v in front.items() if not k.startswith(MID)}
+        res["frame"] = frame
+        return res
 
     # ------------------------------------------------------------------- IO binding
 

@@ -22,6 +22,20 @@ window. Nothing queues, so latency stays bounded by one frame's compute plus one
 audio block. ``render`` mode (files, as fast as possible) never drops: every frame is
 computed, so a render equals the offline Performer run on the same audio.
 
+**Pipelined** (``EngineConfig.pipeline``; by default as the backend was opened:
+``open_backend(..., pipeline=)``, the CLI's ``--pipeline auto|on|off``): a frame runs as two halves
+(``backend.front`` / ``backend.back``, the export's ``front.onnx`` / ``back.onnx``).
+The loop thread runs the front -- KHP, CVG and the STU encoder + CNN-GRU, which hold all
+of the recurrent state -- and hands the result to a second thread that runs the
+stateless back (the GCN and the decoder) and the sinks. One hand-off slot: while frame t
+is in the back half, frame t + 1's front may run; the front of frame t + 2 starts only
+once the back thread has taken t + 1 (live: the loop reads audio meanwhile, then the
+rule above drops what became stale), so at most two frames are in flight. On two cores
+this keeps one thread per core busy instead of two-thread operators that must meet
+after every layer: fewer drops, for about half a step more latency. Frames reach the
+sinks and ``on_frame`` from that second thread, in order, and are the same frames as
+unpipelined.
+
 Other faults: a backend exception on one frame is logged, counted (``errors``) and
 that frame skipped -- the state stays at the last good frame and the stream goes on;
 a sink that raises is disabled (``MultiSink``); a live device that disappears is
@@ -33,6 +47,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import queue
 import threading
 import time
 from collections import deque
@@ -44,7 +59,7 @@ import torch
 
 from letsplay.models.features import StreamingCQT, frame_column, frames_available
 from letsplay.models.spec import AudioSpec, VideoSpec
-from letsplay.realtime.backends import STATE_IN, STATE_OUT, Backend, describe
+from letsplay.realtime.backends import STATE_IN, STATE_OUT, Backend, describe, pipelined
 from letsplay.realtime.sinks import FrameOut, MultiSink, Sink
 from letsplay.realtime.sources import AudioSource
 
@@ -58,6 +73,7 @@ class EngineConfig:
     read_timeout: float = 0.02  # seconds a source read may wait for audio
     views: bool = False  # also produce debug views (coarse, heatmap) in FrameOut.views
     latency_window: int = 20000  # latency samples kept for the percentiles
+    pipeline: bool | None = None  # back half (decoder, sinks) on a second thread; None: backend.pipeline
 
 
 class EngineStats:
@@ -70,7 +86,8 @@ class EngineStats:
         self.audio_samples = 0  # samples consumed (stream 0): the clock
         self.gap_samples = 0  # samples lost upstream and filled with silence
         self.latency_ms: deque[float] = deque(maxlen=keep)
-        self.stage_ms: dict[str, deque[float]] = {k: deque(maxlen=600) for k in ("cqt", "step", "sinks")}
+        self.stage_ms: dict[str, deque[float]] = {
+            k: deque(maxlen=600) for k in ("cqt", "step", "sinks", "front", "back")}  # front/back: pipelined
         self._frame_times: deque[float] = deque(maxlen=120)
         self.input_rms = 0.0  # RMS of the latest audio block (stream 0)
         self.device_lost = False
@@ -91,7 +108,8 @@ class EngineStats:
             "fps": round(self.fps(), 2),
             "latency_ms": {"p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95)),
                            "p99": float(np.percentile(lat, 99)), "n": len(self.latency_ms)},
-            "stage_ms": {k: (float(np.median(v)) if v else 0.0) for k, v in self.stage_ms.items()},
+            "stage_ms": {k: (float(np.median(v)) if v else 0.0) for k, v in self.stage_ms.items()
+                         if v or k in ("cqt", "step", "sinks")},
             "audio_seconds": self.audio_samples,  # replaced by Engine.stats_dict with seconds
             "gap_samples": self.gap_samples,
             "input_level_dbfs": round(20 * math.log10(max(self.input_rms, 1e-9)), 1),
@@ -207,6 +225,9 @@ class Engine:
         self.sinks = list(sinks)  # fanned out through a MultiSink when the engine opens
         self._out = MultiSink([])
         self.stats = EngineStats(self.config.latency_window)
+        want = self.config.pipeline
+        self.pipelined = bool(getattr(backend, "pipeline", False) if want is None else want)
+        self._check_pipeline(backend)
         self._backend = backend
         self._pending_backend: Backend | None = None
         self._cqt = StreamingCQT(audio)
@@ -221,8 +242,12 @@ class Engine:
         self._opened = False
         self.error: BaseException | None = None
         self.on_frame: Callable[[FrameOut], None] | None = None
-        log.info("engine: %s, %d stream(s), %s", describe(backend), len(self.sources),
-                 "live" if self.config.realtime else "render")
+        self._sink_lock = threading.Lock()  # audio (loop thread) and frames (back thread when pipelined)
+        self._handoff: queue.Queue | None = None  # pipelined: fronts waiting for the back thread
+        self._slot = threading.Semaphore(1)  # pipelined: held from a front's start until the back takes it
+        self._back_thread: threading.Thread | None = None
+        log.info("engine: %s, %d stream(s), %s%s", describe(backend), len(self.sources),
+                 "live" if self.config.realtime else "render", ", pipelined" if self.pipelined else "")
 
     # ------------------------------------------------------------------ control
     @property
@@ -232,7 +257,14 @@ class Engine:
     def set_backend(self, backend: Backend) -> None:
         """Switch performer/instrument without restarting: takes effect at the next frame,
         with a fresh state (the clock, the audio and the recording go on)."""
+        self._check_pipeline(backend)
         self._pending_backend = backend
+
+    def _check_pipeline(self, backend: Backend) -> None:
+        if self.pipelined and not pipelined(backend):
+            raise ValueError(f"the pipelined engine needs a backend that runs a frame's front and back halves "
+                             f"apart ({describe(backend)} does not): open onnxruntime with pipeline=True "
+                             f"(--pipeline), or use torch without CUDA graphs")
 
     def reset(self) -> None:
         """Start the performer over (fresh recurrent state); the clock goes on."""
@@ -282,6 +314,7 @@ class Engine:
         s["backend"] = describe(self._backend)
         s["streams"] = len(self.sources)
         s["mode"] = "live" if self.config.realtime else "render"
+        s["pipelined"] = self.pipelined
         s["lookahead_ms"] = self.video.lookahead_ms
         src = self.sources[0].stats
         s["input"] = dataclasses.asdict(src)
@@ -324,6 +357,20 @@ class Engine:
             log.exception("engine stopped by an error")
 
     def _loop(self, seconds: float | None) -> None:
+        if self.pipelined:
+            self._handoff = queue.Queue()  # at most one frame in it: the slot bounds it
+            self._slot = threading.Semaphore(1)
+            self._back_thread = threading.Thread(target=self._back_loop, name="letsplay-back", daemon=True)
+            self._back_thread.start()
+        try:
+            self._loop_body(seconds)
+        finally:
+            if self._back_thread is not None:  # every front handed over gets its back half and sinks
+                self._handoff.put(None)
+                self._back_thread.join()
+                self._back_thread = self._handoff = None
+
+    def _loop_body(self, seconds: float | None) -> None:
         limit = None if seconds is None else int(seconds * self.audio.sample_rate)
         while not self._stop.is_set():
             if self._reset.is_set():
@@ -353,7 +400,8 @@ class Engine:
             got = True
             now = time.monotonic()
             if k == 0:
-                self._out.write_audio(x, start)
+                with self._sink_lock:
+                    self._out.write_audio(x, start)
                 self.stats.input_rms = float(np.sqrt(np.mean(x * x)))
             gap = st.push(x, start, now)  # queued; the CQT runs when a frame is due
             if k == 0:
@@ -370,6 +418,13 @@ class Engine:
         due = self._due()
         if due == 0:
             return
+        if self._handoff is not None and self.config.realtime:
+            # Pipelined live: start a front only once the back thread has taken the previous
+            # one; until then keep reading audio, and then decide what is stale (below).
+            if not self._slot.acquire(blocking=False):
+                return
+            self._slot.release()  # only this thread acquires: it is still free in _render
+            due = self._due()
         t0 = time.perf_counter()
         with torch.inference_mode():
             for st in self._streams:
@@ -389,17 +444,51 @@ class Engine:
         W = self.audio.window_columns
         window = torch.stack([s.window(c, W) for s in self._streams]).numpy()  # [B, n_bins, W]
         feeds = {"window": window, **{STATE_IN + k: v for k, v in self._state.items()}}
+        backend = self._backend
+        if self._handoff is not None:
+            self._slot.acquire()  # render mode: waits for the back thread to take the last frame
         t0 = time.perf_counter()
         try:
-            out = self._backend.step(feeds)
+            out = backend.front(feeds) if self._handoff is not None else backend.step(feeds)
         except Exception as e:  # noqa: BLE001 - one bad frame must not end a live show
-            self.stats.errors += 1
-            log.error("backend failed on frame %d (%s: %s); frame skipped, stream goes on",
-                      i, type(e).__name__, e)
+            if self._handoff is not None:
+                self._slot.release()
+            self._failed(i, e)
             return
-        t1 = time.perf_counter()
+        front_ms = (time.perf_counter() - t0) * 1000
         self._state = {k: out[STATE_OUT + k] for k in self._state}
         arrival = self._streams[0].arrival_of(c * self.audio.hop + self._ahead, self.audio.sample_rate)
+        if self._handoff is None:
+            self._emit(i, out, arrival, front_ms)
+            return
+        self.stats.stage_ms["front"].append(front_ms)
+        self._handoff.put((backend, i, out, arrival, front_ms))
+
+    def _back_loop(self) -> None:
+        """Pipelined: the back half and the sinks of each handed-over frame, in order."""
+        while (item := self._handoff.get()) is not None:
+            self._slot.release()  # the loop thread may start the next front
+            backend, i, front, arrival, front_ms = item
+            t0 = time.perf_counter()
+            try:
+                out = backend.back(front)
+            except Exception as e:  # noqa: BLE001 - as for the front: count, skip, go on
+                self._failed(i, e)
+                continue
+            back_ms = (time.perf_counter() - t0) * 1000
+            self.stats.stage_ms["back"].append(back_ms)
+            try:
+                self._emit(i, out, arrival, front_ms + back_ms)
+            except Exception as e:  # noqa: BLE001 - MultiSink already isolates sinks; on_frame may raise
+                log.error("frame %d: %s: %s", i, type(e).__name__, e)
+
+    def _failed(self, i: int, e: Exception) -> None:
+        self.stats.errors += 1
+        log.error("backend failed on frame %d (%s: %s); frame skipped, stream goes on", i, type(e).__name__, e)
+
+    def _emit(self, i: int, out: dict[str, np.ndarray], arrival: float | None, step_ms: float) -> None:
+        """A computed frame -> statistics, sinks and ``on_frame``."""
+        t1 = time.perf_counter()
         now = time.monotonic()
         if arrival is not None and self.config.realtime:  # as-fast-as-possible renders have no latency
             self.stats.latency_ms.append((now - arrival) * 1000)
@@ -414,10 +503,11 @@ class Engine:
             kp = out["keypoints"][b] if "keypoints" in out else np.full((67, 2), np.nan, np.float32)
             fo = FrameOut(index=i, time=t, frame=to_uint8_rgb(out["frame"][b]),
                           keypoints=kp.astype(np.float32), stream=b, views=views)
-            self._out.write_frame(fo)
+            with self._sink_lock:
+                self._out.write_frame(fo)
             if self.on_frame is not None:
                 self.on_frame(fo)
         self.stats.frames += 1
         self.stats._frame_times.append(now)
-        self.stats.stage_ms["step"].append((t1 - t0) * 1000)
+        self.stats.stage_ms["step"].append(step_ms)
         self.stats.stage_ms["sinks"].append((time.perf_counter() - t1) * 1000)

@@ -77,12 +77,13 @@ def _export_cached(ckpt: Path) -> Path:
     digest = sha256_file(ckpt)
     out = cache_dir() / "onnx" / digest[:16]
     try:
-        read_manifest(out, checkpoint_sha256=digest)
-        return out
+        m = read_manifest(out, checkpoint_sha256=digest)
+        if {"performer", "front", "back"} <= set(m.data["graphs"]):  # older caches lack the pipeline pair
+            return out
     except ManifestError:
         pass
     log.warning("exporting %s to ONNX once (cached in %s)", ckpt.name, out)
-    export_onnx(Performer.load(ckpt), out, checkpoint_sha256=digest, stages=False, cqt=False)
+    export_onnx(Performer.load(ckpt), out, checkpoint_sha256=digest, stages=False, cqt=False, pipeline=True)
     return out
 
 
@@ -96,8 +97,13 @@ def _ort_providers() -> list[str]:
 
 def open_backend(ref: PerformerRef, backend: str = "auto", device: str | None = None,
                  allow_fallback: bool = False, threads: int | None = None, precision: str = "fp32",
-                 cuda_graph: bool = False) -> Backend:
+                 cuda_graph: bool = False, pipeline: bool | None = False) -> Backend:
     """Build the backend for a performer; ``auto`` picks the fastest available.
+    ``pipeline``: a backend whose frames the engine runs as front and back halves on two
+    threads (``EngineConfig.pipeline``; onnxruntime loads the export's front/back graphs,
+    one intra-op thread each unless ``threads``). ``None`` (the CLI's ``--pipeline auto``):
+    on for fp32 onnxruntime on a CPU with at most :data:`PIPELINE_MAX_CORES` cores, where
+    it was measured to drop fewer frames than two-thread operators; off elsewhere.
     ``precision`` other than fp32 (int8, fp16: a variant the export lists) means
     onnxruntime; ``auto`` then picks it. ``cuda_graph`` (``--cuda-graph``): the torch
     backend on CUDA with its step captured into a CUDA graph; it needs ``backend="torch"``
@@ -140,14 +146,50 @@ def open_backend(ref: PerformerRef, backend: str = "auto", device: str | None = 
         if ref.kind != "checkpoint":
             raise BackendError(f"{ref.path} is an exported folder; the torch backend needs the checkpoint "
                                f"(or use --backend onnxruntime)")
-        return TorchBackend(Performer.load(ref.path), device or ("cuda" if gpu else "cpu"), cuda_graph=cuda_graph)
+        return TorchBackend(Performer.load(ref.path), device or ("cuda" if gpu else "cpu"), cuda_graph=cuda_graph,
+                            pipeline=bool(pipeline))
+    if pipeline is None:
+        pipeline = auto_pipeline(backend, device, precision)
+        if pipeline and ref.kind == "export" and not _has_pair(ref.path):
+            log.info("%s has no front/back graphs (an older export): running the fused step; re-export it "
+                     "for the pipelined one", ref.path)
+            pipeline = False
     folder = ref.path if ref.kind == "export" else _export_cached(ref.path)
     if backend == "onnxruntime":
         return OrtBackend(folder, provider=device or "cpu", threads=threads, allow_fallback=allow_fallback,
-                          precision=precision)
+                          precision=precision, pipeline=pipeline)
+    if pipeline:
+        raise BackendError("--pipeline runs a frame's halves on two CPU threads (onnxruntime or torch); the "
+                           "TensorRT engine runs the fused step: drop --pipeline or pick --backend onnxruntime")
     from letsplay.export.tensorrt import TrtBackend  # the native engine: GPU only
 
     return TrtBackend(folder)
+
+
+PIPELINE_MAX_CORES = 2  # --pipeline auto: measured on a 2-core VM (README "Live: audio to frame")
+
+
+def auto_pipeline(backend: str, device: str | None = None, precision: str = "fp32") -> bool:
+    """``--pipeline auto``: fp32 onnxruntime on a CPU of at most PIPELINE_MAX_CORES cores."""
+    return (backend == "onnxruntime" and (device or "cpu") == "cpu" and precision == "fp32"
+            and usable_cores() <= PIPELINE_MAX_CORES)
+
+
+def _has_pair(folder: Path) -> bool:
+    from letsplay.export.onnx import ManifestError, read_manifest
+
+    try:
+        return {"front", "back"} <= set(read_manifest(folder, verify=False).data["graphs"])
+    except ManifestError:
+        return False  # OrtBackend reports what is wrong with the folder
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def _has_tensorrt() -> bool:

@@ -98,7 +98,7 @@ def exported(tiny, tmp_path_factory):
     from letsplay.export.onnx import export_onnx
 
     out = tmp_path_factory.mktemp("export")
-    export_onnx(copy.deepcopy(tiny), out, stages=False, cqt=False)
+    export_onnx(copy.deepcopy(tiny), out, stages=False, cqt=False, pipeline=False)
     return out
 
 

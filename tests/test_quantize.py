@@ -38,7 +38,7 @@ def windows(tiny):
 def variants(tiny, windows, tmp_path_factory):
     p, ckpt = tiny
     out = tmp_path_factory.mktemp("export")
-    export_onnx(p, out, checkpoint_sha256=sha256_file(ckpt), stages=False, cqt=False)
+    export_onnx(p, out, checkpoint_sha256=sha256_file(ckpt), stages=False, cqt=False, pipeline=False)
     reports = add_variants(out, windows[:N_CALIB], windows[N_CALIB:], ["int8", "fp16"], min_psnr=None,
                            source="test music")
     return out, reports
@@ -132,7 +132,7 @@ def test_missing_or_unlisted_variant_is_a_clear_error(variants, tmp_path):
 
 def test_a_variant_under_the_threshold_is_not_recorded(tiny, windows, tmp_path):
     p, _ = tiny
-    export_onnx(p, tmp_path, stages=False, cqt=False)
+    export_onnx(p, tmp_path, stages=False, cqt=False, pipeline=False)
     r = add_variants(tmp_path, windows[:8], windows[:8], ["fp16"], min_psnr=1000.0)["fp16"]
     assert not r["recorded"] and r["file"] is None and math.isfinite(r["psnr_db"])
     assert not (tmp_path / "performer.fp16.onnx").exists()

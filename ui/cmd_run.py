@@ -35,6 +35,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=["fp32", "int8", "fp16"], default="fp32",
                    help="onnxruntime only: run this variant of an exported folder (--performer DIR; "
                         "made by `letsplay export onnx --int8/--fp16`)")
+    p.add_argument("--pipeline", choices=["auto", "on", "off"], default="auto",
+                   help="run each frame as two halves on two threads (front: keypoints, coarse frame, UNet "
+                        "encoder + GRU; back: GCN, decoder, sinks) -- more frames per second on few cores for "
+                        "about half a step more latency; auto: on for onnxruntime on a CPU of <= 2 cores")
     p.add_argument("--lookahead", type=float, default=None, metavar="MS",
                    help="give the model MS of future audio; display is delayed as much")
     p.add_argument("--keypoints", default=None, metavar="NPZ", help="write per-frame keypoints to this .npz")
@@ -51,7 +55,11 @@ def _open(args: argparse.Namespace):
 
     ref = resolve_performer(args.performer, args.instrument)
     backend = open_backend(ref, args.backend, args.compute, args.allow_fallback, args.threads, args.precision,
-                           cuda_graph=args.cuda_graph)
+                           cuda_graph=args.cuda_graph, pipeline={"auto": None, "on": True, "off": False}[args.pipeline])
+    if getattr(backend, "pipeline", False) and not args.threads:
+        import torch
+
+        torch.set_num_threads(1)  # one core per half; the CQT's torch ops must not spin on the other
     audio, video = _specs(backend)
     if args.lookahead is not None:
         video = dataclasses.replace(video, lookahead_ms=float(args.lookahead))
@@ -121,8 +129,16 @@ def _run_render(args: argparse.Namespace) -> int:
     sinks.append(CallbackSink(lambda f: bar.update(1)))
     eng = Engine(backend, audio, video, FileSource(args.audio, audio.sample_rate), sinks,
                  EngineConfig(realtime=False))
-    stats = eng.run()
-    bar.close()
+    eng.start()  # on its own thread: Ctrl-C lands here, never inside an encoder call
+    try:
+        while eng.running:  # sleep, not join: a join interrupted by Ctrl-C upsets the interpreter's exit
+            time.sleep(0.1)
+    finally:
+        eng.stop()  # (on Ctrl-C too) the loop ends between frames and the recording is finalised
+        bar.close()
+    if eng.error is not None:
+        raise eng.error
+    stats = eng.stats_dict()
     _finish(args, stats)
     if args.out:
         print(f"wrote {args.out}", file=sys.stderr)

@@ -1024,7 +1024,8 @@ class LetsplayWindow(QMainWindow):
         def load() -> None:
             try:
                 ref = resolve_performer(spec)
-                b = open_backend(ref, kind if kind in ("torch", "onnxruntime", "tensorrt") else "auto", dev)
+                b = open_backend(ref, kind if kind in ("torch", "onnxruntime", "tensorrt") else "auto", dev,
+                                 pipeline=bool(getattr(self._backend, "pipeline", False)))  # as running
                 self._signals.backend_ready.emit(b, ref.name)
             except Exception as e:  # noqa: BLE001 - reported in the window
                 log.exception("loading performer %s failed", spec)
