@@ -107,7 +107,7 @@ def _performer_step(p: Performer) -> tuple[_FlatStep, list[str], list[str]]:
     return _FlatStep(fn, names, 1, p), ["window"], out_names
 
 
-def _mid_names(p: Performer) -> list[str]:
+def mid_names(p: Performer) -> list[str]:
     """The flat names of :class:`STUMid` between ``front.onnx`` and ``back.onnx``."""
     stu = p.stu
     return ([f"mid.skip{i}" for i in range(len(stu.enc) - 1)] + ["mid.fused"]
@@ -115,10 +115,12 @@ def _mid_names(p: Performer) -> list[str]:
 
 
 def flatten_mid(mid: STUMid) -> list[Tensor]:
+    """:class:`STUMid` as the tensors named by :func:`mid_names`, in that order."""
     return [*mid.skips, mid.fused, *([] if mid.audio is None else [mid.audio])]
 
 
 def unflatten_mid(p: Performer, flat: Sequence[Tensor]) -> STUMid:
+    """The inverse of :func:`flatten_mid` for ``p``'s STU."""
     n = len(p.stu.enc) - 1
     return STUMid(skips=tuple(flat[:n]), fused=flat[n], audio=flat[n + 1] if p.stu.audio_enc is not None else None)
 
@@ -130,7 +132,7 @@ def _pipeline_steps(p: Performer) -> dict[str, tuple[nn.Module, list[str], list[
     names = list(p.init_state(1).to_dict())
     probe, _ = p.step(torch.zeros(1, p.cfg.audio.n_bins, p.cfg.audio.window_columns), p.init_state(1))
     shown = [k for k in ("keypoints", "coarse", "heatmap") if getattr(probe, k) is not None]
-    mids = _mid_names(p)
+    mids = mid_names(p)
     kp_in = ["keypoints"] if p.stu.gcn is not None else []
 
     def front_fn(window: Tensor, st: dict[str, Tensor]):

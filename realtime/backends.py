@@ -178,7 +178,7 @@ class TorchBackend:
     def front(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """:meth:`Performer.step_front`: the shown outputs but ``frame``, every
         ``state_out.*`` and the ``mid.*`` tensors :meth:`back` needs."""
-        from letsplay.export.onnx import _mid_names, flatten_mid
+        from letsplay.export.onnx import flatten_mid, mid_names
 
         if self.cuda_graph:
             raise BackendError("the pipelined step runs eager; drop --cuda-graph (or the pipeline)")
@@ -189,13 +189,13 @@ class TorchBackend:
         f, new = self.model.step_front(window, self.model.state_from_dict(flat))
         res = {k: getattr(f, k) for k in ("keypoints", "coarse", "heatmap") if getattr(f, k) is not None}
         res.update({STATE_OUT + k: v for k, v in new.to_dict().items()})
-        res.update(zip(_mid_names(self.model), flatten_mid(f.mid), strict=True))
+        res.update(zip(mid_names(self.model), flatten_mid(f.mid), strict=True))
         return {k: v.float().cpu().numpy() for k, v in res.items()}
 
     @torch.inference_mode()
     def back(self, front: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """:meth:`Performer.step_back` on :meth:`front`'s result -> what :meth:`step` gives."""
-        from letsplay.export.onnx import _mid_names, unflatten_mid
+        from letsplay.export.onnx import mid_names, unflatten_mid
         from letsplay.models.performer import PerformerFront
 
         dev, dt = self.torch_device, self.dtype
@@ -203,7 +203,7 @@ class TorchBackend:
         def t(k: str) -> torch.Tensor | None:
             return None if k not in front else torch.as_tensor(front[k]).to(dev, dt)
 
-        mid = unflatten_mid(self.model, [t(k) for k in _mid_names(self.model)])
+        mid = unflatten_mid(self.model, [t(k) for k in mid_names(self.model)])
         out = self.model.step_back(PerformerFront(t("coarse"), t("keypoints"), t("heatmap"), mid))
         res = {k: v for k, v in front.items() if not k.startswith(MID)}
         res["frame"] = out.frame.float().cpu().numpy()
