@@ -114,6 +114,7 @@ def run(minutes: float, preset: str = "tiny", backend: str = "torch", record: bo
             self.inner, self.name, self.device = inner, inner.name, inner.device
             self.state_names = inner.state_names
             self.pipeline = getattr(inner, "pipeline", False)
+            self.can_pipeline = getattr(inner, "can_pipeline", False)
             self.last_ms = 0.0
             self._fronts: deque[float] = deque()  # front times of frames not yet through back
 

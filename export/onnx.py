@@ -48,7 +48,6 @@ from torch import Tensor, nn
 from letsplay.models.features import cqt_kernel_bank
 from letsplay.models.performer import Performer
 from letsplay.models.spec import AudioSpec, VideoSpec
-from letsplay.models.stu import STUMid
 
 log = logging.getLogger(__name__)
 
@@ -107,24 +106,6 @@ def _performer_step(p: Performer) -> tuple[_FlatStep, list[str], list[str]]:
     return _FlatStep(fn, names, 1, p), ["window"], out_names
 
 
-def mid_names(p: Performer) -> list[str]:
-    """The flat names of :class:`STUMid` between ``front.onnx`` and ``back.onnx``."""
-    stu = p.stu
-    return ([f"mid.skip{i}" for i in range(len(stu.enc) - 1)] + ["mid.fused"]
-            + (["mid.audio"] if stu.audio_enc is not None else []))
-
-
-def flatten_mid(mid: STUMid) -> list[Tensor]:
-    """:class:`STUMid` as the tensors named by :func:`mid_names`, in that order."""
-    return [*mid.skips, mid.fused, *([] if mid.audio is None else [mid.audio])]
-
-
-def unflatten_mid(p: Performer, flat: Sequence[Tensor]) -> STUMid:
-    """The inverse of :func:`flatten_mid` for ``p``'s STU."""
-    n = len(p.stu.enc) - 1
-    return STUMid(skips=tuple(flat[:n]), fused=flat[n], audio=flat[n + 1] if p.stu.audio_enc is not None else None)
-
-
 def _pipeline_steps(p: Performer) -> dict[str, tuple[nn.Module, list[str], list[str]]]:
     """The step cut in two for a pipelined host: ``front`` (KHP, CVG, the STU encoder and
     CNN-GRU: all the state) and ``back`` (the GCN and the decoder: stateless).
@@ -132,12 +113,12 @@ def _pipeline_steps(p: Performer) -> dict[str, tuple[nn.Module, list[str], list[
     names = list(p.init_state(1).to_dict())
     probe, _ = p.step(torch.zeros(1, p.cfg.audio.n_bins, p.cfg.audio.window_columns), p.init_state(1))
     shown = [k for k in ("keypoints", "coarse", "heatmap") if getattr(probe, k) is not None]
-    mids = mid_names(p)
+    mids = p.stu.mid_names
     kp_in = ["keypoints"] if p.stu.gcn is not None else []
 
     def front_fn(window: Tensor, st: dict[str, Tensor]):
         f, new = p.step_front(window, p.state_from_dict(st))
-        return [*(getattr(f, k) for k in shown), *flatten_mid(f.mid)], new.to_dict()
+        return [*(getattr(f, k) for k in shown), *f.mid.tensors()], new.to_dict()
 
     class _Back(nn.Module):
         def __init__(self) -> None:
@@ -146,7 +127,7 @@ def _pipeline_steps(p: Performer) -> dict[str, tuple[nn.Module, list[str], list[
 
         def forward(self, *args: Tensor) -> tuple[Tensor]:
             kp = args[0] if kp_in else None
-            mid = unflatten_mid(p, args[len(kp_in):])
+            mid = p.stu.mid_from(list(args[len(kp_in):]))
             return (p.stu.decode(mid, kp),)
 
     return {"front": (_FlatStep(front_fn, names, 1, p), ["window"], shown + mids),
@@ -429,6 +410,11 @@ class Manifest:
     @property
     def state(self) -> list[dict]:
         return self.data["state"]
+
+    @property
+    def has_pipeline(self) -> bool:
+        """True when the export has the front/back pair of the pipelined step."""
+        return {"front", "back"} <= set(self.data["graphs"])
 
     @property
     def variants(self) -> dict[str, dict]:

@@ -79,6 +79,10 @@ class STUMid(NamedTuple):
     fused: Tensor  # [B, cb, h, w] F^hat_t (F^hq_t without the GRU)
     audio: Tensor | None  # [B, audio_features]; None without the audio branch
 
+    def tensors(self) -> list[Tensor]:
+        """The tensors named by :attr:`StructuredTemporalUNet.mid_names`, in that order."""
+        return [*self.skips, self.fused, *([] if self.audio is None else [self.audio])]
+
 
 # --------------------------------------------------------------------------- blocks
 
@@ -180,6 +184,18 @@ class StructuredTemporalUNet(nn.Module):
         s = cfg.out_upsample
         self.head = nn.Sequential(conv(ch[0], 3 * s * s), nn.PixelShuffle(s)) if s > 1 else conv(ch[0], 3)
         kaiming_init(self)
+
+    @property
+    def mid_names(self) -> list[str]:
+        """Flat names of :class:`STUMid` (``mid.skip<i>``, ``mid.fused``, ``mid.audio``): the
+        ONNX front/back graphs' hand-over and a pipelined backend's."""
+        return ([f"mid.skip{i}" for i in range(len(self.enc) - 1)] + ["mid.fused"]
+                + (["mid.audio"] if self.audio_enc is not None else []))
+
+    def mid_from(self, flat: list[Tensor]) -> STUMid:
+        """The inverse of :meth:`STUMid.tensors`."""
+        n = len(self.enc) - 1
+        return STUMid(skips=tuple(flat[:n]), fused=flat[n], audio=flat[n + 1] if self.audio_enc is not None else None)
 
     @property
     def out_size(self) -> tuple[int, int]:

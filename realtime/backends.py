@@ -47,8 +47,7 @@ MID = "mid."  # the tensors a pipelined step's front half hands to its back half
 def pipelined(b: Backend) -> bool:
     """True when ``b`` can run a frame as two halves (``front`` then ``back``), so the
     engine can run frame t's back beside frame t + 1's front (``EngineConfig.pipeline``)."""
-    return callable(getattr(b, "front", None)) and callable(getattr(b, "back", None)) and getattr(
-        b, "can_pipeline", True)
+    return bool(getattr(b, "can_pipeline", False))
 
 
 class BackendError(RuntimeError):
@@ -159,16 +158,19 @@ class TorchBackend:
             res[STATE_OUT + k] = v
         return res
 
-    @torch.inference_mode()
-    def step(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self.cuda_graph:
-            return self._step_graph(feeds)
+    def _inputs(self, feeds: Mapping[str, np.ndarray]):
+        """(window, PerformerState) on the model's device and dtype from flat feeds."""
         dev, dt = self.torch_device, self.dtype
         window = torch.as_tensor(feeds["window"]).to(dev, dt)
         flat = {k[len(STATE_IN):]: torch.as_tensor(v).to(dev, dt)
                 for k, v in feeds.items() if k.startswith(STATE_IN)}
-        state = self.model.state_from_dict(flat)
-        out, new = self.model.step(window, state)
+        return window, self.model.state_from_dict(flat)
+
+    @torch.inference_mode()
+    def step(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.cuda_graph:
+            return self._step_graph(feeds)
+        out, new = self.model.step(*self._inputs(feeds))
         res = self._collect(out, new)
         return {k: v.float().cpu().numpy() for k, v in res.items()}
 
@@ -178,24 +180,17 @@ class TorchBackend:
     def front(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """:meth:`Performer.step_front`: the shown outputs but ``frame``, every
         ``state_out.*`` and the ``mid.*`` tensors :meth:`back` needs."""
-        from letsplay.export.onnx import flatten_mid, mid_names
-
         if self.cuda_graph:
             raise BackendError("the pipelined step runs eager; drop --cuda-graph (or the pipeline)")
-        dev, dt = self.torch_device, self.dtype
-        window = torch.as_tensor(feeds["window"]).to(dev, dt)
-        flat = {k[len(STATE_IN):]: torch.as_tensor(v).to(dev, dt)
-                for k, v in feeds.items() if k.startswith(STATE_IN)}
-        f, new = self.model.step_front(window, self.model.state_from_dict(flat))
+        f, new = self.model.step_front(*self._inputs(feeds))
         res = {k: getattr(f, k) for k in ("keypoints", "coarse", "heatmap") if getattr(f, k) is not None}
         res.update({STATE_OUT + k: v for k, v in new.to_dict().items()})
-        res.update(zip(mid_names(self.model), flatten_mid(f.mid), strict=True))
+        res.update(zip(self.model.stu.mid_names, f.mid.tensors(), strict=True))
         return {k: v.float().cpu().numpy() for k, v in res.items()}
 
     @torch.inference_mode()
     def back(self, front: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """:meth:`Performer.step_back` on :meth:`front`'s result -> what :meth:`step` gives."""
-        from letsplay.export.onnx import mid_names, unflatten_mid
         from letsplay.models.performer import PerformerFront
 
         dev, dt = self.torch_device, self.dtype
@@ -203,7 +198,7 @@ class TorchBackend:
         def t(k: str) -> torch.Tensor | None:
             return None if k not in front else torch.as_tensor(front[k]).to(dev, dt)
 
-        mid = unflatten_mid(self.model, [t(k) for k in mid_names(self.model)])
+        mid = self.model.stu.mid_from([t(k) for k in self.model.stu.mid_names])
         out = self.model.step_back(PerformerFront(t("coarse"), t("keypoints"), t("heatmap"), mid))
         res = {k: v for k, v in front.items() if not k.startswith(MID)}
         res["frame"] = out.frame.float().cpu().numpy()
@@ -329,9 +324,8 @@ class OrtBackend:
             if precision != "fp32" or io_binding:
                 raise BackendError("the pipelined onnxruntime step runs the fp32 front/back graphs without IO "
                                    "binding; drop --precision / IO binding, or the pipeline")
-            missing = [g for g in ("front", "back") if g not in self.manifest.data["graphs"]]
-            if missing:
-                raise BackendError(f"{self.manifest.folder}: the export has no {' / '.join(missing)} graph for the "
+            if not self.manifest.has_pipeline:
+                raise BackendError(f"{self.manifest.folder}: the export has no front/back graphs for the "
                                    f"pipelined step (exported by an older letsplay); re-export it with "
                                    f"`letsplay export onnx --checkpoint FILE --out {self.manifest.folder}`")
             threads = threads or 1

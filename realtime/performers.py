@@ -77,8 +77,7 @@ def _export_cached(ckpt: Path) -> Path:
     digest = sha256_file(ckpt)
     out = cache_dir() / "onnx" / digest[:16]
     try:
-        m = read_manifest(out, checkpoint_sha256=digest)
-        if {"performer", "front", "back"} <= set(m.data["graphs"]):  # older caches lack the pipeline pair
+        if read_manifest(out, checkpoint_sha256=digest).has_pipeline:  # older caches lack the pair
             return out
     except ManifestError:
         pass
@@ -150,7 +149,7 @@ def open_backend(ref: PerformerRef, backend: str = "auto", device: str | None = 
                             pipeline=bool(pipeline))
     if pipeline is None:
         pipeline = auto_pipeline(backend, device, precision)
-        if pipeline and ref.kind == "export" and not _has_pair(ref.path):
+        if pipeline and ref.kind == "export" and not _export_has_pipeline(ref.path):
             log.info("%s has no front/back graphs (an older export): running the fused step; re-export it "
                      "for the pipelined one", ref.path)
             pipeline = False
@@ -175,11 +174,11 @@ def auto_pipeline(backend: str, device: str | None = None, precision: str = "fp3
             and usable_cores() <= PIPELINE_MAX_CORES)
 
 
-def _has_pair(folder: Path) -> bool:
+def _export_has_pipeline(folder: Path) -> bool:
     from letsplay.export.onnx import ManifestError, read_manifest
 
     try:
-        return {"front", "back"} <= set(read_manifest(folder, verify=False).data["graphs"])
+        return read_manifest(folder, verify=False).has_pipeline
     except ManifestError:
         return False  # OrtBackend reports what is wrong with the folder
 
