@@ -26,10 +26,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from letsplay.models.blocks import AudioEncoder, act, conv, kaiming_init
+from letsplay.models.blocks import AudioEncoder, UpConv, act, conv, kaiming_init
 from letsplay.models.spec import AudioSpec
 from letsplay.models.state import State
 from letsplay.models.vgg import imagenet_normalize, load_vgg_weights, vgg19_layers
@@ -96,7 +95,7 @@ class CoarseVideoGenerator(nn.Module):
         self.audio_proj = nn.Sequential(nn.Linear(cfg.hidden + cfg.z_dim, e), act())
         chans = [max(16, cfg.dec_channels >> i) for i in range(4)]  # 1/8, 1/4, 1/2, 1
         self.dec_in = nn.Sequential(conv(2 * e, chans[0]), act())
-        self.ups = nn.ModuleList(nn.Sequential(conv(chans[i], chans[i + 1]), act()) for i in range(3))
+        self.ups = nn.ModuleList(UpConv(chans[i], chans[i + 1]) for i in range(3))
         self.head = conv(chans[3], 3)
         kaiming_init(self)
         with torch.no_grad():  # a contractive frame-feedback loop at init (see the docstring)
@@ -127,7 +126,7 @@ class CoarseVideoGenerator(nn.Module):
         x = torch.cat([fv, a[:, :, None, None].expand(-1, -1, *fv.shape[2:])], dim=1)
         x = self.dec_in(x)  # [B, chans[0], h/8, w/8]
         for up in self.ups:
-            x = up(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+            x = up(x)  # 2x upsampled
         frame = torch.tanh(self.head(x))  # [B, 3, h, w]
         prev = frame.detach() if self.cfg.detach_feedback else frame
         return frame, CoarseState(lstm_h=fa, lstm_c=ca, prev_frame=prev)

@@ -7,7 +7,8 @@
   to 256; CVG generates at 64x64 with a narrowed VGG prefix; the heatmap has one channel
   per body part (7) instead of 67. Sized by measurement on the slowest machine this
   project has run on (a 2-core AVX2 AMD EPYC at 2 GHz, ~67 GFLOP/s fp32 GEMM on both
-  cores): 0.99 GFLOP/frame, ~2.9 M parameters, ~20 ms per frame in onnxruntime, 43 ms in
+  cores): 0.99 GFLOP/frame (0.85 since the decoders' upsampling layers are sub-pixel
+  :class:`~letsplay.models.blocks.UpConv`), ~2.9 M parameters, ~20 ms per frame in onnxruntime, 43 ms in
   torch eager (narrow layers leave eager torch dominated by per-op overhead). Measured
   there in the same run: 16..256 channels (3.3 GFLOP) 54 ms onnxruntime / 84 ms torch;
   12..192 with one conv per level (1.6 GFLOP) 29 / 54 ms.

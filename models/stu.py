@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from letsplay.models.blocks import AudioEncoder, act, conv, kaiming_init
+from letsplay.models.blocks import AudioEncoder, UpConv, act, conv, kaiming_init
 from letsplay.models.skeleton import normalized_adjacency, tent_profiles
 from letsplay.models.spec import AudioSpec
 from letsplay.models.state import State
@@ -178,7 +178,7 @@ class StructuredTemporalUNet(nn.Module):
         # Decoder: the first layer fuses [F^hat, GCN map, audio]; then upsample + skip per level.
         fuse_in = cb + (cfg.gcn_hidden if cfg.use_gcn else 0) + (cfg.audio_features if cfg.use_audio else 0)
         self.dec_in = nn.Sequential(conv(fuse_in, cb), act())
-        self.up = nn.ModuleList(nn.Sequential(conv(ch[i + 1], ch[i]), act()) for i in range(d))
+        self.up = nn.ModuleList(UpConv(ch[i + 1], ch[i]) for i in range(d))
         self.merge = nn.ModuleList(
             nn.Sequential(conv(2 * ch[i], ch[i]), act(), *extra(ch[i])[2:]) for i in range(d))
         s = cfg.out_upsample
@@ -254,7 +254,7 @@ class StructuredTemporalUNet(nn.Module):
             parts.append(mid.audio[:, :, None, None].expand(-1, -1, *f.shape[2:]))
         x = self.dec_in(torch.cat(parts, dim=1))  # [B, cb, h, w]
         for i in reversed(range(len(self.up))):
-            x = self.up[i](F.interpolate(x, scale_factor=2.0, mode="nearest"))  # [B, ch[i], ...]
+            x = self.up[i](x)  # 2x upsampled: [B, ch[i], ...]
             x = self.merge[i](torch.cat([x, mid.skips[i]], dim=1))
         return torch.tanh(self.head(x))
 

@@ -70,12 +70,17 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LETSPLAY_CACHE") or Path.home() / ".cache" / "letsplay")
 
 
+# Bumped when the exported graphs of the same checkpoint change (2: sub-pixel UpConv
+# layers), so a cache written by an older letsplay is exported again, once.
+EXPORT_REVISION = 2
+
+
 def _export_cached(ckpt: Path) -> Path:
     from letsplay.export.onnx import ManifestError, export_onnx, read_manifest, sha256_file
     from letsplay.models.performer import Performer
 
     digest = sha256_file(ckpt)
-    out = cache_dir() / "onnx" / digest[:16]
+    out = cache_dir() / "onnx" / f"{digest[:16]}-r{EXPORT_REVISION}"
     try:
         if read_manifest(out, checkpoint_sha256=digest).has_pipeline:  # older caches lack the pair
             return out

@@ -6,8 +6,10 @@ import dataclasses
 
 import pytest
 import torch
+from torch import nn
 
 from letsplay.models import losses
+from letsplay.models.blocks import UpConv
 from letsplay.models.coarse import CoarseVideoGenerator
 from letsplay.models.discriminator import (
     AudioVideoDiscriminator,
@@ -56,6 +58,25 @@ def _loop(step, T: int, state, *seqs):
 
 
 # --------------------------------------------------------------------------- per stage
+
+
+@pytest.mark.parametrize("shape", [(2, 16, 5, 7), (1, 128, 8, 8), (1, 3, 1, 1)])
+def test_upconv_equals_upsample_then_conv(shape: tuple[int, int, int, int]) -> None:
+    """The sub-pixel UpConv is nearest-2x + 3x3 conv + LeakyReLU: values, borders and gradients."""
+    torch.manual_seed(0)
+    B, cin, h, w = shape
+    m = UpConv(cin, 8)
+    nn.init.normal_(m[0].bias)  # a nonzero bias: every phase must get it once
+    x = torch.randn(B, cin, h, w, requires_grad=True)
+    fast, ref = m(x), m.direct(x)
+    assert fast.shape == ref.shape == (B, 8, 2 * h, 2 * w)
+    assert torch.allclose(fast, ref, atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(ref)
+    ga = torch.autograd.grad(fast, [x, m[0].weight, m[0].bias], g)
+    gb = torch.autograd.grad(ref, [x, m[0].weight, m[0].bias], g)
+    for a, b in zip(ga, gb, strict=True):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+    assert list(m.state_dict()) == ["0.weight", "0.bias"]  # checkpoints keep their keys
 
 
 def test_khp_step_equals_forward() -> None:
