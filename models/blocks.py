@@ -57,12 +57,14 @@ class UpConv(nn.Sequential):
 
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__(conv(cin, cout), act())
+        # a buffer, so it follows .to(device / dtype) (no host copy inside a CUDA graph
+        # capture); not persistent, so checkpoints keep the keys of Sequential(conv, act)
+        self.register_buffer("taps", _PHASE_TAPS.clone(), persistent=False)
 
     def phase_weights(self) -> tuple[Tensor, Tensor]:
         """The 2x2 phase kernels ``[cout * 4, cin, 2, 2]`` (pixel_shuffle order) and biases."""
         c: nn.Conv2d = self[0]
-        m = _PHASE_TAPS.to(c.weight)
-        w = torch.einsum("ruy,oiyx,svx->orsiuv", m, c.weight, m)  # [cout, 2, 2, cin, 2, 2]
+        w = torch.einsum("ruy,oiyx,svx->orsiuv", self.taps, c.weight, self.taps)  # [cout, 2, 2, cin, 2, 2]
         return w.reshape(-1, c.in_channels, 2, 2), c.bias.repeat_interleave(4)
 
     def forward(self, x: Tensor) -> Tensor:  # [B, cin, h, w] -> [B, cout, 2h, 2w]
