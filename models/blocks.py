@@ -61,11 +61,22 @@ class UpConv(nn.Sequential):
         # capture); not persistent, so checkpoints keep the keys of Sequential(conv, act)
         self.register_buffer("taps", _PHASE_TAPS.clone(), persistent=False)
 
+        self._phase_cache: tuple[tuple, Tensor, Tensor] | None = None
+
     def phase_weights(self) -> tuple[Tensor, Tensor]:
-        """The 2x2 phase kernels ``[cout * 4, cin, 2, 2]`` (pixel_shuffle order) and biases."""
+        """The 2x2 phase kernels ``[cout * 4, cin, 2, 2]`` (pixel_shuffle order) and biases.
+
+        Without autograd (inference, export) they are folded once and reused until the
+        conv's weights change (their in-place version counter, storage or dtype); with
+        autograd they are folded on every call, so gradients reach the 3x3 weights."""
         c: nn.Conv2d = self[0]
+        key = (c.weight._version, c.bias._version, c.weight.data_ptr(), c.bias.data_ptr(), c.weight.dtype)
+        if not torch.is_grad_enabled() and self._phase_cache is not None and self._phase_cache[0] == key:
+            return self._phase_cache[1], self._phase_cache[2]
         w = torch.einsum("ruy,oiyx,svx->orsiuv", self.taps, c.weight, self.taps)  # [cout, 2, 2, cin, 2, 2]
-        return w.reshape(-1, c.in_channels, 2, 2), c.bias.repeat_interleave(4)
+        w, b = w.reshape(-1, c.in_channels, 2, 2), c.bias.repeat_interleave(4)
+        self._phase_cache = None if torch.is_grad_enabled() else (key, w, b)
+        return w, b
 
     def forward(self, x: Tensor) -> Tensor:  # [B, cin, h, w] -> [B, cout, 2h, 2w]
         w, b = self.phase_weights()

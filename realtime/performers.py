@@ -75,12 +75,17 @@ def cache_dir() -> Path:
 EXPORT_REVISION = 2
 
 
+def export_cache_folder(checkpoint_sha256: str) -> Path:
+    """Where a checkpoint's ONNX export is cached (this letsplay's graph revision)."""
+    return cache_dir() / "onnx" / f"{checkpoint_sha256[:16]}-r{EXPORT_REVISION}"
+
+
 def _export_cached(ckpt: Path) -> Path:
     from letsplay.export.onnx import ManifestError, export_onnx, read_manifest, sha256_file
     from letsplay.models.performer import Performer
 
     digest = sha256_file(ckpt)
-    out = cache_dir() / "onnx" / f"{digest[:16]}-r{EXPORT_REVISION}"
+    out = export_cache_folder(digest)
     try:
         if read_manifest(out, checkpoint_sha256=digest).has_pipeline:  # older caches lack the pair
             return out

@@ -77,6 +77,10 @@ def test_upconv_equals_upsample_then_conv(shape: tuple[int, int, int, int]) -> N
     for a, b in zip(ga, gb, strict=True):
         assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
     assert list(m.state_dict()) == ["0.weight", "0.bias"]  # checkpoints keep their keys
+    with torch.no_grad():  # inference reuses the folded kernels until the weights change
+        assert torch.allclose(m(x), ref, atol=1e-5, rtol=1e-5)
+        m[0].weight.mul_(-0.5)
+        assert torch.allclose(m(x), m.direct(x), atol=1e-5, rtol=1e-5)
 
 
 def test_khp_step_equals_forward() -> None:

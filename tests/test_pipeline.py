@@ -22,7 +22,13 @@ from letsplay.models.performer import Performer
 from letsplay.models.presets import ABLATIONS, ablate, preset
 from letsplay.realtime.backends import BackendError, OrtBackend, TorchBackend, describe, pipelined
 from letsplay.realtime.engine import Engine, EngineConfig, to_uint8_rgb
-from letsplay.realtime.performers import EXPORT_REVISION, auto_pipeline, open_backend, resolve_performer, usable_cores
+from letsplay.realtime.performers import (
+    auto_pipeline,
+    export_cache_folder,
+    open_backend,
+    resolve_performer,
+    usable_cores,
+)
 from letsplay.realtime.sinks import CallbackSink, Mp4Recorder
 from letsplay.realtime.sources import ArraySource
 
@@ -228,7 +234,8 @@ def test_export_without_the_pair(exported_pair, tmp_path):
 def test_cache_without_the_pair_is_re_exported(tiny_ckpt, tmp_path, monkeypatch):
     monkeypatch.setenv("LETSPLAY_CACHE", str(tmp_path))
     ref = resolve_performer(str(tiny_ckpt))
-    cached = tmp_path / "onnx" / f"{sha256_file(tiny_ckpt)[:16]}-r{EXPORT_REVISION}"
+    cached = export_cache_folder(sha256_file(tiny_ckpt))
+    assert cached.parent.parent == tmp_path
     export_onnx(Performer.load(tiny_ckpt), cached, checkpoint_sha256=sha256_file(tiny_ckpt), stages=False,
                 cqt=False, pipeline=False)  # as an older letsplay cached it
     b = open_backend(ref, "onnxruntime", "cpu", pipeline=True)
