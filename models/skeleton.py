@@ -14,6 +14,10 @@ Besides the layout constants this file holds:
   replaced by the training set's mean (``KeypointPredictor.set_mean_pose``).
 * :func:`dlt_heatmap` -- the differentiable landmark transformer (DLT), paper Eq. 1.
 * :func:`normalized_adjacency` -- the skeleton graph for the STU's GCN (section III-C).
+* :data:`INSTRUMENT_POINTS` -- the instrument's own named points and edges (bow frog and
+  tip, slide crook, bell, ...), kept apart from the 67 body points: the body models, their
+  heatmap channels and checkpoints do not change; :func:`dlt_heatmap` draws instrument
+  points only when it is given them.
 """
 
 from __future__ import annotations
@@ -97,6 +101,38 @@ _PART_SPANS: tuple[tuple[int, int], ...] = tuple(
 
 INSTRUMENTS: tuple[str, ...] = ("cello", "trombone")
 
+# --------------------------------------------------------------------------- instrument points
+
+# Per instrument: its named points (same normalised coordinates as the keypoints) and the
+# edges between them. The synthetic renderer draws the instrument from exactly these
+# points (``performer_motion``), so in synthetic datasets they are exact.
+INSTRUMENT_POINTS: dict[str, tuple[str, ...]] = {
+    # the bow (frog: where the hand holds the stick; tip: the stick's far end) and the
+    # cello along its axis (endpin on the floor, bridge, scroll)
+    "cello": ("bow_frog", "bow_tip", "endpin", "bridge", "scroll"),
+    # mouthpiece at the lips, the bell's opening, the slide's crook (its far end)
+    "trombone": ("mouthpiece", "bell", "slide_crook"),
+}
+INSTRUMENT_EDGES: dict[str, tuple[tuple[int, int], ...]] = {
+    "cello": ((0, 1), (2, 3), (3, 4)),  # bow; endpin - bridge - scroll
+    "trombone": ((0, 1), (0, 2)),  # bell section; slide
+}
+
+
+def instrument_point_names(instrument: str) -> tuple[str, ...]:
+    """The instrument's point names in their fixed order; ``()`` for an instrument without
+    a point layout (e.g. one that only appears in a Sub-URMP tree)."""
+    return INSTRUMENT_POINTS.get(instrument, ())
+
+
+def instrument_edges(instrument: str) -> tuple[tuple[int, int], ...]:
+    """Edges between :func:`instrument_point_names` (indices into that tuple)."""
+    return INSTRUMENT_EDGES.get(instrument, ())
+
+
+def n_instrument_points(instrument: str) -> int:
+    return len(instrument_point_names(instrument))
+
 
 def _hand(wrist: tuple[float, float], angle_deg: float, size: float, spread_deg: float = 14.0,
           curl: float = 0.0, mirror: bool = False) -> np.ndarray:
@@ -172,14 +208,18 @@ def mean_pose(instrument: str) -> np.ndarray:
 HeatmapLayout = Literal["sum", "parts", "keypoints"]
 
 
-def heatmap_channels(layout: HeatmapLayout) -> int:
-    """Channels of a :func:`dlt_heatmap` layout: 1, ``len(PARTS)`` or 67."""
+def heatmap_channels(layout: HeatmapLayout, n_extra: int = 0) -> int:
+    """Channels of a :func:`dlt_heatmap` layout: 1, ``len(PARTS)`` or 67. With ``n_extra``
+    instrument points: ``"parts"`` gains one instrument channel, ``"keypoints"`` one
+    channel per point, ``"sum"`` stays one map."""
+    if n_extra < 0:
+        raise ValueError(f"n_extra must be >= 0, got {n_extra}")
     if layout == "sum":
         return 1
     if layout == "parts":
-        return len(PARTS)
+        return len(PARTS) + (1 if n_extra else 0)
     if layout == "keypoints":
-        return N_KEYPOINTS
+        return N_KEYPOINTS + n_extra
     raise ValueError(f"unknown heatmap layout {layout!r}; use 'sum', 'parts' or 'keypoints'")
 
 
@@ -217,7 +257,8 @@ def tent_profiles(kp: Tensor, height: int, width: int, radius: float = 1.0) -> t
 
 
 def dlt_heatmap(kp: Tensor, height: int, width: int, layout: HeatmapLayout = "sum",
-                alpha: float | Tensor = 1.0, radius: float = 1.0) -> Tensor:
+                alpha: float | Tensor = 1.0, radius: float = 1.0, extra: Tensor | None = None,
+                extra_alpha: float | Tensor = 1.0) -> Tensor:
     """Differentiable landmark transformer, paper Eq. 1: a bilinear (tent) splat of each
     keypoint with intensity ``alpha``.
 
@@ -236,7 +277,27 @@ def dlt_heatmap(kp: Tensor, height: int, width: int, layout: HeatmapLayout = "su
     OpenPose confidences, 0 for a missing point). Returns ``[..., C, height, width]``:
     ``"sum"`` one summed map (as in the paper), ``"parts"`` one map per ``PARTS`` entry,
     ``"keypoints"`` one map per keypoint.
+
+    extra: optional instrument points ``[..., K, 2]`` (:data:`INSTRUMENT_POINTS`) with their
+    own ``extra_alpha`` (a float or ``[..., K]``). They join the ``"sum"`` map, get one
+    channel each after the 67 in ``"keypoints"``, and one more channel (their sum) after the
+    body parts in ``"parts"`` (:func:`heatmap_channels` with ``n_extra``). Without ``extra``
+    the output is exactly the 67-point heatmap.
     """
+    if extra is not None:
+        if extra.shape[-1] != 2 or extra.shape[:-2] != kp.shape[:-2]:
+            raise ValueError(f"extra points must be [..., K, 2] with the keypoints' leading shape "
+                             f"{tuple(kp.shape[:-2])}, got {tuple(extra.shape)}")
+        body = dlt_heatmap(kp, height, width, layout, alpha, radius)
+        if extra.shape[-2] == 0:
+            return body
+        if layout == "sum":
+            return body + dlt_heatmap(extra, height, width, "sum", extra_alpha, radius)
+        if layout == "keypoints":
+            return torch.cat([body, dlt_heatmap(extra, height, width, "keypoints", extra_alpha, radius)], dim=-3)
+        if layout == "parts":
+            return torch.cat([body, dlt_heatmap(extra, height, width, "sum", extra_alpha, radius)], dim=-3)
+        raise ValueError(f"unknown heatmap layout {layout!r}; use 'sum', 'parts' or 'keypoints'")
     *lead, P, two = kp.shape
     if two != 2:
         raise ValueError(f"keypoints must be [..., P, 2], got {tuple(kp.shape)}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import cv2
 import numpy as np
 import pytest
 
@@ -24,9 +25,9 @@ from letsplay.models.data.performer_motion import (
     plan_bow,
     two_bone_ik,
 )
-from letsplay.models.data.performer_render import Look, PerformerRenderer
+from letsplay.models.data.performer_render import LABEL, PART_LABELS, Look, PerformerRenderer
 from letsplay.models.data.scores import Note, random_melody
-from letsplay.models.skeleton import EDGES, LEFT_HAND, RIGHT_HAND
+from letsplay.models.skeleton import EDGES, LEFT_HAND, RIGHT_HAND, instrument_point_names
 from letsplay.models.spec import VideoSpec
 
 FPS = 30.0
@@ -252,3 +253,149 @@ def test_bow_position_is_causal_in_the_notes() -> None:
     assert np.array_equal(b[before], b2[before])
     later = t > notes[k].onset + notes[k].duration + 0.1  # past the original end: the longer stroke went on
     assert not np.allclose(b[later], b2[later])
+
+
+# --------------------------------------------------------------------------- instrument points
+
+
+def _ipoints(perf: object, video: VideoSpec, instrument: str) -> dict[str, np.ndarray]:
+    """The instrument points of a performance in pixels, by name."""
+    pts = perf.instrument_points * np.array([video.width, video.height])  # type: ignore[attr-defined]
+    return {n: pts[:, k] for k, n in enumerate(instrument_point_names(instrument))}
+
+
+def test_cello_bow_points_move_with_the_bowing_hand() -> None:
+    # one string (D: pitches 50..56), the performer swaying and leaning as usual
+    notes = [Note(0.2 + 0.4 * i, 0.35, 50 + (i * 3) % 7, 60 + 5 * (i % 8)) for i in range(16)]
+    body = Body.from_seed(5, "cello")
+    video = VideoSpec()
+    perf = perform(notes, body, _frames(notes), video)
+    assert perf.instrument_points.shape == (len(perf.times), 5, 2)
+    p = _ipoints(perf, video, "cello")
+    cm = perf.px_per_cm * body.size  # pixels per body-cm
+    bow = p["bow_tip"] - p["bow_frog"]
+    length = np.linalg.norm(bow, axis=-1)
+    assert np.allclose(length, 72.0 * cm, atol=1e-3)  # a rigid bow
+    # the bow is held between the middle finger and the thumb of the right hand
+    hand = perf.keypoints[:, RIGHT_HAND.start:RIGHT_HAND.stop] * np.array([video.width, video.height])
+    hold = 0.5 * (hand[:, 10] + hand[:, 4])
+    assert np.abs(p["bow_frog"] - hold).max() < 1e-3
+    assert np.linalg.norm(p["bow_frog"] - hand[:, 0], axis=-1).max() < 12.0 * cm  # within a hand of the wrist
+    # the bow slides along its own axis by exactly the bow position (motion.npz's bow_position):
+    # its frog sits bow_position cm before the contact point, which stays put on the string
+    u = bow / length[:, None]
+    along = np.sum((p["bridge"] - p["bow_frog"]) * u, axis=-1)
+    b = perf.state["bow_position"]
+    slope, offset = np.polyfit(b, along, 1)
+    assert slope == pytest.approx(perf.px_per_cm, rel=1e-6)  # bow positions are world cm
+    assert np.abs(along - (slope * b + offset)).max() < 1e-3
+    # ... so the bow turns round at the onsets, exactly where the wrist does
+    wrist_along = np.sum(hand[:, 0] * u[0], axis=-1)
+    frog_along = np.sum(p["bow_frog"] * u[0], axis=-1)
+    onsets = np.array([n.onset for n in notes]) * FPS
+    revs = _reversal_frames(-along, eps=1e-3)  # float32 points: ~1e-5 px of rounding
+    assert len(revs) >= len(notes) - 1
+    for r in revs:
+        assert np.min(np.abs(onsets - r)) <= 1.0, f"the bow turns at frame {r}, not at an onset"
+    for r in _reversal_frames(wrist_along, eps=1e-3):
+        assert np.min(np.abs(np.array(revs) - r)) <= 1, "the wrist turns where the bow does not"
+    assert np.sign(np.diff(frog_along)[revs[0] + 1]) == np.sign(np.diff(wrist_along)[revs[0] + 1])
+
+
+def test_cello_body_points_sway_about_the_endpin() -> None:
+    notes = random_melody("cello", seed=2, seconds=8).notes
+    body = Body.from_seed(11, "cello")
+    video = VideoSpec()
+    perf = perform(notes, body, _frames(notes), video)
+    p = _ipoints(perf, video, "cello")
+    assert np.abs(p["endpin"] - p["endpin"][0]).max() < 1e-3  # the endpin stays on the floor
+    up = p["scroll"] - p["endpin"]
+    for name in ("bridge", "scroll"):  # a rigid cello: fixed distances from the endpin, on its axis
+        d = np.linalg.norm(p[name] - p["endpin"], axis=-1)
+        assert d.max() - d.min() < 1e-3
+        cross = up[:, 0] * (p[name] - p["endpin"])[:, 1] - up[:, 1] * (p[name] - p["endpin"])[:, 0]
+        assert np.abs(cross).max() / np.linalg.norm(up, axis=-1).min() < 1e-3
+    # it leans by the body's tilt plus a share of the upper body's sway (the angle from vertical)
+    lean = np.arctan2(up[:, 0], -up[:, 1])
+    sway = perf.state["sway"]
+    assert np.ptp(sway) > 0.01
+    assert np.ptp(lean - 0.7 * sway) < 1e-6
+    assert float(np.mean(lean - 0.7 * sway)) == pytest.approx(np.radians(body.tilt_deg), abs=1e-6)
+
+
+def test_trombone_slide_crook_follows_the_position_table() -> None:
+    # held notes in each of the seven positions, in a shuffled order
+    pitches = {1: 46, 2: 45, 3: 44, 4: 43, 5: 42, 6: 41, 7: 40}
+    order = [3, 7, 1, 5, 2, 6, 4]
+    notes = [Note(0.3 + 0.8 * i, 0.6, pitches[pos], 80) for i, pos in enumerate(order)]
+    assert [trombone_position(n.pitch) for n in notes] == order
+    body = Body.from_seed(9, "trombone")
+    video = VideoSpec()
+    perf = perform(notes, body, _frames(notes), video)
+    p = _ipoints(perf, video, "trombone")
+    cm = perf.px_per_cm * body.size
+    d = perf.geometry["slide_dir"]
+    reach = {}
+    for n, pos in zip(notes, order, strict=True):
+        f = int(round((n.onset + 0.3) * FPS))  # while the note sounds
+        reach[pos] = float((p["slide_crook"][f] - p["mouthpiece"][f]) @ d[f])
+        # the crook sits at the end of the outer slide: the hand's reach plus the outer tubes
+        want = ((24.0 + slide_extension_cm(pos)) * SLIDE_FORESHORTEN - 3.0 + 62 * SLIDE_FORESHORTEN + 2.5 - 2.0) * cm
+        assert reach[pos] == pytest.approx(want, abs=1e-3)
+    assert all(reach[a] < reach[a + 1] for a in range(1, 7))  # its extension orders like the positions
+    # the bell section is held by the left hand at the lips: rigid with the left hand's hold
+    hand = perf.keypoints[:, LEFT_HAND.start:LEFT_HAND.stop] * np.array([video.width, video.height])
+    hold = 0.5 * (hand[:, 6] + hand[:, 14])
+    for name in ("mouthpiece", "bell"):
+        dist = np.linalg.norm(p[name] - hold, axis=-1)
+        assert dist.max() - dist.min() < 1e-3, f"the {name} moves against the left hand"
+    nose = perf.keypoints[:, 0] * np.array([video.width, video.height])
+    assert np.linalg.norm(p["mouthpiece"] - nose, axis=-1).max() < 8.0 * cm  # at the lips
+
+
+# --------------------------------------------------------------------------- part-label maps
+
+_AFTER = {  # parts drawn over the bow / the slide
+    "cello": ("right_upper_arm", "right_forearm", "right_hand"),
+    "trombone": ("right_hand", "left_upper_arm", "left_forearm", "left_hand"),
+}
+
+
+@pytest.mark.parametrize("instrument", ["cello", "trombone"])
+def test_part_maps_label_the_visible_parts(instrument: str) -> None:
+    video = VideoSpec(height=64, width=64)
+    notes = random_melody(instrument, seed=4, seconds=3).notes
+    tool = "bow" if instrument == "cello" else "slide"
+    a, b = ("bow_frog", "bow_tip") if instrument == "cello" else ("mouthpiece", "slide_crook")
+    allowed = {LABEL[tool]} | {LABEL[n] for n in _AFTER[instrument]}
+    for seed in (3, 4):
+        body = Body.from_seed(seed, instrument)
+        perf = perform(notes, body, 40, video)
+        r = PerformerRenderer(body, Look.from_seed(seed), perf, video.width, video.height)
+        p = _ipoints(perf, video, instrument)
+        for i in (0, 17, 39):
+            plain = r.render(i)
+            img, lab = r.render_parts(i)
+            assert lab.shape == (64, 64) and lab.dtype == np.uint8
+            assert np.array_equal(img, plain)  # drawing the map changes no colour pixel
+            assert lab[[0, 0, -1, -1], [0, -1, 0, -1]].tolist() == [0, 0, 0, 0]  # corners: the room
+            assert int(lab.max()) < len(PART_LABELS)
+            # the bow / slide line between its points is labelled as the tool (or what covers it)
+            ts = np.linspace(0.1, 0.9, 40)
+            line = p[a][i] + ts[:, None] * (p[b][i] - p[a][i])
+            inside = (line >= 0).all(axis=1) & (line[:, 0] < 64) & (line[:, 1] < 64)
+            cols, rows = line[inside, 0].astype(int), line[inside, 1].astype(int)  # the pixels holding the line
+            assert len(cols) >= 10
+            got = lab[rows, cols]
+            assert np.mean(got == LABEL[tool]) > 0.4, f"{instrument} seed {seed} frame {i}: {got.tolist()}"
+            pad = np.pad(lab, 1)  # a one-pixel line may pass a pixel beside the one holding the point
+            for y, x in zip(rows, cols, strict=True):
+                assert allowed & set(pad[y:y + 3, x:x + 3].ravel().tolist()), f"no {tool} near ({x}, {y})"
+            # every labelled part shows up in the picture: its pixels differ from the plate
+            diff = np.abs(img.astype(int) - r.background.astype(int)).max(axis=-1)
+            drawn = cv2.dilate((lab > 0).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0  # + anti-aliased rims
+            assert np.all(diff[~drawn] == 0)  # the background label is the untouched plate
+            for k in np.unique(lab[lab > 0]):
+                assert np.median(diff[lab == k]) > 8, f"{PART_LABELS[k]} looks like the plate"
+            want = {"head", "torso", "legs", "instrument_body", tool, "left_hand", "right_hand"}
+            assert want <= {PART_LABELS[k] for k in np.unique(lab)}

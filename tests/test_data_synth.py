@@ -144,3 +144,159 @@ def test_cli_synth_info_preview(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert main(["data", "synth", "--instrument", "cello", "--minutes", "0.15", "--out", str(out)]) == 2
     assert "different dataset" in capsys.readouterr().err
     assert os.path.isfile(out / "manifest.json")
+
+
+# --------------------------------------------------------------------------- datasets from your own scores
+
+SMALL = VideoSpec(width=32, height=32)
+
+
+def _midi(path: Path, notes: list[tuple[float, float, int, int]], name: str = "Cello", program: int = 42) -> Path:
+    import pretty_midi
+
+    pm = pretty_midi.PrettyMIDI(initial_tempo=100)
+    track = pretty_midi.Instrument(program, name=name)
+    track.notes = [pretty_midi.Note(v, p, s, e) for s, e, p, v in notes]
+    pm.instruments.append(track)
+    pm.write(str(path))
+    return path
+
+
+def _musicxml(path: Path, parts: dict[str, list[str]], qpm: float = 120.0) -> Path:
+    from music21 import meter, note, stream, tempo
+
+    sc = stream.Score()
+    for name, pitches in parts.items():
+        p = stream.Part()
+        p.partName = name
+        p.append(meter.TimeSignature("4/4"))
+        p.append(tempo.MetronomeMark(number=qpm))
+        for x in pitches:
+            p.append(note.Rest(quarterLength=1.0) if x == "r" else note.Note(x, quarterLength=1.0))
+        sc.insert(0, p)
+    sc.write("musicxml", str(path))
+    return path
+
+
+def test_dataset_of_given_scores(tmp_path: Path) -> None:
+    import hashlib
+
+    from letsplay.models.data.scores import file_score
+
+    mid = _midi(tmp_path / "etude.mid", [(0.5 + 0.4 * i, 0.85 + 0.4 * i, 45 + i, 50 + 8 * i) for i in range(7)])
+    xml = _musicxml(tmp_path / "duo.musicxml", {"Violin": ["E5", "F5", "G5", "A5", "B5", "C6"],
+                                                "Violoncello": ["C3", "D3", "r", "E3", "F3", "G3"]})
+    cfg = SynthDatasetConfig("cello", score_files=(str(mid), str(xml)), identity=777, clip_seconds=1.5,
+                             min_clip_seconds=1.0, synth="tinysoundfont")
+    root = tmp_path / "gt"
+    m = synthesize_dataset(root, cfg, workers=1, video_spec=SMALL)
+    assert m["complete"]
+    c = m["config"]
+    assert c["score_files"] == [str(mid), str(xml)] and c["minutes"] is None
+    assert c["score_sha256"] == [hashlib.sha256(f.read_bytes()).hexdigest() for f in (mid, xml)]
+    assert c["part"] is None and c["identity"] == 777 and c["identities"] == 1 and c["split"] == "test"
+    # exactly the given pieces (the cello part of the duet), whole, in clips that follow each other
+    want = {sc.source: sc for sc in (file_score(mid, "cello"), file_score(xml, "cello"))}
+    assert set(want) == {"file:etude.mid#Cello", "file:duo.musicxml#Violoncello"}
+    clips = open_dataset(root)
+    assert {cl.meta["score"]["piece"] for cl in clips} == set(want)
+    for pid, sc in want.items():
+        mine = sorted((cl.meta for cl in clips if cl.meta["score"]["piece"] == pid), key=lambda x: x["score"]["start"])
+        assert len(mine) >= 2
+        assert sum(x["duration"] for x in mine) == pytest.approx(sc.duration, abs=1 / 30)
+        ends = [x["score"]["start"] + x["duration"] for x in mine]
+        assert [x["score"]["start"] for x in mine[1:]] == pytest.approx(ends[:-1])
+        assert sum(x["score"]["n_notes"] for x in mine) == len(sc.notes)  # every note, once
+    for cl in clips:
+        meta = json.loads((fmt.clip_dir(root, cl.id) / "clip.json").read_text())
+        assert meta["identity_seed"] == 777 and meta["split"] == "test"
+        assert meta["score"]["source"] == meta["score"]["piece"]
+    # the same request resumes (nothing left to do); another identity or a changed file is refused
+    first = fmt.clip_dir(root, clips[0].id) / "clip.json"
+    before = first.stat().st_mtime_ns
+    assert synthesize_dataset(root, cfg, workers=1, video_spec=SMALL)["complete"]
+    assert first.stat().st_mtime_ns == before
+    other = SynthDatasetConfig(**{**cfg.__dict__, "identity": 778})
+    with pytest.raises(fmt.DatasetError, match="different dataset"):
+        synthesize_dataset(root, other, workers=1, video_spec=SMALL)
+    _musicxml(xml, {"Violin": ["E5"], "Violoncello": ["C3", "D3", "E3"]})
+    with pytest.raises(fmt.DatasetError, match="score_sha256"):
+        synthesize_dataset(root, cfg, workers=1, video_spec=SMALL)
+
+
+def test_identity_and_split_for_corpus_datasets(tmp_path: Path) -> None:
+    cfg = SynthDatasetConfig("trombone", minutes=1.5, seed=3, identity=4242, split="train",
+                             synth="tinysoundfont").resolved()
+    clips = plan_dataset(tmp_path, cfg)
+    assert len({c["piece"] for c in clips}) >= 2
+    assert {c["identity_seed"] for c in clips} == {4242} and {c["split"] for c in clips} == {"train"}
+
+
+def test_cli_synth_score_part(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    xml = _musicxml(tmp_path / "duo.musicxml", {"Violin": ["E5", "F5"], "Violoncello": ["C3", "D3"]})
+    out = tmp_path / "violin"
+    cmd = ["data", "synth", "--instrument", "cello", "--score", str(xml), "--part", "violin", "--identity", "5",
+           "--split", "val", "--out", str(out), "--workers", "1", "--synth", "tinysoundfont"]
+    assert main(cmd) == 0
+    assert "1 clips, val" in capsys.readouterr().out
+    (clip,) = open_dataset(out)
+    assert clip.meta["score"]["source"] == "file:duo.musicxml#Violin"
+    assert clip.meta["identity_seed"] == 5 and clip.meta["split"] == "val"
+    assert clip.n_frames == 30  # two quarter notes at 120 qpm
+    assert fmt.load_manifest(out)["config"]["part"] == "violin"
+    assert main(cmd) == 0  # resumes: nothing to do
+    capsys.readouterr()
+    cmd[cmd.index("violin")] = "Violoncello"
+    assert main(cmd) == 2
+    assert "different dataset" in capsys.readouterr().err
+
+
+BASE = ["data", "synth", "--instrument", "cello", "--synth", "tinysoundfont"]
+BAD_REQUESTS = [
+    (["--minutes", "1", "--identities", "0"], "--identities must be >= 1"),
+    (["--minutes", "-1"], "--minutes must be a number > 0"),
+    (["--minutes", "0"], "--minutes must be a number > 0"),
+    (["--minutes", "nan"], "--minutes must be a number > 0"),
+    (["--minutes", "inf"], "--minutes must be a number > 0"),
+    (["--minutes", "1", "--clip-seconds", "-5"], "--clip-seconds must be a number > 0"),
+    (["--minutes", "1", "--clip-seconds", "0"], "--clip-seconds must be a number > 0"),
+    (["--minutes", "1", "--clip-seconds", "nan"], "--clip-seconds must be a number > 0"),
+    (["--minutes", "1", "--workers", "0"], "--workers must be >= 1"),
+    (["--minutes", "1", "--workers", "-2"], "--workers must be >= 1"),
+    (["--minutes", "1", "--out", "{file}"], "is a file, not a folder"),
+    ([], "--minutes M (corpus pieces and random melodies) or --score FILE"),
+    (["--score", "{tune}", "--minutes", "1"], "--minutes and --score exclude each other"),
+    (["--score", "{tune}", "{dir}/missing.mid"], "missing.mid' does not exist"),
+    (["--score", "{dir}/silent.mid"], "holds no notes"),
+    (["--score", "{dir}/rests.musicxml"], "holds no notes"),
+    (["--score", "{dir}/notes.txt"], "unsupported type '.txt'"),
+    (["--score", "{dir}/broken.mid"], "cannot be read as MIDI"),
+    (["--score", "{duo}", "--part", "Tuba"], "no part named 'Tuba'; its parts are ['Violin', 'Violoncello']"),
+    (["--score", "{tune}", "{tune}"], "given twice"),
+    (["--minutes", "1", "--part", "Violin"], "give --score too"),
+    (["--minutes", "1", "--identity", "-3"], "--identity must be an identity seed >= 0"),
+    (["--minutes", "1", "--identity", "3", "--identities", "2"], "--identity (one performer) and --identities"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_REQUESTS, ids=[" ".join(a) or "nothing" for a, _ in BAD_REQUESTS])
+def test_cli_synth_refuses_bad_requests(args: list[str], message: str, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    files = {"dir": str(tmp_path), "file": str(tmp_path / "a-file"),
+             "tune": str(_midi(tmp_path / "tune.mid", [(0.0, 1.0, 48, 80)])),
+             "duo": str(_musicxml(tmp_path / "duo.musicxml", {"Violin": ["E5"], "Violoncello": ["C3"]}))}
+    (tmp_path / "a-file").write_text("not a folder")
+    _midi(tmp_path / "silent.mid", [])
+    _musicxml(tmp_path / "rests.musicxml", {"Cello": ["r", "r"]})
+    (tmp_path / "notes.txt").write_text("C D E")
+    (tmp_path / "broken.mid").write_bytes(b"MThd garbage")
+    out = tmp_path / "out"
+    argv = BASE + [a.format(**files) for a in args]
+    if "--out" not in argv:
+        argv += ["--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert err.startswith("letsplay data: error: ") and err.count("\n") == 1  # one line
+    assert not out.exists()
+    assert (tmp_path / "a-file").read_text() == "not a folder"

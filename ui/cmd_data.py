@@ -20,20 +20,41 @@ def _add_data(p: argparse.ArgumentParser) -> None:
 
     s = sub.add_parser("synth", help="render a synthetic dataset (soundfont audio + animated performer)",
                        description="Render a synthetic performance dataset: scores from the music21 corpus "
-                                   "and seeded random melodies, played with a General MIDI soundfont, and a "
-                                   "drawn performer whose motion follows the physics of playing, with exact "
-                                   "keypoints. Resumable: run the same command again after an interruption.")
-    s.add_argument("--instrument", choices=INSTRUMENT_NAMES, required=True)
-    s.add_argument("--minutes", type=float, required=True, help="total length of the dataset")
-    s.add_argument("--out", required=True, help="dataset folder (new, empty, or an unfinished run of the same)")
-    s.add_argument("--workers", type=int, default=None, help="parallel processes (default: CPU count)")
-    s.add_argument("--seed", type=int, default=0, help="seed for pieces, tempi, performers, melodies (default 0)")
-    s.add_argument("--clip-seconds", type=float, default=30.0, help="clip length (default 30)")
-    s.add_argument("--identities", type=int, default=4, help="performers (identity seeds) to use (default 4)")
+                                   "and seeded random melodies (--minutes), or exactly the pieces you give "
+                                   "(--score), played with a General MIDI soundfont, and a drawn performer "
+                                   "whose motion follows the physics of playing, with exact keypoints. "
+                                   "Resumable: run the same command again after an interruption.")
+    s.add_argument("--instrument", choices=INSTRUMENT_NAMES, required=True,
+                   help="instrument the performer plays (required)")
+    s.add_argument("--minutes", type=float, default=None,
+                   help="total length of a corpus/random dataset, in minutes (required unless --score is given; "
+                        "not allowed with it)")
+    s.add_argument("--score", nargs="+", metavar="FILE", default=None,
+                   help="play exactly these pieces, whole: MIDI (.mid, .midi; its timing and velocities) or "
+                        "MusicXML (.musicxml, .xml, .mxl); moved by octaves into the instrument's range "
+                        "(default: corpus pieces and random melodies, see --minutes)")
+    s.add_argument("--part", metavar="NAME", default=None,
+                   help="with --score: the part (MusicXML) or track (MIDI) to play, by name (default: the one "
+                        "named like the instrument or with its MIDI program, else the only one, else the lowest)")
+    s.add_argument("--identity", type=int, metavar="SEED", default=None,
+                   help="one performer for every clip: the identity seed, as stored in clip.json's "
+                        "identity_seed (default: --identities performers chosen by --seed)")
+    s.add_argument("--split", choices=("auto", "train", "val", "test"), default=None,
+                   help="split of every clip; auto = seeded, by piece (default: test with --score, else auto)")
+    s.add_argument("--out", required=True,
+                   help="dataset folder (required): new, empty, or an unfinished run of the same command")
+    s.add_argument("--workers", type=int, default=None, help="parallel processes, >= 1 (default: CPU count)")
+    s.add_argument("--seed", type=int, default=0,
+                   help="seed for pieces, tempi, performers, melodies, expression (default 0)")
+    s.add_argument("--clip-seconds", type=float, default=30.0,
+                   help="clip length in seconds; a piece's short remainder joins its last clip (default 30)")
+    s.add_argument("--identities", type=int, default=None,
+                   help="performers (identity seeds) to use, >= 1 (default 4; not with --identity)")
     s.add_argument("--synth", choices=("auto", "tinysoundfont", "fluidsynth"), default="auto",
                    help="audio backend (default auto: fluidsynth + FluidR3_GM when installed, else "
                         "tinysoundfont + TimGM6mb)")
-    s.add_argument("--frames", choices=("mp4", "jpeg"), default="mp4", help="how frames are stored (default mp4)")
+    s.add_argument("--frames", choices=("mp4", "jpeg"), default="mp4",
+                   help="how frames are stored: H.264 video.mp4 or one JPEG per frame (default mp4)")
     s.set_defaults(_data_run=_run_synth)
 
     pr = sub.add_parser("prepare", help="turn performance videos (with audio) into a dataset",
@@ -84,18 +105,24 @@ def _run_synth(args: argparse.Namespace) -> int:
 
     from letsplay.models.data.synth_dataset import SynthDatasetConfig, synthesize_dataset
 
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be >= 1 (parallel processes), got {args.workers}")
     workers = args.workers or os.cpu_count() or 1
-    if workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {workers}")
+    if args.identity is not None and args.identities is not None:
+        raise ValueError("--identity (one performer) and --identities (how many) exclude each other; give one")
     cfg = SynthDatasetConfig(instrument=args.instrument, minutes=args.minutes, seed=args.seed,
-                             clip_seconds=args.clip_seconds, identities=args.identities, synth=args.synth,
-                             frames=args.frames)
+                             clip_seconds=args.clip_seconds,
+                             identities=4 if args.identities is None else args.identities, synth=args.synth,
+                             frames=args.frames, score_files=tuple(args.score or ()), part=args.part,
+                             identity=args.identity, split=args.split)
     t0 = time.monotonic()
-    bar = tqdm(total=None, unit="clip", desc=f"synth {args.instrument}", dynamic_ncols=True)
+    bar = None  # made at the first progress report: a request refused up front prints no bar
     seconds = 0.0
 
     def progress(done: int, total: int, secs: float) -> None:
-        nonlocal seconds
+        nonlocal seconds, bar
+        if bar is None:
+            bar = tqdm(total=total, unit="clip", desc=f"synth {args.instrument}", dynamic_ncols=True)
         seconds += secs
         bar.total = total
         bar.n = done
@@ -105,7 +132,8 @@ def _run_synth(args: argparse.Namespace) -> int:
     try:
         manifest = synthesize_dataset(Path(args.out), cfg, workers=workers, progress=progress)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     splits = _split_minutes(manifest["clips"])
     print(f"{args.out}: {len(manifest['clips'])} clips, "
           + ", ".join(f"{k} {v:.1f} min" for k, v in splits.items())

@@ -1,4 +1,4 @@
-"""The letsplay dataset format (version 1): one folder per clip, a JSON manifest on top.
+"""The letsplay dataset format (version 2): one folder per clip, a JSON manifest on top.
 
 See ``docs/dataset-format.md`` for the full description. In short::
 
@@ -7,9 +7,15 @@ See ``docs/dataset-format.md`` for the full description. In short::
     DIR/clips/<clip id>/clip.json     the clip's manifest; written last: a clip is complete iff it exists
     DIR/clips/<clip id>/video.mp4     H.264 frames, frame i at i / fps (or frames/000000.jpg ...)
     DIR/clips/<clip id>/audio.wav     mono, AudioSpec.sample_rate, 16-bit PCM
-    DIR/clips/<clip id>/keypoints.npz times [T], keypoints [T, 67, 2] in [0, 1], confidence [T, 67]
+    DIR/clips/<clip id>/keypoints.npz times [T], keypoints [T, 67, 2] in [0, 1], confidence [T, 67];
+                                      format 2 adds instrument_points [T, K, 2], instrument_confidence
+                                      [T, K] and instrument_point_names [K] (synthetic only)
+    DIR/clips/<clip id>/parts.npz     format 2: labels [T, H, W] uint8 part-label maps, label_names
+                                      (synthetic only)
     DIR/clips/<clip id>/notes.json    the notes played (synthetic only)
     DIR/clips/<clip id>/motion.npz    the synthetic performer's physics per frame (synthetic only)
+
+Format-1 folders (no instrument points, no part maps) still read; newer formats are refused.
 
 Clips are written into a temporary folder beside their final place and renamed into
 place when complete, so an interrupted run leaves no half clip that looks finished.
@@ -37,7 +43,8 @@ from letsplay.models.spec import AudioSpec, VideoSpec
 log = logging.getLogger(__name__)
 
 FORMAT_NAME = "letsplay-dataset"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # format 1: no instrument points, no parts.npz
 MANIFEST = "manifest.json"
 CLIP_MANIFEST = "clip.json"
 SPLITS = ("train", "val", "test")
@@ -201,19 +208,88 @@ def read_audio(path: Path, spec: AudioSpec) -> np.ndarray:
     return load_audio(path, spec.sample_rate)
 
 
-def write_keypoints(path: Path, times: np.ndarray, keypoints: np.ndarray, confidence: np.ndarray) -> None:
+def write_keypoints(path: Path, times: np.ndarray, keypoints: np.ndarray, confidence: np.ndarray,
+                    instrument_points: np.ndarray | None = None,
+                    instrument_point_names: tuple[str, ...] | list[str] | None = None,
+                    instrument_confidence: np.ndarray | None = None) -> None:
+    """Write ``keypoints.npz``; with ``instrument_points`` ([T, K, 2], names [K], confidence
+    [T, K], default 1) the instrument's points too (format 2)."""
     T = len(times)
     if keypoints.shape != (T, N_KEYPOINTS, 2) or confidence.shape != (T, N_KEYPOINTS):
         raise ValueError(f"keypoints must be [T, {N_KEYPOINTS}, 2] and confidence [T, {N_KEYPOINTS}] for T={T}; "
                          f"got {keypoints.shape} and {confidence.shape}")
+    extra: dict[str, np.ndarray] = {}
+    if instrument_points is not None:
+        names = list(instrument_point_names or [])
+        K = len(names)
+        if instrument_points.shape != (T, K, 2):
+            raise ValueError(f"instrument_points must be [T, K, 2] with T={T} and K={K} (one per name in "
+                             f"instrument_point_names); got {instrument_points.shape}")
+        conf = (np.ones((T, K), np.float32) if instrument_confidence is None
+                else np.asarray(instrument_confidence, np.float32))
+        if conf.shape != (T, K):
+            raise ValueError(f"instrument_confidence must be [T, K] = [{T}, {K}]; got {conf.shape}")
+        extra = {"instrument_points": instrument_points.astype(np.float32), "instrument_confidence": conf,
+                 "instrument_point_names": np.array(names, dtype=str)}
+    elif instrument_point_names is not None or instrument_confidence is not None:
+        raise ValueError("instrument_point_names / instrument_confidence need instrument_points")
     np.savez_compressed(path, times=times.astype(np.float64), keypoints=keypoints.astype(np.float32),
-                        confidence=confidence.astype(np.float32), format_version=np.int32(FORMAT_VERSION))
+                        confidence=confidence.astype(np.float32), format_version=np.int32(FORMAT_VERSION), **extra)
 
 
 def read_keypoints(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(times [T], keypoints [T, 67, 2], confidence [T, 67])."""
     with np.load(path) as z:
+        _check_file_version(path, z)
         return z["times"], z["keypoints"], z["confidence"]
+
+
+def _check_file_version(path: Path, z: Any) -> None:
+    v = int(z["format_version"]) if "format_version" in z.files else 1
+    if v > FORMAT_VERSION:
+        raise DatasetError(f"{path} has format version {v}, newer than this letsplay reads ({FORMAT_VERSION}); "
+                           f"update letsplay")
+
+
+@dataclass(frozen=True)
+class InstrumentPoints:
+    """A clip's instrument points (format 2): points [T, K, 2] normalised like the keypoints,
+    confidence [T, K], names [K] (``skeleton.instrument_point_names``)."""
+
+    points: np.ndarray
+    confidence: np.ndarray
+    names: tuple[str, ...]
+
+
+def read_instrument_points(path: Path) -> InstrumentPoints | None:
+    """The instrument points of a ``keypoints.npz``, or None when it has none (format 1, or
+    a clip prepared from video)."""
+    with np.load(path) as z:
+        _check_file_version(path, z)
+        if "instrument_points" not in z.files:
+            return None
+        return InstrumentPoints(z["instrument_points"], z["instrument_confidence"],
+                                tuple(str(n) for n in z["instrument_point_names"]))
+
+
+def write_parts(path: Path, labels: np.ndarray, label_names: tuple[str, ...] | list[str]) -> None:
+    """Write ``parts.npz``: per-frame part-label maps uint8 [T, H, W] (compressed) and the
+    name of each label id."""
+    labels = np.asarray(labels)
+    if labels.dtype != np.uint8 or labels.ndim != 3:
+        raise ValueError(f"part labels must be uint8 [T, H, W]; got {labels.dtype} {labels.shape}")
+    if len(label_names) < 1 or int(labels.max(initial=0)) >= len(label_names):
+        raise ValueError(f"part labels use ids up to {int(labels.max(initial=0))} but only {len(label_names)} "
+                         f"label names were given")
+    np.savez_compressed(path, labels=labels, label_names=np.array(list(label_names), dtype=str),
+                        format_version=np.int32(FORMAT_VERSION))
+
+
+def read_parts(path: Path) -> tuple[np.ndarray, tuple[str, ...]]:
+    """(labels uint8 [T, H, W], label names) of a ``parts.npz``."""
+    with np.load(path) as z:
+        _check_file_version(path, z)
+        return z["labels"], tuple(str(n) for n in z["label_names"])
 
 
 # --------------------------------------------------------------------------- manifests
@@ -285,6 +361,10 @@ class ClipFiles:
     @property
     def motion(self) -> Path:
         return self.root / "motion.npz"
+
+    @property
+    def parts(self) -> Path:
+        return self.root / "parts.npz"
 
 
 def clip_dir(root: Path, clip_id: str) -> Path:

@@ -32,6 +32,12 @@ Trombone (standing, turned a little to its right, slide in the right hand):
 * the bell lifts a little with loudness; the left hand holds the instrument at the lips.
 
 Both sway slowly, lean into loud onsets, and nod; the amounts vary with the identity.
+
+The instrument's own points (:data:`letsplay.models.skeleton.INSTRUMENT_POINTS`: bow frog
+and tip, endpin, bridge, scroll; mouthpiece, bell, slide crook) are computed here from the
+same geometry the renderer draws the instrument from (:attr:`Performance.instrument_points`),
+so they are exact too.
+
 Units: centimetres, y up, origin on the floor under the hips ("world"); :func:`perform`
 maps to pixels and to normalised keypoints.
 """
@@ -56,7 +62,7 @@ from letsplay.models.data.instruments import (
     trombone_position,
 )
 from letsplay.models.data.scores import Note
-from letsplay.models.skeleton import LEFT_HAND, N_KEYPOINTS, RIGHT_HAND
+from letsplay.models.skeleton import LEFT_HAND, N_KEYPOINTS, RIGHT_HAND, instrument_point_names
 from letsplay.models.spec import VideoSpec
 
 CELLO_VIBRATO = Vibrato()
@@ -64,6 +70,24 @@ BOW_HAIR_CM = 60.0  # usable bow: contact point runs from BOW_LO to BOW_HI along
 BOW_LO, BOW_HI = 8.0, 50.0
 BOW_STICK_CM = 72.0
 SLIDE_FORESHORTEN = 0.7  # the slide points partly toward the camera
+
+# Instrument drawing coordinates shared with the renderer (body-cm; the cello's along its
+# axis before CELLO_T_SHIFT, the trombone's along the slide from the lips / up from it).
+CELLO_BRIDGE_T = 55.0
+CELLO_SCROLL_T = 138.5
+TROMBONE_MOUTHPIECE_ALONG = 2.0  # the mouthpiece tube runs from 1 to 3 cm
+TROMBONE_BELL_AT = 62.0 * SLIDE_FORESHORTEN  # the bell's rim along the slide direction
+TROMBONE_BELL_UP = 6.5  # the bell's axis above the slide
+SLIDE_OUTER_CM = 62.0 * SLIDE_FORESHORTEN  # outer slide tubes, foreshortened
+SLIDE_CROOK_DEPTH = 2.5  # the crook bulges this far beyond the outer tubes' ends
+SLIDE_TUBES_UP = (0.0, -5.0)  # the two slide tubes, up from the slide axis
+
+
+def slide_outer_span(reach: float | np.ndarray) -> tuple[float | np.ndarray, float | np.ndarray]:
+    """(start, end) of the outer slide tubes along the slide, body-cm from the lips, for the
+    hand's ``reach`` (body-cm): the brace sits just ahead of the hand, the crook at the end."""
+    outer0 = reach - 3.0
+    return outer0, outer0 + SLIDE_OUTER_CM
 
 
 # --------------------------------------------------------------------------- identity
@@ -346,7 +370,7 @@ def cello_vibrato_allowed(notes: Sequence[Note]) -> np.ndarray:
 # Cello geometry along its axis (cm from the endpin's floor point); the renderer draws the
 # instrument at the same places (its drawing coordinates plus CELLO_T_SHIFT, the endpin setting).
 CELLO_T_SHIFT = -8.0
-_T_BRIDGE = 55.0 + CELLO_T_SHIFT
+_T_BRIDGE = CELLO_BRIDGE_T + CELLO_T_SHIFT
 _T_NUT = _T_BRIDGE + CELLO_STRING_CM
 _NUT_SPACING, _BRIDGE_SPACING = 0.9, 2.0  # cm between strings
 _BOW_CONTACT = 0.9  # fraction of the string from the nut where the bow plays
@@ -428,6 +452,9 @@ class Performance:
     state: dict[str, np.ndarray] = field(default_factory=dict)  # physics per frame
     geometry: dict[str, np.ndarray] = field(default_factory=dict)  # instrument points in pixels per frame
     px_per_cm: float = 1.0
+    # [T, K, 2] the instrument's points (skeleton.instrument_point_names), normalised like
+    # ``keypoints``; exact, and may lie outside [0, 1] (a bow tip beyond the frame's edge)
+    instrument_points: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 2), np.float32))
 
 
 def _upper_body_motion(body: Body, notes: Sequence[Note], t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -560,6 +587,10 @@ def _cello(body: Body, notes: Sequence[Note], t: np.ndarray, sway: np.ndarray, n
         "strings_bridge": np.stack([point(np.full(T, _T_BRIDGE), (1.5 - s) * _BRIDGE_SPACING)
                                     for s in range(4)], 1),
         "stop": stop,
+        # the instrument points (INSTRUMENT_POINTS["cello"]), drawn from exactly these
+        "bow_frog": frog_actual, "bow_tip": frog_actual + u * (BOW_STICK_CM * k),
+        "bridge": point(np.full(T, _T_BRIDGE), np.zeros(T)),
+        "scroll": point(np.full(T, CELLO_SCROLL_T + CELLO_T_SHIFT), np.zeros(T)),
     }
     return W, state, geo
 
@@ -635,9 +666,20 @@ def _trombone(body: Body, notes: Sequence[Note], t: np.ndarray, sway: np.ndarray
     state = {"slide_position": pos, "slide_extension": ext, "playing": playing, "loudness": loud, "sway": sway,
              "left_reach_error": np.linalg.norm(l_wrist - l_wrist_target, axis=-1),
              "right_reach_error": np.linalg.norm(r_wrist - r_wrist_target, axis=-1)}
+
+    def along(a: np.ndarray | float, up: float) -> np.ndarray:
+        """World point ``a`` body-cm along the slide from the lips and ``up`` above it."""
+        a_t = np.broadcast_to(np.asarray(a, float), (T,))
+        return mouth + d * (a_t * k)[:, None] + nrm * (up * k)
+
+    _, outer1 = slide_outer_span(reach / k)
     geo = {"mouth": mouth, "slide_dir": d, "slide_normal": nrm, "grip": grip_actual,
            "slide_reach": reach, "inner_len": np.full(T, _SLIDE_INNER * SLIDE_FORESHORTEN * k),
-           "scale": np.full(T, k)}
+           "scale": np.full(T, k),
+           # the instrument points (INSTRUMENT_POINTS["trombone"]), drawn from exactly these
+           "mouthpiece": along(TROMBONE_MOUTHPIECE_ALONG, 0.0),
+           "bell": along(TROMBONE_BELL_AT, TROMBONE_BELL_UP),
+           "slide_crook": along(np.asarray(outer1) + SLIDE_CROOK_DEPTH, 0.5 * sum(SLIDE_TUBES_UP))}
     return W, state, geo
 
 
@@ -716,4 +758,7 @@ def perform(notes: Sequence[Note], body: Body, n_frames: int, video: VideoSpec |
             geo_px[name] = to_px(v)
     geo_px["pixels"] = px
     assert kp.shape[1] == N_KEYPOINTS
-    return Performance(t, kp.astype(np.float32), W, state, geo_px, s)
+    names = instrument_point_names(body.instrument)
+    inst = np.stack([geo_px[n] for n in names], axis=1) if names else np.zeros((n_frames, 0, 2))
+    inst = inst / np.array([video.width, video.height])
+    return Performance(t, kp.astype(np.float32), W, state, geo_px, s, inst.astype(np.float32))

@@ -12,6 +12,12 @@ seed *is* the performer's identity.
 
 Drawing uses sub-pixel coordinates (``shift`` = 4 bits) and ``cv2.LINE_AA``; frames are
 RGB uint8 ``[H, W, 3]``.
+
+On request (:meth:`PerformerRenderer.render` with ``parts``) the same primitives, in the
+same order, also draw a part-label map: uint8 ``[H, W]``, one id per pixel from
+:data:`PART_LABELS` (0 = background), without anti-aliasing, later drawing overwriting
+earlier -- so each pixel holds the part that is visible there. The colour frame does not
+depend on whether the map is drawn.
 """
 
 from __future__ import annotations
@@ -23,7 +29,20 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from letsplay.models.data.performer_motion import CELLO_T_SHIFT, SLIDE_FORESHORTEN, Body, Performance
+from letsplay.models.data.performer_motion import (
+    CELLO_BRIDGE_T,
+    CELLO_SCROLL_T,
+    CELLO_T_SHIFT,
+    SLIDE_CROOK_DEPTH,
+    SLIDE_FORESHORTEN,
+    SLIDE_TUBES_UP,
+    TROMBONE_BELL_AT,
+    TROMBONE_BELL_UP,
+    TROMBONE_MOUTHPIECE_ALONG,
+    Body,
+    Performance,
+    slide_outer_span,
+)
 from letsplay.models.skeleton import EDGES, LEFT_HAND, PARTS, RIGHT_HAND
 
 SHIFT = 4
@@ -31,6 +50,22 @@ _F = 1 << SHIFT
 AA = cv2.LINE_AA
 
 Color = tuple[int, int, int]
+
+# The part-label map's ids: PART_LABELS[i] is the name of label i. Fixed: datasets store
+# these names beside the maps (dataset format 2); append new parts, never renumber.
+PART_LABELS: tuple[str, ...] = (
+    "background",  # 0: the room (the plate)
+    "head",  # head, neck, hair and face
+    "torso",  # shirt and collar
+    "right_upper_arm", "right_forearm", "right_hand",  # the performer's right (image left)
+    "left_upper_arm", "left_forearm", "left_hand",
+    "legs",  # trousers and shoes
+    "chair",  # the cellist's chair
+    "instrument_body",  # cello body, neck, scroll, endpin, strings; trombone bell section
+    "bow",  # cello bow: stick, hair and frog
+    "slide",  # trombone slide: mouthpiece, inner and outer tubes, crook, braces
+)
+LABEL: dict[str, int] = {name: i for i, name in enumerate(PART_LABELS)}
 
 
 # --------------------------------------------------------------------------- the look
@@ -112,19 +147,43 @@ class Look:
 # --------------------------------------------------------------------------- primitives
 
 
+class _Canvas:
+    """Where the primitives draw: the colour frame and, when asked for, the part-label map
+    (``labels``, drawn with ``label`` and no anti-aliasing)."""
+
+    __slots__ = ("img", "labels", "label")
+
+    def __init__(self, img: _Canvas, labels: np.ndarray | None = None) -> None:
+        self.img, self.labels, self.label = img, labels, 0
+
+
+# Points arrive in letsplay's pixel units (pixel i covers [i, i + 1), its centre at i + 0.5);
+# OpenCV puts pixel i's centre at i, hence the half-pixel shift.
+
+
 def _p(p: np.ndarray) -> tuple[int, int]:
-    return (int(round(float(p[0]) * _F)), int(round(float(p[1]) * _F)))
+    return (int(round((float(p[0]) - 0.5) * _F)), int(round((float(p[1]) - 0.5) * _F)))
 
 
 def _poly(pts: np.ndarray) -> np.ndarray:
-    return np.round(np.asarray(pts) * _F).astype(np.int32).reshape(-1, 1, 2)
+    return np.round((np.asarray(pts) - 0.5) * _F).astype(np.int32).reshape(-1, 1, 2)
 
 
-def _line(img: np.ndarray, a: np.ndarray, b: np.ndarray, color: Color, width: float) -> None:
-    cv2.line(img, _p(a), _p(b), color, max(1, int(round(width))), AA, SHIFT)
+def _line(img: _Canvas, a: np.ndarray, b: np.ndarray, color: Color, width: float) -> None:
+    pa, pb, w = _p(a), _p(b), max(1, int(round(width)))
+    cv2.line(img.img, pa, pb, color, w, AA, SHIFT)
+    if img.labels is not None:
+        cv2.line(img.labels, pa, pb, img.label, w, cv2.LINE_8, SHIFT)
 
 
-def _capsule(img: np.ndarray, a: np.ndarray, b: np.ndarray, color: Color, width: float, light: np.ndarray,
+def _polylines(img: _Canvas, pts: np.ndarray, closed: bool, color: Color, width: float) -> None:
+    poly, w = [_poly(pts)], max(1, int(width))
+    cv2.polylines(img.img, poly, closed, color, w, AA, SHIFT)
+    if img.labels is not None:
+        cv2.polylines(img.labels, poly, closed, img.label, w, cv2.LINE_8, SHIFT)
+
+
+def _capsule(img: _Canvas, a: np.ndarray, b: np.ndarray, color: Color, width: float, light: np.ndarray,
              outline: float = 0.55) -> None:
     """A shaded limb: dark rim, body colour, a highlight toward the light."""
     w = max(1.0, width)
@@ -135,17 +194,22 @@ def _capsule(img: np.ndarray, a: np.ndarray, b: np.ndarray, color: Color, width:
         _line(img, a + off, b + off, _mix(color, (255, 255, 255), 0.22), w * 0.35)
 
 
-def _fill(img: np.ndarray, pts: np.ndarray, color: Color) -> None:
-    cv2.fillPoly(img, [_poly(pts)], color, AA, SHIFT)
+def _fill(img: _Canvas, pts: np.ndarray, color: Color) -> None:
+    poly = [_poly(pts)]
+    cv2.fillPoly(img.img, poly, color, AA, SHIFT)
+    if img.labels is not None:
+        cv2.fillPoly(img.labels, poly, img.label, cv2.LINE_8, SHIFT)
 
 
-def _ellipse(img: np.ndarray, c: np.ndarray, axes: tuple[float, float], angle: float, color: Color,
+def _ellipse(img: _Canvas, c: np.ndarray, axes: tuple[float, float], angle: float, color: Color,
              start: float = 0, end: float = 360, thickness: int = -1) -> None:
-    cv2.ellipse(img, _p(c), (max(1, int(axes[0] * _F)), max(1, int(axes[1] * _F))), angle, start, end, color,
-                thickness, AA, SHIFT)
+    pc, ax = _p(c), (max(1, int(axes[0] * _F)), max(1, int(axes[1] * _F)))
+    cv2.ellipse(img.img, pc, ax, angle, start, end, color, thickness, AA, SHIFT)
+    if img.labels is not None:
+        cv2.ellipse(img.labels, pc, ax, angle, start, end, img.label, thickness, cv2.LINE_8, SHIFT)
 
 
-def _shaded_poly(img: np.ndarray, pts: np.ndarray, color: Color, light: np.ndarray, edge: float = 0.6) -> None:
+def _shaded_poly(img: _Canvas, pts: np.ndarray, color: Color, light: np.ndarray, edge: float = 0.6) -> None:
     """A filled shape with a darker rim and a lighter inner patch offset toward the light."""
     pts = np.asarray(pts, dtype=float)
     c = pts.mean(axis=0)
@@ -225,15 +289,16 @@ class PerformerRenderer:
         self.cm = self.s * k  # pixels per body-cm
 
     # ---- body parts
-    def _legs(self, img: np.ndarray, P: np.ndarray) -> None:
+    def _legs(self, img: _Canvas, P: np.ndarray) -> None:
         lk, cm = self.look, self.cm
+        img.label = LABEL["legs"]
         for hip, knee, ankle, heel, big, small in ((9, 10, 11, 24, 22, 23), (12, 13, 14, 21, 19, 20)):
             shoe = np.array([P[ankle] + (P[ankle] - P[big]) * 0.15, P[heel], P[small], P[big]])
             _shaded_poly(img, _hull(shoe, 1.8 * cm), lk.shoes, self.light)
             _capsule(img, P[knee], P[ankle], lk.trousers, 11.5 * cm, self.light)
             _capsule(img, P[hip], P[knee], lk.trousers, 15 * cm, self.light)
 
-    def _torso(self, img: np.ndarray, P: np.ndarray) -> None:
+    def _torso(self, img: _Canvas, P: np.ndarray) -> None:
         lk, cm = self.look, self.cm
         out_r = _norm(P[2] - P[5])
         down = _norm(P[8] - P[1])
@@ -243,13 +308,14 @@ class PerformerRenderer:
             P[5] - out_r * 1.5 * cm + down * 18 * cm, P[12] - out_r * 3.5 * cm + down * 3 * cm,
             P[9] + out_r * 3.5 * cm + down * 3 * cm, P[2] + out_r * 1.5 * cm + down * 18 * cm,
         ])
+        img.label = LABEL["torso"]
         _shaded_poly(img, pts, lk.shirt, self.light)
         # collar: a V of skin at the neck
         v = np.array([P[1] - out_r * 3 * cm - down * 1.2 * cm, P[1] + out_r * 3 * cm - down * 1.2 * cm,
                       P[1] + down * 5 * cm])
         _fill(img, v, _scale(lk.skin, 0.92))
 
-    def _head(self, img: np.ndarray, P: np.ndarray) -> None:
+    def _head(self, img: _Canvas, P: np.ndarray) -> None:
         lk, cm, body = self.look, self.cm, self.body
         up = _norm(P[1] - P[8])
         ears = 0.5 * (P[17] + P[18])
@@ -257,6 +323,7 @@ class PerformerRenderer:
         angle = math.degrees(math.atan2(up[0], -up[1]))  # head tilt
         rx, ry = 8.8 * cm, 11.5 * cm
         nose_dir = P[0] - ears
+        img.label = LABEL["head"]
         _capsule(img, P[1], centre - up * 4 * cm, _scale(lk.skin, 0.9), 8.5 * cm, self.light, outline=0.8)
         back = -_norm(nose_dir) * 2.0 * cm if np.linalg.norm(nose_dir) > 1e-6 else np.zeros(2)
         hair_c = centre + up * 1.2 * cm + back * 0.6
@@ -278,7 +345,8 @@ class PerformerRenderer:
                     d = np.array([math.cos(math.radians(a + angle)), math.sin(math.radians(a + angle))])
                     _ellipse(img, hair_c + d * np.array([rx, ry]) * 0.95, (2.6 * cm, 2.6 * cm), 0, lk.hair)
         else:
-            _ellipse(img, hair_c - up * 1.5 * cm, (rx + 0.5 * cm, ry * 0.8), angle, lk.hair, 160, 200, max(1, int(cm)))
+            _ellipse(img, hair_c - up * 1.5 * cm, (rx + 0.5 * cm, ry * 0.8), angle, lk.hair, 160, 200,
+                     max(1, int(cm)))
         # ears (the far one hides behind the head when the body is turned)
         turned = abs(body.yaw) > math.radians(20)
         for e, side in ((17, -1), (18, 1)):
@@ -295,17 +363,21 @@ class PerformerRenderer:
         mouth = P[0] - up * 3.6 * cm
         _line(img, mouth - _perp(up) * 1.6 * cm, mouth + _perp(up) * 1.6 * cm, _scale(lk.skin, 0.6), max(1.0, 0.5 * cm))
 
-    def _arm(self, img: np.ndarray, P: np.ndarray, shoulder: int, elbow: int, wrist: int) -> None:
+    def _arm(self, img: _Canvas, P: np.ndarray, shoulder: int, elbow: int, wrist: int) -> None:
         lk, cm = self.look, self.cm
+        side = "right" if shoulder == 2 else "left"
+        img.label = LABEL[f"{side}_upper_arm"]
         _capsule(img, P[shoulder], P[elbow], lk.shirt, 9.0 * cm, self.light)
         fore = lk.shirt if lk.long_sleeves else lk.skin
+        img.label = LABEL[f"{side}_forearm"]
         _capsule(img, P[elbow], P[wrist], fore, 7.0 * cm, self.light)
         if lk.long_sleeves:  # cuff
             _capsule(img, P[wrist] + (P[elbow] - P[wrist]) * 0.1, P[wrist], lk.skin, 5.5 * cm, self.light)
 
-    def _hand(self, img: np.ndarray, P: np.ndarray, hand: range) -> None:
+    def _hand(self, img: _Canvas, P: np.ndarray, hand: range) -> None:
         lk, cm = self.look, self.cm
         h = P[hand.start:hand.stop]
+        img.label = LABEL["right_hand" if hand == RIGHT_HAND else "left_hand"]
         palm = _hull(h[[0, 1, 5, 9, 13, 17]], 0.8 * cm)
         _fill(img, palm, _scale(lk.skin, 0.8))
         _fill(img, h[0] + (palm - h[0]) * 0.85, lk.skin)
@@ -318,7 +390,7 @@ class PerformerRenderer:
                 _line(img, h[a], h[b], lk.skin, w)
 
     # ---- instruments
-    def _cello_body(self, img: np.ndarray, g: dict[str, np.ndarray], i: int) -> None:
+    def _cello_body(self, img: _Canvas, g: dict[str, np.ndarray], i: int) -> None:
         lk, cm = self.look, self.cm
         E, a, c = g["endpin"][i], g["axis"][i], g["across"][i]
 
@@ -328,19 +400,20 @@ class PerformerRenderer:
             return E + a * (t * cm)[..., None] + c * (lat * cm)[..., None]
 
         wood, dark = lk.wood, _scale(lk.wood, 0.45)
+        img.label = LABEL["instrument_body"]
         _line(img, pt(-CELLO_T_SHIFT, 0), pt(18, 0), (150, 150, 155), max(1, 0.8 * cm))  # endpin
         out = pt(_OUT_T, _OUT_L)
         _fill(img, out, dark)
         _fill(img, pt(_OUT_T, _OUT_L * 0.96), wood)
         hi = pt(_OUT_T * 0.6 + 50 * 0.4, _OUT_L * 0.5 - 4 * self.look.light)
         _fill(img, hi, _mix(wood, (255, 230, 180), 0.16))
-        cv2.polylines(img, [_poly(pt(_OUT_T, _OUT_L * 0.9))], True, _scale(wood, 0.6), 1, AA, SHIFT)
+        _polylines(img, pt(_OUT_T, _OUT_L * 0.9), True, _scale(wood, 0.6), 1)
         for side in (-1, 1):  # f-holes
             f = pt(np.linspace(50, 64, 6), side * (7 + np.array([0.8, 0.2, -0.3, 0.3, 0.8, 0.4])))
-            cv2.polylines(img, [_poly(f)], False, (25, 15, 10), max(1, int(0.7 * cm)), AA, SHIFT)
+            _polylines(img, f, False, (25, 15, 10), 0.7 * cm)
         tail = np.array([pt(24, -2.0), pt(24, 2.0), pt(46, 3.6), pt(46, -3.6)])
         _fill(img, tail, (22, 18, 16))
-        _line(img, pt(55, -4.8), pt(55, 4.8), (225, 195, 140), max(1.0, 1.2 * cm))  # bridge
+        _line(img, pt(CELLO_BRIDGE_T, -4.8), pt(CELLO_BRIDGE_T, 4.8), (225, 195, 140), max(1.0, 1.2 * cm))  # bridge
         board = np.array([pt(66, -3.4), pt(66, 3.4), pt(125, 1.7), pt(125, -1.7)])
         _fill(img, board, (20, 18, 18))
         _line(img, pt(66, -1.5), pt(125, -0.7), (60, 58, 58), 1)
@@ -348,26 +421,26 @@ class PerformerRenderer:
         _fill(img, box, _scale(wood, 0.8))
         for tp in (127, 130.5):
             _line(img, pt(tp, -4.5), pt(tp, 4.5), (30, 20, 15), max(1.0, 0.9 * cm))
-        _ellipse(img, pt(138.5, 0), (3.2 * cm, 3.2 * cm), 0, _scale(wood, 0.7))
-        _ellipse(img, pt(138.5, 0), (1.6 * cm, 1.6 * cm), 0, _scale(wood, 1.1))
+        _ellipse(img, pt(CELLO_SCROLL_T, 0), (3.2 * cm, 3.2 * cm), 0, _scale(wood, 0.7))
+        _ellipse(img, pt(CELLO_SCROLL_T, 0), (1.6 * cm, 1.6 * cm), 0, _scale(wood, 1.1))
         for s in range(4):  # strings
             _line(img, g["strings_nut"][i, s], g["strings_bridge"][i, s], (215, 210, 195), 1)
             _line(img, g["strings_bridge"][i, s], pt(45.5, (1.5 - s) * 1.3), (200, 195, 180), 1)
 
-    def _bow(self, img: np.ndarray, g: dict[str, np.ndarray], i: int) -> None:
+    def _bow(self, img: _Canvas, g: dict[str, np.ndarray], i: int) -> None:
         cm = self.cm
-        frog, u = g["frog"][i], g["bow_dir"][i]
+        frog, u, tip = g["bow_frog"][i], g["bow_dir"][i], g["bow_tip"][i]
         n = np.array([-u[1], u[0]])
         if n[1] < 0:
             n = -n  # toward image bottom
-        tip = frog + u * 72 * cm
+        img.label = LABEL["bow"]
         _line(img, frog + n * 0.9 * cm, tip + n * 0.9 * cm, (236, 230, 214), max(1.0, 0.9 * cm))  # hair
         _line(img, frog - u * 3 * cm, tip, (75, 40, 22), max(1.0, 0.9 * cm))  # stick
         _fill(img, np.array([frog - u * 2 * cm, frog + u * 3 * cm, frog + u * 3 * cm + n * 2.2 * cm,
                              frog - u * 2 * cm + n * 2.2 * cm]), (20, 16, 14))
         _line(img, tip, tip + n * 1.6 * cm, (230, 228, 220), max(1.0, 0.8 * cm))
 
-    def _trombone(self, img: np.ndarray, g: dict[str, np.ndarray], i: int, part: str) -> None:
+    def _trombone(self, img: _Canvas, g: dict[str, np.ndarray], i: int, part: str) -> None:
         lk, cm = self.look, self.cm
         M, d, nr = g["mouth"][i], g["slide_dir"][i], g["slide_normal"][i]
         f = SLIDE_FORESHORTEN
@@ -385,38 +458,45 @@ class PerformerRenderer:
 
         tw = max(1.5, 1.6 * cm)
         if part == "bell":
+            img.label = LABEL["instrument_body"]
             # tuning slide behind the head and the bell section above the slide
             back = np.array([pt(-4, 6.5), pt(-20, 6.5), pt(-23, 4.0), pt(-20, 1.5), pt(-4, 1.5), pt(2, -4.5)])
-            cv2.polylines(img, [_poly(back)], False, dark, max(1, int(tw + 1.2)), AA, SHIFT)
-            cv2.polylines(img, [_poly(back)], False, brass, max(1, int(tw)), AA, SHIFT)
-            bell_at = 62 * f
+            _polylines(img, back, False, dark, tw + 1.2)
+            _polylines(img, back, False, brass, tw)
+            bell_at, bell_up = TROMBONE_BELL_AT, TROMBONE_BELL_UP
             tube(pt(-4, 6.5), pt(bell_at - 16, 6.5), tw)
             flare = np.array([pt(bell_at - 18, 7.3), pt(bell_at - 18, 5.7), pt(bell_at - 4, 1.0),
                               pt(bell_at, -4.3), pt(bell_at, 17.3), pt(bell_at - 4, 12.0)])
             _fill(img, flare, dark)
             _fill(img, M + (flare - M) * 0.985 + nr * 0.3, brass)
             ang = math.degrees(math.atan2(nr[1], nr[0]))
-            _ellipse(img, pt(bell_at, 6.5), (10.8 * cm, 4.6 * cm), ang, dark)
-            _ellipse(img, pt(bell_at, 6.5), (10.0 * cm, 4.0 * cm), ang, _scale(brass, 0.8))
-            _ellipse(img, pt(bell_at + 0.5, 6.5), (6.8 * cm, 2.4 * cm), ang, _scale(brass, 0.45))
+            _ellipse(img, pt(bell_at, bell_up), (10.8 * cm, 4.6 * cm), ang, dark)
+            _ellipse(img, pt(bell_at, bell_up), (10.0 * cm, 4.0 * cm), ang, _scale(brass, 0.8))
+            _ellipse(img, pt(bell_at + 0.5, bell_up), (6.8 * cm, 2.4 * cm), ang, _scale(brass, 0.45))
             _line(img, pt(8, 6.5), pt(8, 0), dark, max(1.0, 0.8 * cm))  # brace
             return
         # the slide: inner tubes from the fixed brace, outer tubes from the hand to the crook
+        img.label = LABEL["slide"]
         reach = float(g["slide_reach"][i]) / cm
         inner_end = 66 * f
-        outer0, outer1 = reach - 3.0, reach - 3.0 + 62 * f
-        tube(pt(1, 0), pt(3, 0), tw * 1.3)  # mouthpiece
-        for up in (0.0, -5.0):
+        outer0, outer1 = (float(x) for x in slide_outer_span(reach))
+        mp = TROMBONE_MOUTHPIECE_ALONG
+        tube(pt(mp - 1, 0), pt(mp + 1, 0), tw * 1.3)  # mouthpiece
+        for up in SLIDE_TUBES_UP:
             tube(pt(6, up), pt(min(inner_end, outer0 + 1), up), tw * 0.8)
             tube(pt(outer0, up), pt(outer1, up), tw * 1.1)
-        crook = np.array([pt(outer1, 0.6), pt(outer1 + 2.5, -0.5), pt(outer1 + 2.5, -4.5), pt(outer1, -5.6)])
-        cv2.polylines(img, [_poly(crook)], False, dark, max(1, int(tw * 1.1 + 1.2)), AA, SHIFT)
-        cv2.polylines(img, [_poly(crook)], False, brass, max(1, int(tw * 1.1)), AA, SHIFT)
+        top, bottom = SLIDE_TUBES_UP
+        cd = SLIDE_CROOK_DEPTH
+        crook = np.array([pt(outer1, top + 0.6), pt(outer1 + cd, top - 0.5), pt(outer1 + cd, bottom + 0.5),
+                          pt(outer1, bottom - 0.6)])
+        _polylines(img, crook, False, dark, tw * 1.1 + 1.2)
+        _polylines(img, crook, False, brass, tw * 1.1)
         _line(img, pt(outer0 + 1, 0), pt(outer0 + 1, -5), dark, max(1.0, 1.0 * cm))  # slide brace
         _line(img, pt(9, 0), pt(9, -5), dark, max(1.0, 0.9 * cm))  # inner brace
 
-    def _chair(self, img: np.ndarray, P: np.ndarray) -> None:
+    def _chair(self, img: _Canvas, P: np.ndarray) -> None:
         cm, col = self.cm, self.look.chair
+        img.label = LABEL["chair"]
         hip = P[8]
         down = _norm(P[8] - P[1])
         side = _norm(P[12] - P[9])
@@ -432,9 +512,16 @@ class PerformerRenderer:
         _shaded_poly(img, seat, col, self.light)
 
     # ---- a frame
-    def render(self, i: int, out: np.ndarray | None = None) -> np.ndarray:
-        """Frame ``i`` as RGB uint8 [H, W, 3]."""
-        img = self.background.copy() if out is None else _copy_into(out, self.background)
+    def render(self, i: int, out: np.ndarray | None = None, parts: np.ndarray | None = None) -> np.ndarray:
+        """Frame ``i`` as RGB uint8 [H, W, 3] (into ``out`` when given). With ``parts`` (uint8
+        [H, W]) the frame's part-label map is drawn into it too (ids of :data:`PART_LABELS`)."""
+        frame = self.background.copy() if out is None else _copy_into(out, self.background)
+        if parts is not None:
+            if parts.shape != (self.height, self.width) or parts.dtype != np.uint8:
+                raise ValueError(f"parts must be uint8 [{self.height}, {self.width}], got {parts.dtype} "
+                                 f"{tuple(parts.shape)}")
+            parts.fill(0)
+        img = _Canvas(frame, parts)
         g = self.perf.geometry
         P = g["pixels"][i]
         if self.body.instrument == "cello":
@@ -458,7 +545,12 @@ class PerformerRenderer:
             self._hand(img, P, RIGHT_HAND)
             self._arm(img, P, 5, 6, 7)
             self._hand(img, P, LEFT_HAND)
-        return img
+        return frame
+
+    def render_parts(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Frame ``i`` and its part-label map: (RGB uint8 [H, W, 3], uint8 [H, W])."""
+        parts = np.zeros((self.height, self.width), np.uint8)
+        return self.render(i, parts=parts), parts
 
 
 def _copy_into(out: np.ndarray, src: np.ndarray) -> np.ndarray:
@@ -519,9 +611,10 @@ def draw_keypoints(img: np.ndarray, keypoints: np.ndarray, confidence: np.ndarra
     for name, idx in PARTS.items():
         for j in idx:
             part_of[j] = name
+    canvas = _Canvas(img)
     for a, b in EDGES:
         if conf[a] > 0 and conf[b] > 0:
-            _line(img, px[a], px[b], (255, 255, 255), 1)
+            _line(canvas, px[a], px[b], (255, 255, 255), 1)
     for j, p in enumerate(px):
         if conf[j] > 0:
             cv2.circle(img, _p(p), max(1, int(radius * _F)), _PART_COLORS[part_of[j]], -1, AA, SHIFT)

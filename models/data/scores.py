@@ -1,5 +1,5 @@
-"""Scores for the synthetic performer: note lists from the music21 corpus and a seeded
-random-melody generator.
+"""Scores for the synthetic performer: note lists from the music21 corpus, from your own
+MIDI or MusicXML files, and from a seeded random-melody generator.
 
 A :class:`Score` is a monophonic list of :class:`Note` (onset and duration in seconds,
 MIDI pitch, MIDI velocity) plus a description of where it came from. Everything timing-
@@ -23,12 +23,15 @@ from __future__ import annotations
 import bisect
 import functools
 import logging
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from letsplay.models.data.instruments import Instrument, get_instrument
+from letsplay.models.files import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +55,9 @@ class Score:
     """A monophonic note list and where it came from."""
 
     notes: tuple[Note, ...]
-    source: str  # "music21:<corpus path>#<part>" or "random:<seed>"
+    source: str  # "music21:<corpus path>#<part>", "file:<name>#<part>" or "random:<seed>"
     instrument: str
-    qpm: float  # the tempo the note times were computed with (quarter notes per minute)
+    qpm: float  # the tempo the note times were computed with (quarter notes per minute; MIDI: the first)
     transpose: int = 0  # semitones the whole part was moved by to fit the instrument
     meta: dict[str, Any] = field(default_factory=dict)  # extra facts (title, meter, ...)
 
@@ -369,6 +372,220 @@ def random_melody(instrument: str | Instrument, seed: int, seconds: float) -> Sc
     notes = [n for n in notes if n.onset < seconds]
     notes = [Note(n.onset, min(n.duration, seconds - n.onset), n.pitch, n.velocity) for n in notes]
     return Score(tuple(notes), f"random:{seed}", inst.name, qpm, 0, {"mode": mode, "tonic": tonic})
+
+
+# --------------------------------------------------------------------------- your own files
+
+# File name endings read as scores, and the reader for each.
+SCORE_FILE_TYPES: dict[str, str] = {".mid": "midi", ".midi": "midi", ".musicxml": "musicxml", ".xml": "musicxml",
+                                    ".mxl": "musicxml"}
+CHORD_SECONDS = 0.03  # MIDI notes starting this close together are one chord (one note of it is kept)
+
+
+@dataclass(frozen=True)
+class FilePart:
+    """One part (MusicXML) or track (MIDI) of a score file."""
+
+    label: str  # its name, made unique in the file ("part 2" when it has none)
+    program: int | None  # General MIDI program, 0-based, when the file says
+    n_notes: int
+    median_pitch: float  # sounding MIDI pitch; how parts are ranked from low to high
+    obj: Any = field(compare=False, repr=False)  # the music21 Part or pretty_midi Instrument
+
+
+@dataclass(frozen=True)
+class _ScoreFile:
+    kind: str  # "midi" | "musicxml"
+    parts: tuple[FilePart, ...]
+    qpm: float | None  # the file's first tempo (MIDI) or metronome mark (MusicXML), if any
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (hex), which datasets record to notice a changed score."""
+    return sha256_file(path)
+
+
+def _check_file(path: str | Path) -> tuple[Path, str]:
+    p = Path(path)
+    if not p.exists():
+        raise ValueError(f"score file {str(path)!r} does not exist")
+    if not p.is_file():
+        raise ValueError(f"score file {str(path)!r} is not a file")
+    kind = SCORE_FILE_TYPES.get(p.suffix.lower())
+    if kind is None:
+        raise ValueError(f"score file {str(path)!r}: unsupported type {p.suffix or '(no ending)'!r}; give a MIDI "
+                         f"(.mid, .midi) or MusicXML (.musicxml, .xml, .mxl) file")
+    return p, kind
+
+
+def _unique_labels(names: list[str | None]) -> list[str]:
+    labels = [(n or "").strip() or f"part {i + 1}" for i, n in enumerate(names)]
+    counts: dict[str, int] = {}
+    for lab in labels:
+        counts[lab.lower()] = counts.get(lab.lower(), 0) + 1
+    seen: dict[str, int] = {}
+    out = []
+    for lab in labels:
+        if counts[lab.lower()] > 1:
+            seen[lab.lower()] = seen.get(lab.lower(), 0) + 1
+            lab = f"{lab} ({seen[lab.lower()]})"
+        out.append(lab)
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _read_score_file(path: str, kind: str, mtime_ns: int, size: int) -> _ScoreFile:
+    """Parse a score file (cached while the file is unchanged)."""
+    log.debug("reading score file %s", path)
+    if kind == "midi":
+        import pretty_midi
+
+        try:
+            pm = pretty_midi.PrettyMIDI(path)
+        except Exception as e:  # pretty_midi/mido raise many kinds for a damaged file
+            raise ValueError(f"cannot be read as MIDI ({_describe(e)})") from None
+        tracks = [t for t in pm.instruments if not t.is_drum]
+        labels = _unique_labels([t.name for t in tracks])
+        parts = tuple(FilePart(lab, int(t.program), len(t.notes),
+                               float(np.median([n.pitch for n in t.notes])) if t.notes else 0.0, t)
+                      for lab, t in zip(labels, tracks, strict=True))
+        tempi = pm.get_tempo_changes()[1]
+        return _ScoreFile(kind, parts, float(tempi[0]) if len(tempi) else None)
+    from music21 import converter, stream
+
+    try:
+        sc = converter.parse(path, format="musicxml", forceSource=True)
+    except Exception as e:  # music21 raises many kinds for a damaged file
+        raise ValueError(f"cannot be read as MusicXML ({_describe(e)})") from None
+    if isinstance(sc, stream.Opus):
+        scores = list(sc.scores)
+        if not scores:
+            raise ValueError("holds no score")
+        sc = scores[0]
+    try:
+        sc = sc.toSoundingPitch()  # transposing instruments: their written notes -> what sounds
+    except Exception:  # noqa: BLE001 - a score music21 cannot transpose is taken as written
+        log.debug("%s: could not convert to sounding pitch; using the written notes", path)
+    m21_parts = list(sc.parts) if isinstance(sc, stream.Score) else [sc]
+    labels = _unique_labels([p.partName for p in m21_parts])
+    parts = []
+    for lab, p in zip(labels, m21_parts, strict=True):
+        lows = [min(x.midi for x in el.pitches) for el in p.flatten().notes if el.pitches]
+        inst = p.getInstrument(returnDefault=False)
+        program = getattr(inst, "midiProgram", None) if inst is not None else None
+        parts.append(FilePart(lab, None if program is None else int(program), len(lows),
+                              float(np.median(lows)) if lows else 0.0, p))
+    qpm = None
+    for mm in sc.flatten().getElementsByClass("MetronomeMark"):
+        q = mm.getQuarterBPM()
+        if q:
+            qpm = float(q)
+            break
+    return _ScoreFile("musicxml", tuple(parts), qpm)
+
+
+def _describe(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+
+
+def _load_file(path: str | Path) -> _ScoreFile:
+    p, kind = _check_file(path)
+    st = p.stat()
+    try:
+        return _read_score_file(str(p.resolve()), kind, st.st_mtime_ns, st.st_size)
+    except ValueError as e:
+        raise ValueError(f"score file {str(path)!r}: {e}") from None
+
+
+def score_file_parts(path: str | Path) -> list[str]:
+    """The part (MusicXML) or track (MIDI, drums left out) names of a score file, as
+    ``part=`` of :func:`file_score` takes them."""
+    return [p.label for p in _load_file(path).parts]
+
+
+def choose_part(parts: tuple[FilePart, ...] | list[FilePart], instrument: str | Instrument,
+                name: str | None = None, where: str = "the score") -> FilePart:
+    """The part an instrument plays.
+
+    ``name`` given: the part of that name (case-insensitive), else the only one whose name
+    contains it. Otherwise, among the parts with notes: the first named like the
+    instrument ("Violoncello" for the cello), else the first with its General MIDI
+    program, else the only one, else the lowest-sounding (both instruments take the bass
+    line). Raises ValueError naming the parts there are when none fits."""
+    inst = get_instrument(instrument) if isinstance(instrument, str) else instrument
+    names = [p.label for p in parts]
+    if name is not None:
+        key = name.strip().lower()
+        exact = [p for p in parts if p.label.lower() == key]
+        inside = [p for p in parts if key in p.label.lower()]
+        if exact or len(inside) == 1:
+            return (exact or inside)[0]
+        if inside:
+            raise ValueError(f"--part {name!r} matches several parts of {where}: {[p.label for p in inside]}; "
+                             f"give one of them in full")
+        raise ValueError(f"{where} has no part named {name!r}; its parts are {names}")
+    playing = [p for p in parts if p.n_notes > 0]
+    if not playing:
+        raise ValueError(f"{where} holds no notes" + (f" (parts: {names})" if names else ""))
+    for p in playing:
+        if inst.name in p.label.lower():
+            return p
+    for p in playing:
+        if p.program == inst.gm_program:
+            return p
+    if len(playing) == 1:
+        return playing[0]
+    return min(playing, key=lambda p: p.median_pitch)
+
+
+def _midi_notes(track: Any, inst: Instrument) -> list[tuple[float, float, int, int]]:
+    """A MIDI track's notes with their own times and velocities; of the notes starting
+    within :data:`CHORD_SECONDS` of each other, the instrument's chord note."""
+    notes = sorted((n for n in track.notes if n.end > n.start), key=lambda n: (n.start, n.pitch))
+    raw: list[tuple[float, float, int, int]] = []
+    i = 0
+    while i < len(notes):
+        j = i + 1
+        while j < len(notes) and notes[j].start - notes[i].start < CHORD_SECONDS:
+            j += 1
+        group = notes[i:j]
+        n = max(group, key=lambda x: x.pitch) if inst.chord_note == "top" else min(group, key=lambda x: x.pitch)
+        onset = float(notes[i].start)
+        raw.append((onset, float(n.end) - onset, int(n.pitch), _clip_velocity(n.velocity)))
+        i = j
+    return raw
+
+
+def file_score(path: str | Path, instrument: str | Instrument, part: str | None = None, name: str | None = None,
+               seed: int = 0, max_rest: float = math.inf) -> Score:
+    """One part of a MIDI or MusicXML file -> :class:`Score` (source ``file:<name>#<part>``,
+    ``name`` defaulting to the file's name).
+
+    MIDI keeps the file's timing (tempo changes included) and note velocities. MusicXML
+    goes through :func:`part_score` (ties, chords, dynamics, fermatas) at the tempo of the
+    file's first metronome mark, else the default for its meter. Both are made monophonic
+    and moved by octaves into the instrument's range like the corpus parts; rests are kept
+    as written (up to ``max_rest`` seconds) except that the silence before the first note
+    is shortened to a quarter second. The part is chosen by :func:`choose_part`."""
+    inst = get_instrument(instrument) if isinstance(instrument, str) else instrument
+    f = _load_file(path)
+    where = f"score file {str(path)!r}"
+    chosen = choose_part(f.parts, inst, part, where)
+    if chosen.n_notes == 0:
+        raise ValueError(f"{where}: part {chosen.label!r} holds no notes; choose another with --part "
+                         f"(parts: {[p.label for p in f.parts]})")
+    source = f"file:{name or Path(path).name}#{chosen.label}"
+    if f.kind == "midi":
+        notes, transpose = _fit_range(_monophonic(_midi_notes(chosen.obj, inst)), inst)
+        notes = _compress_rests(notes, max_rest)
+        if not notes:
+            raise ValueError(f"{where}: part {chosen.label!r} holds no notes")
+        sc = Score(tuple(notes), source, inst.name, round(f.qpm or 120.0, 3), transpose, {})
+    else:
+        sc = part_score(chosen.obj, inst, f.qpm, source, max_rest=max_rest, seed=seed)
+    meta = {**sc.meta, "file": str(path), "format": f.kind, "part": chosen.label,
+            "parts": [p.label for p in f.parts]}
+    return replace(sc, meta=meta)
 
 
 def note_at(notes: tuple[Note, ...] | list[Note], t: float) -> Note | None:

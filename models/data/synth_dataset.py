@@ -10,6 +10,7 @@ picks up where it stopped; a different config aimed at the same folder is refuse
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing as mp
 import re
 from collections.abc import Callable
@@ -23,43 +24,110 @@ from letsplay.models.data import dataset_format as fmt
 from letsplay.models.data.expression import NO_VIBRATO
 from letsplay.models.data.instruments import get_instrument
 from letsplay.models.data.performer_motion import CELLO_VIBRATO, Body, cello_vibrato_allowed, perform
-from letsplay.models.data.performer_render import Look, PerformerRenderer
-from letsplay.models.data.scores import CORPUS_PIECES, CorpusPiece, Score, corpus_score, random_melody
+from letsplay.models.data.performer_render import PART_LABELS, Look, PerformerRenderer
+from letsplay.models.data.scores import (
+    CORPUS_PIECES,
+    CorpusPiece,
+    Score,
+    corpus_score,
+    file_score,
+    random_melody,
+)
 from letsplay.models.data.synth_audio import SynthConfig, render_notes, resolve_backend
-from letsplay.models.skeleton import N_KEYPOINTS
+from letsplay.models.skeleton import N_KEYPOINTS, instrument_point_names
 from letsplay.models.spec import AudioSpec, VideoSpec
 
 log = logging.getLogger(__name__)
 
 # Bump when the picture or the motion changes: old datasets then refuse to resume.
-RENDERER_VERSION = 2  # 2: causal bowing (bow_travel)
+RENDERER_VERSION = 3  # 2: causal bowing (bow_travel); 3: instrument points and part maps (format 2)
 
 
 @dataclass(frozen=True)
 class SynthDatasetConfig:
-    """What a synthetic dataset contains. Stored in its manifest; resuming needs the same."""
+    """What a synthetic dataset contains. Stored in its manifest; resuming needs the same.
+
+    Two kinds: ``minutes`` of corpus pieces and random melodies, or (``score_files``)
+    exactly the given MIDI/MusicXML pieces, whole."""
 
     instrument: str  # "cello" | "trombone"
-    minutes: float  # total length of all clips
+    minutes: float | None = None  # total length of all clips (corpus/random datasets; None with score_files)
     seed: int = 0  # everything random (piece order, tempi, identities, melodies) follows from it
     clip_seconds: float = 30.0  # clip length (the last clip of a piece may be shorter, >= min_clip_seconds)
-    identities: int = 4  # performers (identity seeds) in the dataset
+    identities: int = 4  # performers (identity seeds) in the dataset (1 when ``identity`` is set)
     synth: str = "auto"  # "auto" | "tinysoundfont" | "fluidsynth" (stored resolved)
     frames: str = "mp4"  # "mp4" (H.264) | "jpeg"
     random_fraction: float = 0.25  # share of the time played from seeded random melodies
     max_piece_seconds: float = 120.0  # at most this much of one corpus piece (more pieces, better splits)
     min_clip_seconds: float = 5.0
+    score_files: tuple[str, ...] = ()  # MIDI/MusicXML files to play instead of the corpus (paths as given)
+    score_sha256: tuple[str, ...] = ()  # their contents' SHA-256 (filled in by resolved())
+    part: str | None = None  # the part of each score file to play (None: chosen per file, see choose_part)
+    identity: int | None = None  # one identity seed playing every clip (None: ``identities`` seeds from seed)
+    split: str | None = None  # "auto" (seeded, by piece) | "train" | "val" | "test"; None: test with score_files
 
-    def resolved(self) -> SynthDatasetConfig:
+    def validate(self) -> None:
+        """Raise ValueError (naming the ``letsplay data synth`` option) for a config that cannot
+        make a dataset. Reads nothing from disk but the score files' existence."""
         get_instrument(self.instrument)
-        if self.minutes <= 0:
-            raise ValueError(f"minutes must be > 0, got {self.minutes}")
+        if self.score_files:
+            if self.minutes is not None:
+                raise ValueError("--minutes and --score exclude each other: with --score the dataset is the "
+                                 "given pieces, whole; leave out --minutes")
+            for f in self.score_files:
+                if not Path(f).is_file():
+                    raise ValueError(f"score file {f!r} " + ("is not a file" if Path(f).exists()
+                                                             else "does not exist"))
+            resolved = [str(Path(f).resolve()) for f in self.score_files]
+            if len(set(resolved)) < len(resolved):
+                raise ValueError(f"a score file is given twice: {list(self.score_files)}")
+        elif self.minutes is None:
+            raise ValueError("say what to play: --minutes M (corpus pieces and random melodies) or --score FILE ...")
+        elif not _positive(self.minutes):
+            raise ValueError(f"--minutes must be a number > 0, got {self.minutes}")
+        elif self.part is not None:
+            raise ValueError("--part chooses a part of a --score file; give --score too")
+        if not _positive(self.clip_seconds):
+            raise ValueError(f"--clip-seconds must be a number > 0, got {self.clip_seconds}")
+        if not _positive(self.min_clip_seconds):
+            raise ValueError(f"min_clip_seconds must be a number > 0, got {self.min_clip_seconds}")
+        if not _positive(self.max_piece_seconds):
+            raise ValueError(f"max_piece_seconds must be a number > 0, got {self.max_piece_seconds}")
+        if not (math.isfinite(self.random_fraction) and 0.0 <= self.random_fraction <= 1.0):
+            raise ValueError(f"random_fraction must be in [0, 1], got {self.random_fraction}")
+        if int(self.identities) < 1:
+            raise ValueError(f"--identities must be >= 1 (performers to use), got {self.identities}")
+        if self.identity is not None and not 0 <= int(self.identity) < 2**63:
+            raise ValueError(f"--identity must be an identity seed >= 0 (as in a clip.json's identity_seed), "
+                             f"got {self.identity}")
+        if self.split not in (None, "auto", *fmt.SPLITS):
+            raise ValueError(f"--split must be one of auto, {', '.join(fmt.SPLITS)}; got {self.split!r}")
         if self.frames not in ("mp4", "jpeg"):
             raise ValueError(f"frames must be 'mp4' or 'jpeg', got {self.frames!r}")
-        return SynthDatasetConfig(**{**asdict(self), "synth": resolve_backend(self.synth)})
+
+    def resolved(self) -> SynthDatasetConfig:
+        """Validated, with the audio backend, the score files' SHA-256 and the split filled in."""
+        self.validate()
+        from letsplay.models.data.scores import file_sha256
+
+        return SynthDatasetConfig(**{
+            **asdict(self), "synth": resolve_backend(self.synth),
+            "score_files": tuple(str(f) for f in self.score_files),
+            "score_sha256": tuple(file_sha256(f) for f in self.score_files),
+            "split": self.split or ("test" if self.score_files else "auto"),
+            "identities": 1 if self.identity is not None else int(self.identities),
+        })
 
     def to_manifest(self) -> dict[str, Any]:
-        return {**asdict(self), "renderer_version": RENDERER_VERSION}
+        d = {**asdict(self), "renderer_version": RENDERER_VERSION}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}  # as it reads back from JSON
+
+
+def _positive(x: float) -> bool:
+    try:
+        return math.isfinite(float(x)) and float(x) > 0
+    except (TypeError, ValueError):
+        return False
 
 
 def identity_seeds(seed: int, n: int) -> list[int]:
@@ -89,6 +157,8 @@ def _make_score(args: tuple[str, str, int, float, float]) -> dict[str, Any]:
 def plan_dataset(root: Path, cfg: SynthDatasetConfig, pool: Any | None = None,
                  fps: float = 30.0) -> list[dict[str, Any]]:
     """Choose pieces, write their scores to ``root/scores``, and cut them into clips."""
+    if cfg.score_files:
+        return _plan_score_files(root, cfg, fps)
     r = np.random.default_rng([cfg.seed, 0x91A])
     target = cfg.minutes * 60.0
     corpus = list(CORPUS_PIECES[cfg.instrument])
@@ -159,8 +229,16 @@ def plan_dataset(root: Path, cfg: SynthDatasetConfig, pool: Any | None = None,
     if not clips:
         raise ValueError(f"{cfg.minutes} minutes is too short for one clip of at least {cfg.min_clip_seconds} s")
 
-    splits = fmt.split_for([c["piece"] for c in clips], cfg.seed)
-    ids = identity_seeds(cfg.seed, cfg.identities)
+    return _finish_plan(clips, cfg)
+
+
+def _finish_plan(clips: list[dict[str, Any]], cfg: SynthDatasetConfig) -> list[dict[str, Any]]:
+    """Number the clips and give each its split (by piece, or ``cfg.split`` for all) and
+    identity seed (``cfg.identity`` for all, else the dataset's identities in turn)."""
+    split = cfg.split or "auto"
+    splits = (fmt.split_for([c["piece"] for c in clips], cfg.seed) if split == "auto"
+              else {c["piece"]: split for c in clips})
+    ids = [int(cfg.identity)] if cfg.identity is not None else identity_seeds(cfg.seed, cfg.identities)
     for i, c in enumerate(clips):
         c["id"] = f"c{i:04d}"
         c["split"] = splits[c["piece"]]
@@ -168,6 +246,39 @@ def plan_dataset(root: Path, cfg: SynthDatasetConfig, pool: Any | None = None,
         c["score_file"] = f"scores/{_safe(c['piece'])}.json"
     return [{k: c[k] for k in ("id", "split", "piece", "start", "duration", "identity_seed", "score_file")}
             for c in clips]
+
+
+def score_file_names(files: tuple[str, ...] | list[str]) -> list[str]:
+    """The name each score file goes by in piece ids (``file:<name>#<part>``): its file
+    name, or the path as given where two files share a name."""
+    names = [Path(f).name for f in files]
+    return [n if names.count(n) == 1 else str(f) for n, f in zip(names, files, strict=True)]
+
+
+def load_score_files(cfg: SynthDatasetConfig) -> list[Score]:
+    """The scores of ``cfg.score_files`` (ValueError for a missing, unreadable or empty file)."""
+    return [file_score(f, cfg.instrument, part=cfg.part, name=n, seed=cfg.seed)
+            for f, n in zip(cfg.score_files, score_file_names(cfg.score_files), strict=True)]
+
+
+def _plan_score_files(root: Path, cfg: SynthDatasetConfig, fps: float) -> list[dict[str, Any]]:
+    """Every given piece, whole, cut into clips of ``clip_seconds`` (a remainder shorter than
+    ``min_clip_seconds`` joins the clip before it; a piece shorter than that is one clip)."""
+    scores_dir = Path(root) / "scores"
+    scores_dir.mkdir(parents=True, exist_ok=True)
+    clips: list[dict[str, Any]] = []
+    for sc in load_score_files(cfg):
+        pid = sc.source
+        fmt.write_json_atomic(scores_dir / f"{_safe(pid)}.json", sc.to_dict())
+        length = max(1, round(sc.duration * fps)) / fps
+        bounds = list(np.arange(0.0, length, cfg.clip_seconds)) + [length]
+        if len(bounds) > 2 and bounds[-1] - bounds[-2] < cfg.min_clip_seconds:
+            del bounds[-2]
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+            a, b = round(a * fps) / fps, round(b * fps) / fps
+            if b > a:
+                clips.append({"piece": pid, "start": a, "duration": round(b - a, 9)})
+    return _finish_plan(clips, cfg)
 
 
 # --------------------------------------------------------------------------- one clip
@@ -200,18 +311,22 @@ def render_clip(root: Path, clip: dict[str, Any], cfg: SynthDatasetConfig, audio
     files = fmt.begin_clip(root, clip["id"])
     try:
         frame = np.empty((video_spec.height, video_spec.width, 3), np.uint8)
+        parts = np.zeros((n_frames, video_spec.height, video_spec.width), np.uint8)  # part-label maps
         if cfg.frames == "mp4":
             with fmt.VideoWriter(files.video, video_spec, threads=threads) as vw:
                 for i in range(n_frames):
-                    vw.write(renderer.render(i, frame))
+                    vw.write(renderer.render(i, frame, parts[i]))
         else:
             files.frames_dir.mkdir()
             for i in range(n_frames):
-                bgr = cv2.cvtColor(renderer.render(i, frame), cv2.COLOR_RGB2BGR)
+                bgr = cv2.cvtColor(renderer.render(i, frame, parts[i]), cv2.COLOR_RGB2BGR)
                 cv2.imwrite(str(files.frames_dir / f"{i:06d}.jpg"), bgr, [cv2.IMWRITE_JPEG_QUALITY, 92])
         fmt.write_audio(files.audio, audio, audio_spec.sample_rate)
+        inside = ((perf.instrument_points >= 0) & (perf.instrument_points <= 1)).all(axis=-1)
         fmt.write_keypoints(files.keypoints, perf.times, perf.keypoints,
-                            np.ones((n_frames, N_KEYPOINTS), np.float32))
+                            np.ones((n_frames, N_KEYPOINTS), np.float32), perf.instrument_points,
+                            instrument_point_names(inst.name), inside.astype(np.float32))
+        fmt.write_parts(files.parts, parts, PART_LABELS)
         fmt.write_json_atomic(files.notes, {"notes": [[n.onset, n.duration, n.pitch, n.velocity] for n in notes]})
         np.savez_compressed(files.motion, times=perf.times, **{k: np.asarray(v) for k, v in perf.state.items()})
         manifest = {
@@ -248,6 +363,14 @@ def synthesize_dataset(root: Path, cfg: SynthDatasetConfig, workers: int = 1,
     """Create (or resume) a synthetic dataset in ``root``; returns the final manifest."""
     root = Path(root)
     audio_spec, video_spec = audio_spec or AudioSpec(), video_spec or VideoSpec()
+    # everything that can be wrong with the request is found before the folder is made
+    cfg.validate()
+    if int(workers) < 1:
+        raise ValueError(f"--workers must be >= 1 (parallel processes), got {workers}")
+    if root.exists() and not root.is_dir():
+        raise fmt.DatasetError(f"--out {str(root)!r} is a file, not a folder; choose an empty or new folder")
+    if cfg.score_files:
+        load_score_files(cfg)  # a missing, unreadable or empty score file (parsed once: cached)
     if root.exists() and not (root / fmt.MANIFEST).is_file() and any(p.name != ".lock" for p in root.iterdir()):
         raise fmt.DatasetError(f"{root} is not empty and holds no letsplay dataset; choose an empty or new "
                                f"--out folder")

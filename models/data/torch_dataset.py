@@ -11,6 +11,10 @@ Audio features come from :class:`letsplay.models.features.CQT` and
 frame ``i`` gets the ``window_columns`` columns ending at its time. Each clip's whole CQT
 is computed once and cached (in memory, and on disk under ``cache_dir`` when given,
 keyed by the audio file and the AudioSpec).
+
+Dataset format 2 adds the instrument's own points (every item carries them; zeros with
+confidence 0 where a clip has none: format 1, clips prepared from video, Sub-URMP) and
+the renderer's part-label maps (on request, ``with_parts``).
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from letsplay.models.data import dataset_format as fmt
 from letsplay.models.data.readers import ClipSource, open_dataset, open_sub_urmp
+from letsplay.models.skeleton import instrument_point_names
 from letsplay.models.spec import AudioSpec, VideoSpec
 
 log = logging.getLogger(__name__)
@@ -55,6 +61,33 @@ def _cqt_module(spec: AudioSpec) -> Any:
     return CQT(spec)
 
 
+PARTS_UNKNOWN = 255  # the ``parts`` value of pixels whose label is not known (a clip without part maps)
+
+
+def _crop_box(h: int, w: int, height: int, width: int) -> tuple[int, int, int, int]:
+    """(x0, y0, crop width, crop height): the centred crop of an h x w frame with the target aspect."""
+    target = width / height
+    if w / h > target:  # too wide
+        cw, ch = int(round(h * target)), h
+    else:
+        cw, ch = w, int(round(w / target))
+    return (w - cw) // 2, (h - ch) // 2, cw, ch
+
+
+def _fit_points(kp: np.ndarray, conf: np.ndarray, h: int, w: int, height: int,
+                width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Points (normalised to an h x w frame) after the centre crop to height x width; points
+    that leave the crop get confidence 0 and coordinates 0."""
+    if (h, w) == (height, width):
+        return kp, conf
+    x0, y0, cw, ch = _crop_box(h, w, height, width)
+    kp2 = (kp * np.array([w, h]) - np.array([x0, y0])) / np.array([cw, ch])
+    conf2 = conf.copy()
+    conf2[((kp2 < 0) | (kp2 > 1)).any(axis=-1)] = 0.0
+    kp2 = np.where(conf2[..., None] > 0, kp2, 0.0)
+    return kp2.astype(np.float32), conf2
+
+
 def _fit_frames(frames: np.ndarray, kp: np.ndarray, conf: np.ndarray, height: int,
                 width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Centre-crop to the target aspect and resize; keypoints follow the crop."""
@@ -63,19 +96,40 @@ def _fit_frames(frames: np.ndarray, kp: np.ndarray, conf: np.ndarray, height: in
         return frames, kp, conf
     import cv2
 
-    target = width / height
-    if w / h > target:  # too wide
-        cw, ch = int(round(h * target)), h
-    else:
-        cw, ch = w, int(round(w / target))
-    x0, y0 = (w - cw) // 2, (h - ch) // 2
+    x0, y0, cw, ch = _crop_box(h, w, height, width)
     out = np.stack([cv2.resize(f[y0:y0 + ch, x0:x0 + cw], (width, height), interpolation=cv2.INTER_AREA)
                     for f in frames])
-    kp2 = (kp * np.array([w, h]) - np.array([x0, y0])) / np.array([cw, ch])
-    conf2 = conf.copy()
-    conf2[((kp2 < 0) | (kp2 > 1)).any(axis=-1)] = 0.0
-    kp2 = np.where(conf2[..., None] > 0, kp2, 0.0)
-    return out, kp2.astype(np.float32), conf2
+    kp2, conf2 = _fit_points(kp, conf, h, w, height, width)
+    return out, kp2, conf2
+
+
+def _fit_labels(labels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Part-label maps [T, h, w] cropped like the frames and resized by nearest neighbour."""
+    T, h, w = labels.shape
+    if (h, w) == (height, width):
+        return labels
+    import cv2
+
+    x0, y0, cw, ch = _crop_box(h, w, height, width)
+    return np.stack([cv2.resize(m[y0:y0 + ch, x0:x0 + cw], (width, height), interpolation=cv2.INTER_NEAREST)
+                     for m in labels])
+
+
+def clip_instrument_points(clip: ClipSource) -> fmt.InstrumentPoints | None:
+    """A clip's instrument points (format 2 letsplay clips), or None when it has none."""
+    files = getattr(clip, "files", None)
+    if isinstance(files, fmt.ClipFiles) and files.keypoints.is_file():
+        return fmt.read_instrument_points(files.keypoints)
+    return None
+
+
+def clip_parts(clip: ClipSource) -> tuple[np.ndarray, tuple[str, ...]] | None:
+    """A clip's part-label maps (labels [T, H, W] uint8, label names), or None when it has
+    none (format 1, clips prepared from video, Sub-URMP)."""
+    files = getattr(clip, "files", None)
+    if isinstance(files, fmt.ClipFiles) and files.parts.is_file():
+        return fmt.read_parts(files.parts)
+    return None
 
 
 class PerformanceDataset(Dataset):
@@ -86,6 +140,12 @@ class PerformanceDataset(Dataset):
     * ``frames``: float32 [T, 3, H, W] in [-1, 1] (RGB); absent with ``with_frames = False``
     * ``cqt``: float32 [T, n_bins, window_columns], frame t's audio window
     * ``keypoints``: float32 [T, 67, 2] normalised (x, y); ``confidence``: float32 [T, 67]
+    * ``instrument_points``: float32 [T, K, 2] the instrument's points
+      (``skeleton.instrument_point_names``, K = 0 for an instrument without a layout);
+      ``instrument_confidence``: float32 [T, K], 0 where a point is unknown (a clip without
+      instrument points) or outside the frame
+    * ``parts``: uint8 [T, H, W] part-label ids (``performer_render.PART_LABELS``), only
+      with ``with_parts = True``; :data:`PARTS_UNKNOWN` everywhere for a clip without maps
     * ``clip``: clip id, ``start``: first frame index, ``instrument``: name
     """
 
@@ -104,6 +164,7 @@ class PerformanceDataset(Dataset):
         self.random_offset = random_offset
         self.epoch = 0
         self.with_frames = True  # False: items carry no "frames" (keypoint training needs none)
+        self.with_parts = False  # True: items carry "parts", the part-label maps (format-2 clips)
         self.index: list[tuple[int, int]] = []
         for ci, c in enumerate(self.clips):
             for s in range(0, c.n_frames - seq_len + 1, self.stride):
@@ -114,6 +175,8 @@ class PerformanceDataset(Dataset):
         self._cqts: dict[int, torch.Tensor] = {}
         self._kps: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._first: dict[int, np.ndarray] = {}  # frame 0 of each clip (its size, without frames)
+        self._inst: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._parts: dict[int, np.ndarray | None] = {}  # the last clip's maps only (they are large)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -166,6 +229,31 @@ class PerformanceDataset(Dataset):
             self._kps[ci] = self.clips[ci].keypoints()
         return self._kps[ci]
 
+    def _instrument_points(self, ci: int) -> tuple[np.ndarray, np.ndarray]:
+        """(points [T, K, 2], confidence [T, K]) in the order of the clip instrument's point
+        names; zeros with confidence 0 for points the clip does not have."""
+        if ci not in self._inst:
+            clip = self.clips[ci]
+            names = instrument_point_names(clip.instrument)
+            pts = np.zeros((clip.n_frames, len(names), 2), np.float32)
+            conf = np.zeros((clip.n_frames, len(names)), np.float32)
+            got = clip_instrument_points(clip) if names else None
+            if got is not None:
+                n = min(clip.n_frames, len(got.points))
+                for k, name in enumerate(names):
+                    if name in got.names:
+                        j = got.names.index(name)
+                        pts[:n, k], conf[:n, k] = got.points[:n, j], got.confidence[:n, j]
+            self._inst[ci] = (pts, conf)
+        return self._inst[ci]
+
+    def _part_maps(self, ci: int) -> np.ndarray | None:
+        if ci not in self._parts:
+            self._parts.clear()
+            got = clip_parts(self.clips[ci])
+            self._parts[ci] = None if got is None else got[0]
+        return self._parts[ci]
+
     def _first_frame(self, ci: int) -> np.ndarray:
         if ci not in self._first:
             self._first[ci] = self.clips[ci].frames(0, 1)
@@ -194,13 +282,25 @@ class PerformanceDataset(Dataset):
         frames = clip.frames(s, T) if self.with_frames else self._first_frame(ci)
         kp_all, conf_all = self._keypoints(ci)
         kp, conf = kp_all[s:s + T], conf_all[s:s + T]
+        h, w = frames.shape[1:3]
         frames, kp, conf = _fit_frames(frames, kp, conf, self.video_spec.height, self.video_spec.width)
+        ip_all, ic_all = self._instrument_points(ci)
+        ip, ic = _fit_points(ip_all[s:s + T], ic_all[s:s + T], h, w, self.video_spec.height, self.video_spec.width)
         cqt = frame_windows(self.clip_cqt(ci), self.audio_spec, self._video_for(clip), range(s, s + T))
         item: dict[str, Any] = {
             "cqt": cqt.float(), "keypoints": torch.from_numpy(np.asarray(kp, np.float32)),
             "confidence": torch.from_numpy(np.asarray(conf, np.float32)), "clip": clip.id, "start": s,
             "instrument": clip.instrument,
+            "instrument_points": torch.from_numpy(np.ascontiguousarray(ip, np.float32)),
+            "instrument_confidence": torch.from_numpy(np.ascontiguousarray(ic, np.float32)),
         }
+        if self.with_parts:
+            maps = self._part_maps(ci)
+            if maps is None or len(maps) < s + T:
+                labels = np.full((T, self.video_spec.height, self.video_spec.width), PARTS_UNKNOWN, np.uint8)
+            else:
+                labels = _fit_labels(maps[s:s + T], self.video_spec.height, self.video_spec.width)
+            item["parts"] = torch.from_numpy(np.ascontiguousarray(labels))
         if self.with_frames:
             item["frames"] = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
         return item
