@@ -1,33 +1,61 @@
-"""Evaluation on pieces held out from training (paper section IV, Tables I-III), and the
-ablation study.
+"""Evaluation on pieces held out from training (paper section IV, Tables I-III), every
+figure beside its trivial baseline, and the ablation study.
 
 Frames are generated the way the engine makes them: :meth:`Performer.step` frame by
 frame over whole held-out clips, state carried from the clip's first frame, noise z = 0.
 
-Metrics (frames mapped from [-1, 1] to [0, 1]):
+Rows (each scored on the same clips and frames):
 
-* ``psnr`` -- dB, per frame, averaged (Tables I and III);
+* ``model`` -- the performer as it runs;
+* ``still_picture`` -- the clip's per-pixel median of the real frames, shown for every
+  frame: the best constant image (image metrics only);
+* ``still_pose`` -- the clip's mean real keypoints held for every frame (keypoint
+  error and sync);
+* ``renderer_only`` -- the model's generator (CVG + STU) fed the real keypoints instead
+  of KHP's: their heatmap (alpha from the confidence) and the real points for the GCN,
+  stepped frame by frame with its state carried like the model (image metrics); what
+  the renderer reaches with perfect keypoints;
+* ``ground_truth`` -- the real keypoints' sync: the ceiling of the sync metric.
+
+Image metrics (frames mapped from [-1, 1] to [0, 1]):
+
+* ``psnr`` -- dB, per frame, averaged over all frames (Tables I and III);
 * ``ssim`` -- Wang et al. 2004 with an 11x11 Gaussian window (sigma 1.5), per RGB channel,
   averaged over channels and frames (Tables I and III); implemented here;
-* ``kp_dist`` -- mean Euclidean distance between predicted and real keypoints in
-  normalised coordinates (Table II), over points the data has (confidence > 0);
+* ``psnr_moving`` -- PSNR over the pixels that move: per frame, the pixels where the real
+  frame differs from its clip's still picture by more than :data:`MOVING_THRESHOLD` in
+  any channel; the squared error over those pixels (all channels) is pooled over the
+  clip into one MSE and PSNR, then averaged over clips. A constant image is judged
+  where it is weakest, on the performer;
+* ``checkerboard`` -- 2-pixel-period energy of the generated frames relative to the
+  real ones' (:func:`nyquist_energy`): the energy of the Nyquist row and column of
+  each frame's 2-D DFT of its luminance, summed over all frames, generated / real.
+  1.0 = as much as the real frames; well above 1 = checkerboard artefacts;
 * ``temporal`` -- mean absolute error of the frame-to-frame differences against the
   ground truth's, ``|(G_t - G_{t-1}) - (R_t - R_{t-1})|`` (0 = the motion between frames
-  is exactly the real one; flicker and frozen frames both raise it);
-* ``sync`` -- the fraction of note onsets met by a motion event of the right wrist within
-  +-1 frame in the *generated* keypoints. Cello: a bow reversal, a sign change of the
-  wrist's horizontal velocity. Trombone: a slide move, a start or stop of the wrist's
-  movement (the synthetic performer moves the slide in the lead before an onset and
-  arrives at it); only onsets whose ground truth has such an event count, because a
-  repeated slide position needs no move. ``sync_gt`` is the same detector on the real
-  keypoints (its ceiling) and ``events_per_onset`` the generated events per counted
-  onset (a jittering wrist would meet every onset with many events: this shows it).
+  is exactly the real one; flicker and frozen frames both raise it).
+
+Keypoints:
+
+* ``kp_dist`` -- mean Euclidean distance between predicted and real keypoints in
+  normalised coordinates (Table II), over points the data has (confidence > 0);
+* ``sync`` -- do the bowing / sliding hand's motion events fall on the note onsets?
+  :func:`motion_events` finds the events (speed minima of the right wrist after real
+  travel: bow reversals, slide arrivals), :func:`sync_counts` matches them one to one
+  with the onset frames within +-:data:`SYNC_TOLERANCE` frames and :func:`pool_sync`
+  turns the counts into an F1, its chance level and the chance-corrected
+  ``c = (f1 - chance) / (1 - chance)``: ~0 for events at random frames or a jittering
+  hand, 1 for events exactly on the onsets, below 0 for a hand that never moves.
   Note onsets come from the dataset's ``notes.json`` (synthetic data); None without notes.
+
+With ``kp_only`` (KHP alone, the ablation's Table II) only the keypoint rows (model,
+still pose, ground truth) are computed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -41,15 +69,49 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from letsplay.models.performer import Performer
+from letsplay.models.performer import Performer, PerformerState
 from letsplay.models.skeleton import BODY_25_NAMES
 
 log = logging.getLogger(__name__)
 
-RIGHT_WRIST = BODY_25_NAMES.index("r_wrist")
-SYNC_TOLERANCE = 1  # frames either side of the onset
-CELLO_MIN_SPEED = 0.0008  # normalised units per frame: smaller horizontal moves keep the last direction
-TROMBONE_MIN_SPEED = 0.0015  # normalised units per frame: "moving"
+ROW_NAMES = ("model", "still_picture", "still_pose", "renderer_only", "ground_truth")
+ROW_LABELS = {"model": "model", "still_picture": "still picture", "still_pose": "still pose",
+              "renderer_only": "renderer only", "ground_truth": "ground truth"}
+MOVING_THRESHOLD = 0.05  # a pixel moves where the real frame differs from the still picture by more
+
+RIGHT_WRIST = BODY_25_NAMES.index("r_wrist")  # the bowing hand (cello) and the slide hand (trombone)
+SYNC_TOLERANCE = 2  # frames either side of an onset an event may fall and still match it
+SYNC_MAX_LAG = 15  # frames; the best lag is searched in [-SYNC_MAX_LAG, SYNC_MAX_LAG]
+SYNC_CHANCE_DRAWS = 200  # random placements averaged for the chance level
+
+
+@dataclass(frozen=True)
+class EventDetector:
+    """Thresholds of :func:`motion_events` for one instrument (normalised units: a
+    fraction of the frame's width / height, per frame).
+
+    ``min_travel`` is the wrist's path length (of its smoothed track) needed since the
+    previous event: a speed minimum without real travel (the body's slow sway, a still
+    hand's noise floor) is no event. ``flat`` says which frames belong to one flat
+    bottom: those with speed within ``flat`` x (the peak speed since the previous event)
+    of the minimum's speed. A flat bottom is one event, at the frame where the motion
+    meets the note: the cello at its last frame (the new stroke starts there: a detached
+    note's bow rests between notes), the trombone at its first (the slide arrives).
+
+    Chosen on the synthetic performer's ground truth (random melodies and corpus pieces,
+    several identities), where they give the highest chance-corrected score; the
+    trombone's needs more travel because its hand rests between slide moves while the
+    body sways."""
+
+    min_travel: float
+    flat: float
+    snap_to_end: bool  # True: a flat bottom's last frame; False: its first
+
+
+EVENT_DETECTORS: dict[str, EventDetector] = {
+    "cello": EventDetector(min_travel=0.005, flat=0.05, snap_to_end=True),
+    "trombone": EventDetector(min_travel=0.02, flat=0.2, snap_to_end=False),
+}
 
 
 # --------------------------------------------------------------------------- image metrics
@@ -61,115 +123,366 @@ def psnr(fake: Tensor, real: Tensor) -> Tensor:
     return 10.0 * torch.log10(1.0 / mse)
 
 
+def _psnr_of_mse(mse: float) -> float:
+    return 10.0 * math.log10(1.0 / max(mse, 1e-10))
+
+
 def _gaussian(size: int = 11, sigma: float = 1.5) -> Tensor:
     x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     g = torch.exp(-(x**2) / (2 * sigma**2))
     return (g / g.sum()).float()
 
 
+@functools.lru_cache(maxsize=8)
+def _gaussian_band(n: int, window: int, sigma: float) -> Tensor:
+    """``[n, n - window + 1]``: column ``j`` holds the Gaussian at rows ``j .. j + window - 1``,
+    so ``x @ band`` is the valid 1-D Gaussian filter along ``x``'s last axis."""
+    g = _gaussian(window, sigma)
+    band = torch.zeros(n, n - window + 1)
+    for j in range(n - window + 1):
+        band[j:j + window, j] = g
+    return band
+
+
 def ssim(fake: Tensor, real: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
     """Per-image SSIM of ``[N, C, H, W]`` images in [0, 1] -> ``[N]`` (Gaussian window,
-    K1 = 0.01, K2 = 0.03, valid region only, mean over channels and positions)."""
+    K1 = 0.01, K2 = 0.03, valid region only, mean over channels and positions).
+
+    The five local means (x, y, x², y², xy) are filtered together as two matrix products
+    with banded Gaussian matrices (the separable filter, far faster on a CPU than a
+    per-channel convolution); the variances and the index are formed in float64."""
     N, C, H, W = fake.shape
     if H < window or W < window:
         window = min(H, W) | 1 if min(H, W) % 2 else min(H, W) - 1
-    g = _gaussian(window, sigma).to(fake)
-    kx = g.reshape(1, 1, 1, -1).expand(C, 1, 1, window)
-    ky = g.reshape(1, 1, -1, 1).expand(C, 1, window, 1)
-
-    def blur(x: Tensor) -> Tensor:  # separable Gaussian, per channel
-        return F.conv2d(F.conv2d(x, kx, groups=C), ky, groups=C)
-
-    x, y = fake.double(), real.double()
-    kx, ky = kx.double(), ky.double()
-    mx, my = blur(x), blur(y)
-    sxx = blur(x * x) - mx * mx
-    syy = blur(y * y) - my * my
-    sxy = blur(x * y) - mx * my
+    x, y = fake.float(), real.float()
+    stack = torch.stack([x, y, x * x, y * y, x * y])  # [5, N, C, H, W]
+    bh = _gaussian_band(H, window, sigma).to(x.device)
+    bw = _gaussian_band(W, window, sigma).to(x.device)
+    mx, my, xx, yy, xy = (bh.T @ (stack @ bw)).double()  # each [N, C, H', W']
+    sxx, syy, sxy = xx - mx * mx, yy - my * my, xy - mx * my
     c1, c2 = 0.01**2, 0.03**2
     s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
     return s.flatten(1).mean(1).float()
+
+
+def nyquist_energy(frames: Tensor) -> Tensor:
+    """2-pixel-period energy of ``[N, 3, H, W]`` RGB frames in [0, 1] -> ``[N]``.
+
+    With ``Y`` the luminance (0.299 R + 0.587 G + 0.114 B) and ``D = fft2(Y)``, the
+    energy of the Nyquist row and column: ``sum_v |D[H/2, v]|^2 + sum_u |D[u, W/2]|^2
+    - |D[H/2, W/2]|^2`` (the shared corner counted once). Computed without an FFT by
+    Parseval: the Nyquist row is the DFT of ``r[x] = sum_y (-1)^y Y[y, x]``, so its
+    energy is ``W sum_x r[x]^2``; likewise the column. Meant for even H and W (for odd
+    sizes the index H // 2 is the highest frequency, not exactly Nyquist)."""
+    if frames.ndim != 4 or frames.shape[1] != 3:
+        raise ValueError(f"nyquist_energy needs RGB frames [N, 3, H, W], got {tuple(frames.shape)}")
+    x = frames.double()
+    y = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]  # [N, H, W]
+    H, W = y.shape[-2:]
+    sy = (1 - 2 * (torch.arange(H, device=y.device) % 2)).to(y)  # (-1)^y
+    sx = (1 - 2 * (torch.arange(W, device=y.device) % 2)).to(y)
+    r = (y * sy[:, None]).sum(1)  # [N, W]
+    c = (y * sx[None, :]).sum(2)  # [N, H]
+    corner = (y * sy[:, None] * sx[None, :]).sum((1, 2))
+    return (W * r.pow(2).sum(1) + H * c.pow(2).sum(1) - corner.pow(2)).float()
+
+
+def still_picture(real: np.ndarray | Tensor) -> Tensor:
+    """The per-pixel median over frames ``[T, 3, H, W]`` -> ``[3, H, W]`` (float, in the
+    frames' units; the mean of the two middle values for an even count, like np.median)."""
+    a = real.cpu().numpy() if isinstance(real, Tensor) else np.asarray(real)
+    return torch.from_numpy(np.median(a, axis=0).astype(np.float32))
+
+
+def moving_mask(real: Tensor, still: Tensor, threshold: float = MOVING_THRESHOLD) -> Tensor:
+    """Pixels that move: ``[T, 3, H, W]`` frames and their ``[3, H, W]`` still picture in
+    [0, 1] -> bool ``[T, H, W]``, True where any channel differs by more than ``threshold``."""
+    return ((real - still[None]).abs() > threshold).any(dim=1)
 
 
 # --------------------------------------------------------------------------- motion sync
 
 
 def motion_events(kp: np.ndarray, instrument: str) -> np.ndarray:
-    """Frames with a right-wrist motion event in keypoints ``[T, 67, 2]`` -> bool ``[T]``."""
-    w = kp[:, RIGHT_WRIST]  # [T, 2]
+    """Frames with a motion event of the right wrist in keypoints ``[T, 67, 2]`` -> bool ``[T]``.
+
+    The wrist's track is smoothed lightly (a [1, 2, 1] / 4 filter), its speed taken per
+    frame; a frame is an event where the speed has a local minimum and the wrist has
+    travelled at least :attr:`EventDetector.min_travel` since the previous event (flat
+    bottoms resolved as :class:`EventDetector` says). A still pose has no events; a
+    jittering wrist has events at random frames."""
+    if instrument not in EVENT_DETECTORS:
+        raise ValueError(f"no motion event detector for instrument {instrument!r}; "
+                         f"known: {', '.join(EVENT_DETECTORS)}")
+    kp = np.asarray(kp)
+    if kp.ndim != 3 or kp.shape[1] <= RIGHT_WRIST or kp.shape[2] != 2:
+        raise ValueError(f"keypoints must be [T, 67, 2], got {kp.shape}")
+    det = EVENT_DETECTORS[instrument]
+    w = kp[:, RIGHT_WRIST].astype(np.float64)
     T = len(w)
     ev = np.zeros(T, bool)
     if T < 3:
         return ev
-    v = np.diff(w, axis=0)  # v[t-1] = w[t] - w[t-1]
-    if instrument == "cello":
-        last = 0
-        for t in range(1, T):
-            vx = v[t - 1, 0]
-            if abs(vx) < CELLO_MIN_SPEED:
-                continue
-            s = 1 if vx > 0 else -1
-            if last and s != last:
-                ev[t - 1] = True  # the turning point is the frame before the new direction
-            last = s
-        return ev
-    moving = np.linalg.norm(v, axis=1) > TROMBONE_MIN_SPEED  # moving[t-1]: between t-1 and t
-    change = np.flatnonzero(moving[1:] != moving[:-1]) + 1  # start or stop of a move
-    ev[change] = True
+    w[1:-1] = (w[:-2] + 2 * w[1:-1] + w[2:]) / 4
+    s = np.empty(T)
+    s[1:] = np.linalg.norm(np.diff(w, axis=0), axis=1)  # s[t]: speed between t - 1 and t
+    s[0] = s[1]
+    travel = np.cumsum(s)
+    last, t = 0, 1
+    while t < T - 1:
+        if s[t] < s[t - 1] and s[t] <= s[t + 1] and travel[t] - travel[last] >= det.min_travel:
+            level = s[t] + det.flat * s[last:t + 1].max()
+            a = b = t
+            while a > last + 1 and s[a - 1] <= level:
+                a -= 1
+            while b < T - 1 and s[b + 1] <= level:
+                b += 1
+            e = b if det.snap_to_end else a
+            ev[e] = True
+            last = e
+            t = max(t, e) + 1
+            continue
+        t += 1
     return ev
 
 
-def sync_counts(pred: np.ndarray, real: np.ndarray, onsets: np.ndarray, instrument: str
-                ) -> tuple[int, int, int, int]:
-    """(onsets met by generated events, onsets met by real events, onsets counted, generated
-    events) for onset frames ``onsets`` of one clip."""
-    T = len(pred)
-    ep, er = motion_events(pred, instrument), motion_events(real, instrument)
-    met_p = met_r = counted = 0
-    tol = SYNC_TOLERANCE
-    for f in onsets:
-        if f < 1 or f >= T - 1:
-            continue
-        lo, hi = max(0, f - tol), min(T, f + tol + 1)
-        r = bool(er[lo:hi].any())
-        if instrument != "cello" and not r:
-            continue  # trombone: this onset needs no slide move
-        counted += 1
-        met_r += r
-        met_p += bool(ep[lo:hi].any())
-    return met_p, met_r, counted, int(ep.sum())
+def onset_frames(notes: list[Any], fps: float, n_frames: int) -> np.ndarray:
+    """Sorted unique onset frames (``round(onset * fps)``) inside ``[0, n_frames)`` of
+    notes ``(onset_s, duration_s, pitch, velocity)`` (tuples or objects with ``.onset``)."""
+    on = [float(n.onset if hasattr(n, "onset") else n[0]) for n in notes]
+    f = np.unique(np.round(np.asarray(on, dtype=np.float64) * fps).astype(np.int64))
+    return f[(f >= 0) & (f < n_frames)]
+
+
+def _matches(events: np.ndarray, onsets: np.ndarray, tol: int) -> tuple[int, int]:
+    """(matches, summed |event - onset| of the matched pairs) of the largest one-to-one
+    matching of sorted event and onset frames with ``|event - onset| <= tol`` (greedy in
+    time order, which is optimal on a line)."""
+    i = j = m = off = 0
+    while i < len(events) and j < len(onsets):
+        if onsets[j] < events[i] - tol:
+            j += 1
+        elif onsets[j] > events[i] + tol:
+            i += 1
+        else:
+            m, off = m + 1, off + abs(int(events[i]) - int(onsets[j]))
+            i, j = i + 1, j + 1
+    return m, off
+
+
+def _f1(matched: float, events: float, onsets: float) -> float:
+    return 0.0 if events + onsets == 0 else 2.0 * matched / (events + onsets)
+
+
+@dataclass(frozen=True)
+class SyncCounts:
+    """One clip's (or several clips' pooled) matching counts; see :func:`sync_counts`."""
+
+    matched: int  # events matched to onsets at lag 0 (true positives)
+    events: int
+    onsets: int
+    chance_events: int  # events per random draw: ``events``, or ``onsets`` for a hand that never moves
+    chance_matched: tuple[int, ...]  # matches of each random draw
+    lag_matched: tuple[int, ...]  # matches at each lag in [-max_lag, max_lag]
+    lag_offset: tuple[int, ...]  # summed |event - onset| of those matches (the best lag's tie-break)
+
+
+@dataclass(frozen=True)
+class SyncScore:
+    """Pooled sync figures (:func:`pool_sync`)."""
+
+    f1: float  # at lag 0
+    chance: float  # mean F1 of random event placements
+    c: float  # (f1 - chance) / (1 - chance)
+    best_lag: int  # frames in [-max_lag, max_lag]; positive = the motion comes after the onset
+    f1_best_lag: float
+    matched: int
+    events: int
+    onsets: int
+
+
+def sync_counts(events: np.ndarray, onsets: np.ndarray, n_frames: int, tolerance: int = SYNC_TOLERANCE,
+                max_lag: int = SYNC_MAX_LAG, draws: int = SYNC_CHANCE_DRAWS, seed: int = 0) -> SyncCounts:
+    """Match one clip's event frames with its onset frames.
+
+    ``events``: bool ``[n_frames]`` (as from :func:`motion_events`) or event frame
+    indices in ``[0, n_frames)``; ``onsets``: onset frames. An event matches at most one
+    onset and vice versa, within +-``tolerance`` frames. At lag ``L`` the events are moved
+    by ``-L`` frames before matching, so a positive best lag means the motion comes after
+    the onset.
+
+    Chance: ``draws`` seeded placements of as many events at random frames of the clip,
+    spaced like the scored events -- the gaps between consecutive events (circularly,
+    the last to the first around the clip's end) shuffled, and the whole train started
+    at a random frame. Keeping the gaps matters: a detector's events never crowd (each
+    needs travel since the last), uniformly random frames do, and a hand jittering
+    evenly would then beat "chance" by coverage alone. A clip without events is compared
+    with random events spaced like its onsets: a hand that never moves scores below chance."""
+    if n_frames < 1:
+        raise ValueError(f"n_frames must be >= 1, got {n_frames}")
+    ev = np.asarray(events)
+    if ev.dtype == bool:
+        if ev.shape != (n_frames,):
+            raise ValueError(f"a bool event mask must have n_frames = {n_frames} entries, got shape {ev.shape}")
+        ev = np.flatnonzero(ev)
+    ev = np.unique(ev.astype(np.int64))
+    if len(ev) and (ev[0] < 0 or ev[-1] >= n_frames):
+        raise ValueError(f"event frames must lie in [0, {n_frames}); got {ev[0]}..{ev[-1]}")
+    on = np.unique(np.asarray(onsets, dtype=np.int64))
+    base = ev if len(ev) else on[(on >= 0) & (on < n_frames)]
+    chance: list[int] = []
+    if len(base):
+        gaps = np.diff(np.append(base, base[0] + n_frames))  # circular gaps, summing to n_frames
+        rng = np.random.default_rng(seed)
+        for _ in range(draws):
+            pos = np.sort((int(rng.integers(n_frames)) + np.cumsum(rng.permutation(gaps))) % n_frames)
+            chance.append(_matches(pos, on, tolerance)[0])
+    else:
+        chance = [0] * draws
+    lags = [_matches(ev - lag, on, tolerance) for lag in range(-max_lag, max_lag + 1)]
+    return SyncCounts(matched=_matches(ev, on, tolerance)[0], events=len(ev), onsets=len(on),
+                      chance_events=len(base), chance_matched=tuple(chance),
+                      lag_matched=tuple(m for m, _ in lags), lag_offset=tuple(o for _, o in lags))
+
+
+def pool_sync(counts: list[SyncCounts]) -> SyncScore | None:
+    """Clips' counts -> one score, None when there are no onsets at all.
+
+    Matches, events and onsets are summed over clips and the F1 taken of the sums (so a
+    clip weighs by its notes and events). Chance is the mean over draws of the F1 of
+    the summed random-draw counts (draw i of every clip together); the best lag is the
+    lag whose summed matches give the highest F1; among equal F1 (the tolerance makes
+    plateaus) the one whose matched pairs lie closest together, then the smallest |lag|."""
+    if not counts or sum(c.onsets for c in counts) == 0:
+        return None
+    matched, events, onsets = (sum(getattr(c, k) for c in counts) for k in ("matched", "events", "onsets"))
+    chance_events = sum(c.chance_events for c in counts)
+    draws = np.sum([c.chance_matched for c in counts], axis=0)
+    chance = float(np.mean([_f1(m, chance_events, onsets) for m in draws]))
+    f1 = _f1(matched, events, onsets)
+    lag_m = np.sum([c.lag_matched for c in counts], axis=0)
+    max_lag = (len(lag_m) - 1) // 2
+    f1_lag = np.array([_f1(m, events, onsets) for m in lag_m])
+    lags = np.arange(-max_lag, max_lag + 1)
+    offset = np.sum([c.lag_offset for c in counts], axis=0) / np.maximum(lag_m, 1)
+    best = int(np.lexsort((np.abs(lags), offset, -f1_lag))[0])
+    c = (f1 - chance) / (1.0 - chance) if chance < 1.0 else 0.0
+    return SyncScore(f1=f1, chance=chance, c=float(c), best_lag=int(lags[best]), f1_best_lag=float(f1_lag[best]),
+                     matched=matched, events=events, onsets=onsets)
+
+
+def score_events(events: np.ndarray, onsets: np.ndarray, n_frames: int, **kw: Any) -> SyncScore | None:
+    """:func:`pool_sync` of one clip's :func:`sync_counts` (same keywords)."""
+    return pool_sync([sync_counts(events, onsets, n_frames, **kw)])
 
 
 # --------------------------------------------------------------------------- evaluation
 
 
 @dataclass
+class RowResult:
+    """One row's figures; None where the figure does not apply to the row."""
+
+    psnr: float | None = None  # dB
+    ssim: float | None = None
+    psnr_moving: float | None = None  # dB over the moving pixels
+    checkerboard: float | None = None  # 2-pixel-period energy / the real frames'
+    kp_dist: float | None = None  # normalised coordinates
+    temporal: float | None = None  # mean |diff(G) - diff(R)| in [0, 1] units
+    sync: SyncScore | None = None
+
+
+@dataclass
 class EvalResult:
-    psnr: float  # dB
-    ssim: float
-    kp_dist: float | None  # normalised coordinates; None without KHP
-    temporal: float  # mean |diff(G) - diff(R)| in [0, 1] units
-    sync: float | None  # fraction of onsets met by a generated motion event
-    sync_gt: float | None  # the same detector on the real keypoints
-    events_per_onset: float | None
+    rows: dict[str, RowResult]  # by ROW_NAMES; only the rows computed
     frames: int
     clips: int
     seconds: float  # wall time of the evaluation
+    kp_only: bool = False
     per_clip: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def model(self) -> RowResult:
+        return self.rows["model"]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def _ratio(a: float, b: float) -> float | None:
-    return None if b == 0 else a / b
+def renderer_only_step(model: Performer, window: Tensor, keypoints: Tensor, confidence: Tensor,
+                       state: PerformerState, z: Tensor | None = None) -> tuple[Tensor, PerformerState]:
+    """One frame of the model's generator fed given keypoints instead of KHP's: window
+    ``[B, n_bins, window_columns]``, keypoints ``[B, 67, 2]``, confidence ``[B, 67]`` ->
+    frame ``[B, 3, H, W]`` in [-1, 1] and the new state. The heatmap is the model's DLT
+    of the keypoints with alpha = confidence x the model's heatmap alpha (points the data
+    lacks are not drawn); the STU's GCN gets the keypoints. KHP is not run (its state is
+    passed through); the CVG and the STU carry their state as in :meth:`Performer.step`."""
+    if model.khp is None:
+        raise ValueError("renderer_only_step needs a model with KHP (its heatmap feeds the STU)")
+    coarse_up = cvg_state = None
+    if model.cvg is not None:
+        coarse_up, cvg_state = model.cvg.step(window, state.cvg, z)
+        if coarse_up.shape[-2:] != model.cfg.work_size:
+            coarse_up = F.interpolate(coarse_up, size=model.cfg.work_size, mode="bilinear", align_corners=False)
+    hm = model.khp.heatmap(keypoints, confidence * model.khp.cfg.heatmap_alpha)
+    mid, stu_state = model.stu.encode(coarse_up, hm, window, state.stu)
+    frame = model.stu.decode(mid, keypoints)
+    return frame, PerformerState(khp=state.khp, cvg=cvg_state, stu=stu_state)
+
+
+class _ImageAcc:
+    """Running image metrics of one row over all clips."""
+
+    def __init__(self) -> None:
+        self.psnr = self.ssim = self.temp = self.temp_n = self.nyq = 0.0
+        self.moving: list[float] = []  # per clip PSNR over moving pixels
+
+    def frame(self, g: Tensor, r: Tensor, prev: tuple[Tensor, Tensor] | None) -> tuple[float, float]:
+        p, s = float(psnr(g, r)), float(ssim(g, r))
+        self.psnr, self.ssim = self.psnr + p, self.ssim + s
+        self.nyq += float(nyquist_energy(g).sum())
+        if prev is not None:
+            self.temp += float(((g - prev[0]) - (r - prev[1])).abs().mean())
+            self.temp_n += 1
+        return p, s
+
+    def result(self, n: int, nyq_real: float, temporal: bool) -> RowResult:
+        return RowResult(psnr=self.psnr / n, ssim=self.ssim / n,
+                         psnr_moving=float(np.mean(self.moving)) if self.moving else None,
+                         checkerboard=self.nyq / nyq_real if nyq_real > 0 else None,
+                         temporal=self.temp / max(1.0, self.temp_n) if temporal else None)
+
+
+def _clip_notes(clip: Any) -> list[Any] | None:
+    if not hasattr(clip, "notes"):
+        return None
+    try:
+        return clip.notes() or None
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _kp_error(pred: np.ndarray, real: np.ndarray, conf: np.ndarray) -> tuple[float, float]:
+    """(sum of distances, points counted) over points with confidence > 0."""
+    d = np.linalg.norm(pred - real, axis=-1)
+    ok = conf > 0
+    return float((d * ok).sum()), float(ok.sum())
+
+
+def _mean_pose(real: np.ndarray, conf: np.ndarray) -> np.ndarray:
+    """The clip's mean keypoints ``[67, 2]`` over the frames that have each point."""
+    ok = (conf > 0)[..., None]
+    n = ok.sum(0)
+    return np.where(n > 0, (real * ok).sum(0) / np.maximum(n, 1), real.mean(0)).astype(np.float32)
 
 
 @torch.inference_mode()
 def evaluate(model: Performer, clips: list[Any], max_seconds: float | None = None, device: str = "cpu",
              chunk: int = 30, strip: str | Path | None = None, strip_frames: int = 6,
-             kp_only: bool = False, progress: bool = True) -> EvalResult:
-    """Run ``model`` step by step over each clip (from its first frame) and score it."""
+             kp_only: bool = False, progress: bool = True, renderer_only: bool = True) -> EvalResult:
+    """Run ``model`` step by step over each clip (from its first frame) and score it
+    beside its baselines (module docstring). ``renderer_only=False`` skips that row
+    (it costs as much as the model's own pass); it is skipped too for a model without KHP."""
     if kp_only and model.khp is None:
         raise ValueError("kp_only evaluation needs a model with KHP")
     from tqdm import tqdm
@@ -179,9 +492,15 @@ def evaluate(model: Performer, clips: list[Any], max_seconds: float | None = Non
     cfg = model.cfg
     model = model.to(device).eval()
     t0 = time.perf_counter()
-    tot: dict[str, float] = {"psnr": 0.0, "ssim": 0.0, "kp": 0.0, "kp_n": 0.0, "temp": 0.0, "temp_n": 0.0}
+    do_ro = renderer_only and not kp_only and model.khp is not None
+    if renderer_only and not kp_only and model.khp is None:
+        log.info("no renderer-only row: the model has no KHP, its generator takes no keypoints")
+    images = {} if kp_only else {k: _ImageAcc() for k in ("model", "still_picture") + (("renderer_only",) if do_ro
+                                                                                        else ())}
+    nyq_real = 0.0
+    kp_sum = {"model": [0.0, 0.0], "still_pose": [0.0, 0.0]}
+    sync: dict[str, list[SyncCounts]] = {"model": [], "still_pose": [], "ground_truth": []}
     n_frames = 0
-    sync_p = sync_r = sync_n = events = 0
     per_clip = []
     strip_rows: tuple[list[np.ndarray], list[np.ndarray]] | None = None
     total = sum(min(c.n_frames, int(max_seconds * c.fps) if max_seconds else c.n_frames) // chunk * chunk
@@ -197,59 +516,81 @@ def evaluate(model: Performer, clips: list[Any], max_seconds: float | None = Non
                                 cache_dir=_cache_dir(clip))
         ds.with_frames = not kp_only  # keypoints only: no frames read, only KHP stepped
         state = model.init_state(1, device)
+        ro_state = model.init_state(1, device)
         khp_state = state.khp
-        kps_p, kps_r = [], []
-        prev_g = prev_r = None
-        c_psnr = c_ssim = 0.0
+        kps_p, kps_r, confs = [], [], []
+        prev: dict[str, tuple[Tensor, Tensor] | None] = {"model": None, "renderer_only": None}
+        clip_img = {k: [0.0, 0.0] for k in images}
         want = set(np.linspace(0, n - 1, strip_frames).round().astype(int).tolist()) if ci == 0 else set()
         gts, gens = [], []
+        reals_u8: list[Tensor] = []
+        fakes: dict[str, list[Tensor]] = {"model": [], "renderer_only": []}
         for i in range(n // chunk):
             item = ds[i]
             windows = item["cqt"].to(device)  # [T, F, W]
+            kps_r.append(item["keypoints"].numpy())
+            confs.append(item["confidence"].numpy())
             real = None if kp_only else (item["frames"].to(device) + 1) / 2  # [T, 3, H, W] in [0, 1]
+            if real is not None:
+                reals_u8.append((real * 255.0).round().clamp(0, 255).to(torch.uint8).cpu())
+                nyq_real += float(nyquist_energy(real).sum())
             for t in range(chunk):
+                w = windows[t:t + 1]
                 if kp_only:
-                    out, khp_state = model.khp.step(windows[t:t + 1], khp_state, with_heatmap=False)
+                    out, khp_state = model.khp.step(w, khp_state, with_heatmap=False)
                 else:
-                    out, state = model.step(windows[t:t + 1], state)
+                    out, state = model.step(w, state)
                 if out.keypoints is not None:
                     kps_p.append(out.keypoints[0].float().cpu().numpy())
-                    kps_r.append(item["keypoints"][t].numpy())
-                    conf = item["confidence"][t]
-                    d = (out.keypoints[0].cpu() - item["keypoints"][t]).norm(dim=-1)
-                    tot["kp"] += float((d * (conf > 0)).sum())
-                    tot["kp_n"] += float((conf > 0).sum())
                 if kp_only:
                     continue
-                g = ((out.frame.float() + 1) / 2).clamp(0, 1)  # [1, 3, H, W]
                 r = real[t:t + 1]
-                p, s = float(psnr(g, r)), float(ssim(g, r))
-                c_psnr, c_ssim = c_psnr + p, c_ssim + s
-                if prev_g is not None:
-                    tot["temp"] += float(((g - prev_g) - (r - prev_r)).abs().mean())
-                    tot["temp_n"] += 1
-                prev_g, prev_r = g, r
+                g = ((out.frame.float() + 1) / 2).clamp(0, 1)  # [1, 3, H, W]
+                p, s = images["model"].frame(g, r, prev["model"])
+                clip_img["model"][0] += p
+                clip_img["model"][1] += s
+                prev["model"] = (g, r)
+                fakes["model"].append(g[0].half().cpu())
+                if do_ro:
+                    kp_t = item["keypoints"][t:t + 1].to(device)
+                    cf_t = item["confidence"][t:t + 1].to(device)
+                    fr, ro_state = renderer_only_step(model, w, kp_t, cf_t, ro_state)
+                    g2 = ((fr.float() + 1) / 2).clamp(0, 1)
+                    p, s = images["renderer_only"].frame(g2, r, prev["renderer_only"])
+                    clip_img["renderer_only"][0] += p
+                    clip_img["renderer_only"][1] += s
+                    prev["renderer_only"] = (g2, r)
+                    fakes["renderer_only"].append(g2[0].half().cpu())
                 fi = i * chunk + t
                 if fi in want:
                     gts.append(_to_uint8(r[0]))
                     gens.append(_to_uint8(g[0]))
             bar.update(chunk)
-        tot["psnr"] += c_psnr
-        tot["ssim"] += c_ssim
         n_frames += n
-        rec: dict[str, Any] = {"clip": clip.id, "frames": n}
+        rec: dict[str, Any] = {"clip": clip.id, "frames": n, "rows": {}}
         if not kp_only:
-            rec.update(psnr=c_psnr / n, ssim=c_ssim / n)
-        if kps_p and hasattr(clip, "notes"):
-            try:
-                notes = clip.notes()
-            except (OSError, ValueError, KeyError):
-                notes = []
-            if notes:
-                onsets = np.array(sorted({int(round(nt[0] * clip.fps)) for nt in notes}))
-                p_, r_, c_, e_ = sync_counts(np.stack(kps_p), np.stack(kps_r), onsets[onsets < n], cfg.instrument)
-                sync_p, sync_r, sync_n, events = sync_p + p_, sync_r + r_, sync_n + c_, events + e_
-                rec.update(sync=_ratio(p_, c_), sync_gt=_ratio(r_, c_))
+            _still_picture_clip(images, reals_u8, fakes, clip_img, rec)
+        # keypoints
+        real_kp, conf = np.concatenate(kps_r), np.concatenate(confs)
+        still = np.broadcast_to(_mean_pose(real_kp, conf), real_kp.shape)
+        pred_kp = np.stack(kps_p) if kps_p else None
+        for name, kp in (("model", pred_kp), ("still_pose", still)):
+            if kp is None:
+                continue
+            a, b = _kp_error(kp, real_kp, conf)
+            kp_sum[name][0] += a
+            kp_sum[name][1] += b
+            rec["rows"].setdefault(name, {})["kp_dist"] = a / b if b else None
+        notes = _clip_notes(clip)
+        if notes:
+            onsets = onset_frames(notes, clip.fps, n)
+            for name, kp in (("model", pred_kp), ("still_pose", still), ("ground_truth", real_kp)):
+                if kp is None:
+                    continue
+                cnt = sync_counts(motion_events(kp, cfg.instrument), onsets, n, seed=ci)
+                sync[name].append(cnt)
+                sc = pool_sync([cnt])
+                rec["rows"].setdefault(name, {})["sync_c"] = None if sc is None else sc.c
         per_clip.append(rec)
         if gts and strip_rows is None:
             strip_rows = (gts, gens)
@@ -258,13 +599,55 @@ def evaluate(model: Performer, clips: list[Any], max_seconds: float | None = Non
         raise ValueError("no clip long enough to evaluate; use longer clips or a smaller chunk")
     if strip is not None and strip_rows is not None:
         write_strip(strip, *strip_rows)
-    return EvalResult(
-        psnr=float("nan") if kp_only else tot["psnr"] / n_frames,
-        ssim=float("nan") if kp_only else tot["ssim"] / n_frames,
-        kp_dist=None if tot["kp_n"] == 0 else tot["kp"] / tot["kp_n"],
-        temporal=float("nan") if kp_only else tot["temp"] / max(1.0, tot["temp_n"]),
-        sync=_ratio(sync_p, sync_n), sync_gt=_ratio(sync_r, sync_n), events_per_onset=_ratio(events, sync_n),
-        frames=n_frames, clips=len(per_clip), seconds=time.perf_counter() - t0, per_clip=per_clip)
+    rows: dict[str, RowResult] = {}
+    has_kp = kp_sum["model"][1] > 0
+    rows["model"] = images["model"].result(n_frames, nyq_real, True) if images else RowResult()
+    rows["model"].kp_dist = kp_sum["model"][0] / kp_sum["model"][1] if has_kp else None
+    rows["model"].sync = pool_sync(sync["model"])
+    if images:
+        rows["still_picture"] = images["still_picture"].result(n_frames, nyq_real, False)
+    rows["still_pose"] = RowResult(kp_dist=kp_sum["still_pose"][0] / max(kp_sum["still_pose"][1], 1.0),
+                                   sync=pool_sync(sync["still_pose"]))
+    if "renderer_only" in images:
+        rows["renderer_only"] = images["renderer_only"].result(n_frames, nyq_real, True)
+    rows["ground_truth"] = RowResult(sync=pool_sync(sync["ground_truth"]))
+    rows = {k: rows[k] for k in ROW_NAMES if k in rows}
+    return EvalResult(rows=rows, frames=n_frames, clips=len(per_clip), seconds=time.perf_counter() - t0,
+                      kp_only=kp_only, per_clip=per_clip)
+
+
+def _still_picture_clip(images: dict[str, _ImageAcc], reals_u8: list[Tensor], fakes: dict[str, list[Tensor]],
+                        clip_img: dict[str, list[float]], rec: dict[str, Any], batch: int = 32) -> None:
+    """A clip's still-picture row and every image row's moving-pixel PSNR (both need the
+    clip's median frame, known only once the clip is read)."""
+    real_u8 = torch.cat(reals_u8)  # [T, 3, H, W]
+    n = len(real_u8)
+    still = still_picture(real_u8) / 255.0  # [3, H, W]
+    acc = images["still_picture"]
+    sq = {k: 0.0 for k in images}
+    count = 0.0
+    for s in range(0, n, batch):
+        r = real_u8[s:s + batch].float() / 255.0
+        m = moving_mask(r, still)[:, None].float()  # [b, 1, H, W]
+        count += float(m.sum()) * 3
+        g = still[None].expand_as(r)
+        p, q = psnr(g, r), ssim(g, r)
+        acc.psnr += float(p.sum())
+        acc.ssim += float(q.sum())
+        clip_img["still_picture"][0] += float(p.sum())
+        clip_img["still_picture"][1] += float(q.sum())
+        sq["still_picture"] += float(((g - r).pow(2) * m).sum())
+        for k, fs in fakes.items():
+            if k in images:
+                f = torch.stack(fs[s:s + batch]).float()
+                sq[k] += float(((f - r).pow(2) * m).sum())
+    acc.nyq += float(nyquist_energy(still[None])) * n
+    for k in images:
+        rec["rows"].setdefault(k, {}).update(psnr=clip_img[k][0] / n, ssim=clip_img[k][1] / n)
+        if count > 0:
+            pm = _psnr_of_mse(sq[k] / count)
+            images[k].moving.append(pm)
+            rec["rows"][k]["psnr_moving"] = pm
 
 
 def _cache_dir(clip: Any) -> Path | None:
@@ -274,6 +657,33 @@ def _cache_dir(clip: Any) -> Path | None:
 
 def _to_uint8(x: Tensor) -> np.ndarray:
     return (x.permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
+
+
+def _cell(x: Any, nd: int) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "-"
+    return str(x) if isinstance(x, int) else f"{x:.{nd}f}"
+
+
+def result_table(res: EvalResult | dict[str, Any]) -> str:
+    """A compact text table of an evaluation's rows (``-`` where a row has no value)."""
+    rows = res.to_dict()["rows"] if isinstance(res, EvalResult) else res["rows"]
+    head = ("", "PSNR", "SSIM", "moving PSNR", "checker", "kp error", "sync F1", "lag", "sync C")
+    lines = [head]
+    for name in ROW_NAMES:
+        if name not in rows:
+            continue
+        r = rows[name]
+        s = r.get("sync") or {}
+        lines.append((ROW_LABELS[name], _cell(r.get("psnr"), 2), _cell(r.get("ssim"), 3),
+                      _cell(r.get("psnr_moving"), 2), _cell(r.get("checkerboard"), 2), _cell(r.get("kp_dist"), 4),
+                      _cell(s.get("f1"), 3), _cell(s.get("best_lag"), 0), _cell(s.get("c"), 3)))
+    widths = [max(len(ln[i]) for ln in lines) for i in range(len(head))]
+    out = []
+    for ln in lines:
+        out.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                             for i, (c, w) in enumerate(zip(ln, widths, strict=True))))
+    return "\n".join(out)
 
 
 def write_strip(path: str | Path, real: list[np.ndarray], fake: list[np.ndarray]) -> None:
@@ -303,9 +713,12 @@ def held_out_clips(data: str | Path, split: str, instrument: str) -> list[Any]:
 
 def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "test",
                         max_seconds: float | None = None, device: str = "cpu",
-                        strip: str | Path | None = None) -> EvalResult:
+                        strip: str | Path | None = None, renderer_only: bool = True,
+                        progress: bool = True) -> EvalResult:
+    """Load a Performer checkpoint and :func:`evaluate` it on a dataset's held-out split."""
     model = Performer.load(checkpoint)
-    return evaluate(model, held_out_clips(data, split, model.cfg.instrument), max_seconds, device, strip=strip)
+    return evaluate(model, held_out_clips(data, split, model.cfg.instrument), max_seconds, device, strip=strip,
+                    renderer_only=renderer_only, progress=progress)
 
 
 # --------------------------------------------------------------------------- ablations
@@ -359,6 +772,11 @@ def run_ablations(datas: list[str], preset_name: str, train_cfg: Any, out: str |
     res_path = out / "ablation.json"
     if res_path.is_file():  # finished variants of an earlier, interrupted run are kept
         results = json.loads(res_path.read_text()).get("results", {})
+        for inst, recs in results.items():  # records of an older format are evaluated again
+            stale = [v for v, r in recs.items() if "rows" not in r]
+            for v in stale:
+                log.info("ablation %s / %s: result of an older format; evaluating again", inst, v)
+                del recs[v]
     kp_steps = next((e - s for name, s, e in schedule(train_cfg) if name == "kp"), train_cfg.steps)
     for data in datas:
         instrument = open_sources(data, split="train")[0].instrument
@@ -373,7 +791,8 @@ def run_ablations(datas: list[str], preset_name: str, train_cfg: Any, out: str |
             tr = train(variant_config(preset_name, instrument, v), tc, data, run_dir, resume=True, device=device,
                        progress=False)
             model = Performer.load(tr.performer_path)
-            ev = evaluate(model, clips, max_seconds, device or "cpu", kp_only=kp_only, progress=False)
+            ev = evaluate(model, clips, max_seconds, device or "cpu", kp_only=kp_only, progress=False,
+                          renderer_only=False)
             rec = ev.to_dict()
             rec.pop("per_clip")
             rec.update(train_steps=tr.step, train_wall_s=tr.wall_s)
@@ -393,7 +812,17 @@ def _f(x: Any, nd: int) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
 
 
+def _row(rec: dict[str, Any], row: str = "model") -> dict[str, Any]:
+    return (rec.get("rows") or {}).get(row) or {}
+
+
+def _sync_c(rec: dict[str, Any], row: str = "model") -> Any:
+    return (_row(rec, row).get("sync") or {}).get("c")
+
+
 def ablation_markdown(results: dict[str, dict[str, dict[str, Any]]], preset_name: str, steps: int) -> str:
+    """Tables I and II as Markdown: ours beside the paper's, the trivial baselines (the
+    full variant's still picture and still pose) and the sync score C (module docstring)."""
     insts = [i for i in ("cello", "trombone") if i in results]
     lines = [f"**Table I** (ours: preset `{preset_name}`, {steps} steps, held-out pieces; paper: Sub-URMP)", "",
              "| variant | " + " | ".join(f"{i} PSNR ours / paper | {i} SSIM ours / paper" for i in insts) + " |",
@@ -401,17 +830,29 @@ def ablation_markdown(results: dict[str, dict[str, dict[str, Any]]], preset_name
     for v, label in TABLE_I_ROWS:
         cells = []
         for i in insts:
-            r = results[i].get(v, {})
+            r = _row(results[i].get(v, {}))
             p = PAPER_TABLE_I[v][i]
             cells += [f"{_f(r.get('psnr'), 2)} / {p[0]:.2f}", f"{_f(r.get('ssim'), 3)} / {p[1]:.3f}"]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", "**Table II** mean keypoint distance (normalised coordinates; lower is better)", "",
-              "| variant | " + " | ".join(f"{i} ours / paper" for i in insts) + " |",
-              "| --- |" + " --- |" * len(insts)]
+    cells = []
+    for i in insts:
+        r = _row(results[i].get("full", {}), "still_picture")
+        cells += [f"{_f(r.get('psnr'), 2)} / -", f"{_f(r.get('ssim'), 3)} / -"]
+    lines.append("| Still picture (baseline) | " + " | ".join(cells) + " |")
+    lines += ["", "**Table II** mean keypoint distance (normalised coordinates; lower is better) and sync C "
+              "(0 = chance, 1 = every motion event on a note onset)", "",
+              "| variant | " + " | ".join(f"{i} ours / paper | {i} sync C" for i in insts) + " |",
+              "| --- |" + " --- | --- |" * len(insts)]
     for v, label in TABLE_II_ROWS:
         cells = []
         for i in insts:
-            r = results[i].get(v, {})
-            cells.append(f"{_f(r.get('kp_dist'), 4)} / {PAPER_TABLE_II[v][i]:.3f}")
+            rec = results[i].get(v, {})
+            cells += [f"{_f(_row(rec).get('kp_dist'), 4)} / {PAPER_TABLE_II[v][i]:.3f}", _f(_sync_c(rec), 3)]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    for row, label in (("still_pose", "Still pose (baseline)"), ("ground_truth", "Ground truth (ceiling)")):
+        cells = []
+        for i in insts:
+            rec = results[i].get("full", {})
+            cells += [f"{_f(_row(rec, row).get('kp_dist'), 4)} / -", _f(_sync_c(rec, row), 3)]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

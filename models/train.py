@@ -30,11 +30,28 @@ holding
 ``resume=True`` continues from the newest complete checkpoint exactly: the same batches,
 noise and updates, so the loss sequence equals an uninterrupted run's (tested on CPU).
 
+The out folder is never silently reused (:func:`check_out_folder`, before anything is
+written): one that holds a run needs ``resume`` (with the run's settings; the refusal lists
+each difference) or ``overwrite`` (the run's own files, :data:`RUN_FILES`, are deleted;
+others stay); a non-empty folder that holds no run is refused either way.
+
 Devices: CPU; CUDA with mixed precision (``torch.autocast`` fp16 + ``GradScaler``); several
-GPUs under ``torchrun`` (``WORLD_SIZE > 1``): every rank draws its share of each epoch from
-a ``DistributedSampler`` and gradients are averaged with ``all_reduce`` before each update
-(explicit, because the stages are trained one at a time through the Performer's step);
-only rank 0 writes checkpoints and logs.
+processes under ``torchrun`` (``WORLD_SIZE > 1``; nccl on GPUs, gloo on CPUs). ``batch`` is
+per rank; the ranks together train on exactly the batch one process with ``batch * world``
+would: rank ``r`` gets sequences ``r, r + world, ...`` of each global batch (the
+``DistributedSampler``'s shards of one seeded permutation; the KP lanes are dealt the same
+way, every rank keeping the bookkeeping of all of them), the CVG noise is drawn for the
+global batch and sliced alike, gradients are averaged with ``all_reduce`` before each
+update (explicit, because the stages are trained one at a time through the Performer's
+step), and the logged losses are the ranks' mean. Losses that are means over equal-size
+per-sequence parts (the frame and heatmap L1s, the perceptual and adversarial losses)
+then equal one process's up to float rounding (tested: 2 CPU ranks x 2 vs 1 x 4); the
+confidence-weighted keypoint L2 does where the ranks' confidence sums are equal (all
+synthetic data), and the discriminator's mismatched-audio pairs are rolled within each
+rank's batch, so the ``stu`` stage's Eq. 6 term pairs other sequences than one process
+does. Rank 0's weights are broadcast at the start; at each checkpoint the ranks compare
+weight digests (a difference is an error) and gather the lanes' KHP states; only rank 0
+writes checkpoints and logs.
 """
 
 from __future__ import annotations
@@ -106,11 +123,18 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.stage not in STAGE_CHOICES:
             raise ValueError(f"unknown stage {self.stage!r}; choose one of {list(STAGE_CHOICES)}")
-        if self.steps < 1 or self.batch < 1 or self.seq_len < 1:
-            raise ValueError(f"steps, batch and seq_len must be >= 1 (got {self.steps}, {self.batch}, "
-                             f"{self.seq_len})")
-        if self.ckpt_every < 1 or self.log_every < 1:
-            raise ValueError("ckpt_every and log_every must be >= 1")
+        for name in ("steps", "batch", "seq_len", "ckpt_every", "log_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if min(self.stage_fractions) < 0 or sum(self.stage_fractions) <= 0:
+            raise ValueError(f"stage_fractions are shares of the steps: >= 0 and not all 0, got "
+                             f"{list(self.stage_fractions)}")
+        if not (self.lr > 0 and self.lr_final > 0):
+            raise ValueError(f"lr and lr_final must be > 0, got {self.lr} and {self.lr_final}")
+        if self.max_clips is not None and self.max_clips < 1:
+            raise ValueError(f"max_clips must be >= 1 (or None: all clips), got {self.max_clips}")
         if not 0.0 <= self.teacher_keypoints <= 1.0:
             raise ValueError(f"teacher_keypoints is a share of the sequences, 0..1; got {self.teacher_keypoints}")
 
@@ -184,6 +208,22 @@ def init_distributed(device: str | None) -> tuple[Dist, torch.device]:
     return Dist(), torch.device(device)
 
 
+def finish_distributed() -> None:
+    """Wait for every rank, then close the process group (no-op for one process)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def _barrier(d: Dist) -> None:
+    if d.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
 def _sync_grads(params: list[nn.Parameter], d: Dist) -> None:
     """Average gradients over ranks (no-op for one process)."""
     if d.world == 1:
@@ -200,6 +240,66 @@ def _sync_grads(params: list[nn.Parameter], d: Dist) -> None:
     for g in grads:
         g.copy_(flat[i:i + g.numel()].view_as(g))
         i += g.numel()
+
+
+def _broadcast_module(module: nn.Module, d: Dist) -> None:
+    """Rank 0's parameters and buffers on every rank (no-op for one process)."""
+    if d.world == 1:
+        return
+    import torch.distributed as dist
+
+    with torch.no_grad():
+        for t in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(t.data, src=0)
+
+
+def _mean_over_ranks(rec: dict[str, float], d: Dist, device: torch.device) -> dict[str, float]:
+    """The ranks' mean of each logged loss: the global batch's value (no-op for one process)."""
+    if d.world == 1 or not rec:
+        return rec
+    import torch.distributed as dist
+
+    keys = sorted(rec)
+    t = torch.tensor([rec[k] for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    t /= d.world
+    return dict(zip(keys, t.tolist(), strict=True))
+
+
+def _gather_rows(t: Tensor, d: Dist) -> Tensor:
+    """``[b, ...]`` rows of every rank as the global batch ``[b * world, ...]``, row
+    ``k * world + rank`` from rank ``rank``'s row ``k`` (the order the samplers shard in)."""
+    if d.world == 1:
+        return t
+    import torch.distributed as dist
+
+    parts = [torch.empty_like(t) for _ in range(d.world)]
+    dist.all_gather(parts, t.contiguous())
+    return torch.stack(parts, 1).flatten(0, 1)
+
+
+def _weights_digest(module: nn.Module) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in module.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _check_ranks_agree(module: nn.Module, d: Dist, step: int) -> None:
+    """Raise if the ranks' weights differ (they must stay bit-identical: same start, same
+    averaged gradients, same updates)."""
+    if d.world == 1:
+        return
+    import torch.distributed as dist
+
+    digests: list[Any] = [None] * d.world
+    dist.all_gather_object(digests, _weights_digest(module))
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"step {step}: the ranks' weights differ (digests {digests}); distributed training "
+                           f"went out of step")
 
 
 # --------------------------------------------------------------------------- data
@@ -289,26 +389,35 @@ class Lanes:
     live and in evaluation: run from a fresh state at the start of the audio, for as long
     as the music lasts -- with windows from the middle of a clip and a fresh state, what
     happened before the window (which way the bow goes) is unknowable. Clips come in a
-    seeded order per epoch (each rank its own share); a clip's tail shorter than ``T`` is
-    skipped. The position (epoch, next clip, each lane's clip and frame) is training state.
+    seeded order per epoch; a clip's tail shorter than ``T`` is skipped. The position
+    (epoch, next clip, each lane's clip and frame) is training state.
+
+    Under ``torchrun`` every rank keeps the bookkeeping of the global batch's
+    ``batch * world`` lanes (the same on all ranks) and reads lanes ``rank``, ``rank +
+    world``, ...: the ranks' lanes together are exactly the lanes of one process with
+    ``batch * world`` sequences, in the order the ``DistributedSampler`` shards batches.
     """
 
     def __init__(self, dataset: Any, batch: int, seq_len: int, seed: int, d: Dist,
                  state: dict[str, Any] | None = None) -> None:
         self.ds, self.batch, self.T, self.seed, self.dist = dataset, batch, seq_len, seed, d
+        self.n_lanes = batch * d.world
         n = len(dataset.clips)
         self.usable = [ci for ci in range(n) if dataset.clips[ci].n_frames >= seq_len]
-        if len(self.usable) < d.world * batch:
+        if len(self.usable) < self.n_lanes:
             raise ValueError(f"the training set has {len(self.usable)} clips of >= {seq_len} frames, fewer than "
-                             f"{d.world * batch} lanes; use a smaller --batch / --seq-len or more data")
-        st = state or {"epoch": 0, "next": 0, "lanes": [None] * batch}
+                             f"{self.n_lanes} lanes; use a smaller --batch / --seq-len or more data")
+        st = state or {"epoch": 0, "next": 0, "lanes": [None] * self.n_lanes}
+        if len(st["lanes"]) != self.n_lanes:
+            raise ValueError(f"the saved lane state has {len(st['lanes'])} lanes, this run {self.n_lanes} "
+                             f"(--batch x processes); resume with the same settings")
         self.epoch, self.next_clip = int(st["epoch"]), int(st["next"])
         self.lanes: list[list[int] | None] = [None if x is None else [int(x[0]), int(x[1])] for x in st["lanes"]]
         self._order = self._epoch_order(self.epoch)
 
     def _epoch_order(self, epoch: int) -> list[int]:
         perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.usable))
-        return [self.usable[i] for i in perm[self.dist.rank::self.dist.world]]
+        return [self.usable[i] for i in perm]
 
     @property
     def position(self) -> int:
@@ -331,13 +440,14 @@ class Lanes:
 
     def next(self) -> dict[str, Any]:
         items, reset = [], []
-        for j in range(self.batch):
+        for j in range(self.n_lanes):
             lane = self.lanes[j]
             fresh = lane is None or lane[1] + self.T > self.ds.clips[lane[0]].n_frames
             if fresh:
                 lane = self.lanes[j] = [self._new_clip(), 0]
-            items.append(self.ds.item(lane[0], lane[1], self.T))
-            reset.append(fresh)
+            if j % self.dist.world == self.dist.rank:  # this rank's lane
+                items.append(self.ds.item(lane[0], lane[1], self.T))
+                reset.append(fresh)
             lane[1] += self.T
         out = _collate(items)
         out["reset"] = torch.tensor(reset)
@@ -382,13 +492,9 @@ def _unflatten_optim(name: str, opt: torch.optim.Optimizer, meta: dict[str, Any]
 
 
 def _file_sha256(path: Path) -> str:
-    import hashlib
+    from letsplay.models.files import sha256_file
 
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_file(path)
 
 
 def latest_checkpoint(out: Path) -> Path | None:
@@ -399,6 +505,126 @@ def latest_checkpoint(out: Path) -> Path | None:
     done = sorted(p for p in root.glob("step-*") if p.is_dir() and (p / "train_state.safetensors").is_file()
                   and not p.name.endswith(".tmp"))
     return done[-1] if done else None
+
+
+# --------------------------------------------------------------------------- the run folder
+
+# Everything the trainer writes into its --out folder (and all that --overwrite deletes).
+RUN_FILES = ("performer.safetensors", ".performer.safetensors.tmp", "metrics.jsonl", "train_config.json",
+             "checkpoints", "tb")
+
+
+def is_run_folder(out: str | Path) -> bool:
+    """Whether ``out`` holds a letsplay training run (its ``train_config.json`` or checkpoints)."""
+    out = Path(out)
+    ck = out / "checkpoints"
+    return (out / "train_config.json").is_file() or (ck.is_dir() and any(ck.glob("step-*")))
+
+
+def _run_settings(out: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None, Path] | None:
+    """(train config, model config, where read) of the run in ``out``: its newest checkpoint's,
+    else its ``train_config.json``'s; None when it has neither."""
+    try:
+        ck = latest_checkpoint(out)
+        if ck is not None:
+            from safetensors import safe_open
+
+            with safe_open(str(ck / "train_state.safetensors"), framework="pt") as f:
+                meta = json.loads((f.metadata() or {})["train_state"])
+            return meta.get("train_config"), meta.get("model_config"), ck
+        path = out / "train_config.json"
+        if path.is_file():
+            d = json.loads(path.read_text())
+            return d.get("train"), d.get("model"), path
+    except Exception as e:  # noqa: BLE001 - a damaged run: say so in words
+        raise ValueError(f"{out}: cannot read the run's settings ({e}); use --overwrite to start it over") from e
+    return None
+
+
+def _differences(old: Any, new: Any, name: str = "") -> list[str]:
+    """``name: run X, now Y`` for each leaf that differs between two JSON-like configs."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for k in sorted(set(old) | set(new)):
+            out += _differences(old.get(k), new.get(k), f"{name}.{k}" if name else str(k))
+        return out
+    return [] if old == new else [f"{name}: run {old!r}, now {new!r}"]
+
+
+def check_out_folder(out: str | Path, cfg: TrainConfig, model_cfg: PerformerConfig | None = None, *,
+                     resume: bool = False, overwrite: bool = False) -> None:
+    """Refuse an ``out`` folder the run would damage; reads only, writes nothing.
+
+    * empty or absent: fine (``resume`` then starts a fresh run);
+    * not empty and not a letsplay run (no ``train_config.json``, no checkpoints): refused,
+      even with ``overwrite`` (it is someone else's folder);
+    * a run: refused unless ``resume`` (its settings -- ``cfg`` and, when given, ``model_cfg``
+      -- must equal the run's; the message lists each difference) or ``overwrite`` (the
+      caller then deletes the run's files, :func:`clear_run`).
+    """
+    out = Path(out)
+    if resume and overwrite:
+        raise ValueError("--resume continues the run in --out and --overwrite starts it over; choose one")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder for the run")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not is_run_folder(out):
+        raise ValueError(f"--out {out} is not empty and holds no letsplay training run (no train_config.json, "
+                         f"no checkpoints/); choose a new or empty folder")
+    if overwrite:
+        return
+    if not resume:
+        raise ValueError(f"--out {out} already holds a training run; add --resume to continue it, --overwrite "
+                         f"to start over (deleting its checkpoints, performer.safetensors and metrics), or "
+                         f"choose a new folder")
+    prev = _run_settings(out)
+    if prev is None:
+        return
+    old_train, old_model, where = prev
+    diffs = [] if old_train is None else _differences(old_train, json.loads(json.dumps(cfg.to_dict())))
+    if model_cfg is not None and old_model is not None:
+        diffs += _differences(old_model, json.loads(json.dumps(model_cfg.to_dict())), "model")
+    if diffs:
+        shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
+        raise ValueError(f"--resume with other training settings than the run in {out} ({where.name}): {shown}. "
+                         f"Use the run's options, --overwrite to start over, or a new --out")
+
+
+def clear_run(out: str | Path) -> None:
+    """Delete the files a training run wrote into ``out`` (:data:`RUN_FILES`); nothing else."""
+    out = Path(out)
+    for name in RUN_FILES:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+    log.info("cleared the earlier run in %s", out)
+
+
+def dataset_instruments(data: str | Path) -> list[str]:
+    """The instruments of a dataset's training clips, sorted."""
+    from letsplay.models.data.torch_dataset import open_sources
+
+    return sorted({c.instrument for c in open_sources(data, split="train")})
+
+
+def resolve_instrument(data: str | Path, instrument: str | None = None) -> str:
+    """``instrument`` if the dataset's training clips hold it; None: the dataset's own one
+    (refused, with the list, when it holds several)."""
+    held = dataset_instruments(data)
+    if not held:
+        raise ValueError(f"{data} has no training clips (split 'train'); make a dataset with 'letsplay data synth' "
+                         f"or 'letsplay data prepare'")
+    if instrument is None:
+        if len(held) > 1:
+            raise ValueError(f"{data} holds several instruments ({', '.join(held)}); choose one with --instrument")
+        return held[0]
+    if instrument not in held:
+        raise ValueError(f"{data} holds no training clips of {instrument!r}, only of {', '.join(held)}; "
+                         f"choose --instrument {held[0]} or another dataset")
+    return instrument
 
 
 # --------------------------------------------------------------------------- the trainer
@@ -444,6 +670,8 @@ class Trainer:
                 self.model.khp.set_mean_pose(pose)
         self.model.to(self.device)
         self.disc = AudioVideoDiscriminator(cfg.disc, self.model.cfg.audio).to(self.device)
+        _broadcast_module(self.model, self.dist)  # equal by construction (same seed); made certain
+        _broadcast_module(self.disc, self.dist)
         self.perc = losses.PerceptualLoss(cfg.vgg_weights, width_div=cfg.perc_width_div).to(self.device)
         self.perc.requires_grad_(False)
         self.noise = torch.Generator().manual_seed(cfg.seed + 1)
@@ -480,6 +708,11 @@ class Trainer:
 
     # ---- checkpoints
     def save_checkpoint(self) -> Path | None:
+        """Write a checkpoint (rank 0; every rank must call it: under ``torchrun`` the ranks
+        first check that their weights agree and gather the lanes' KHP states)."""
+        _check_ranks_agree(self.model, self.dist, self.step)
+        kp_state = None if self.kp_state is None else {
+            k: _gather_rows(v, self.dist) for k, v in self.kp_state.to_dict().items()}
         if not self.dist.main:
             return None
         from safetensors.torch import save_file
@@ -496,8 +729,8 @@ class Trainer:
                 tensors[f"rng.cuda.{i}"] = s
         for k, v in self.disc.state_dict().items():
             tensors[f"disc.{k}"] = v.detach().to("cpu").contiguous().clone()
-        if self.kp_state is not None:
-            for k, v in self.kp_state.to_dict().items():
+        if kp_state is not None:  # the global batch's lanes, in lane order
+            for k, v in kp_state.items():
                 tensors[f"lanes.{k}"] = v.detach().to("cpu").contiguous().clone()
         opt_meta = {name: _flatten_optim(name, o, tensors) for name, o in self.opts.items()}
         meta = {
@@ -570,15 +803,20 @@ class Trainer:
         if self.lanes is not None and meta["data"].get("lanes") is not None:
             self.lanes = Lanes(self.dataset, self.cfg.batch, self.cfg.seq_len, self.cfg.seed, self.dist,
                                state=meta["data"]["lanes"])
-            lane_t = {k[6:]: v.to(self.device) for k, v in tensors.items() if k.startswith("lanes.")}
+            lane_t = {k[6:]: v[self.dist.rank::self.dist.world].to(self.device)  # this rank's lanes
+                      for k, v in tensors.items() if k.startswith("lanes.")}
             self.kp_state = KeypointState.from_dict(lane_t) if lane_t else None
         log.info("resumed from %s (step %d)", folder, self.step)
 
     # ---- one step of each stage
     def _z(self, B: int, T: int) -> Tensor | None:
+        """CVG noise for this rank's ``B`` sequences: drawn for the global batch (``B * world``),
+        this rank's rows as the sampler shards, so every sequence gets the noise it gets in
+        one process and the generator stays the same on every rank."""
         if self.model.cvg is None:
             return None
-        return torch.randn(B, T, self.model.cfg.cvg.z_dim, generator=self.noise).to(self.device)
+        z = torch.randn(B * self.dist.world, T, self.model.cfg.cvg.z_dim, generator=self.noise)
+        return z[self.dist.rank::self.dist.world].to(self.device)
 
     def _autocast(self) -> Any:
         return torch.autocast("cuda", dtype=torch.float16, enabled=self.use_amp)
@@ -610,7 +848,8 @@ class Trainer:
                 coarse = c if c.shape[-2:] == m.cfg.work_size else F.interpolate(
                     c.flatten(0, 1), size=m.cfg.work_size, mode="bilinear", align_corners=False
                 ).unflatten(0, c.shape[:2])
-            teach = (torch.rand(B, generator=self.noise) < self.cfg.teacher_keypoints).to(self.device)
+            share = torch.rand(B * self.dist.world, generator=self.noise)[self.dist.rank::self.dist.world]  # as _z
+            teach = (share < self.cfg.teacher_keypoints).to(self.device)
             kp = torch.where(teach[:, None, None, None], batch["keypoints"].to(self.device), kp)
             a = m.khp.cfg.heatmap_alpha  # real points the data lacks (confidence 0) are not drawn
             alpha = torch.where(teach[:, None, None], batch["confidence"].to(self.device) * a, torch.full_like(
@@ -733,15 +972,23 @@ class Trainer:
         except Exception:  # noqa: BLE001 - tensorboard not installed: JSONL only
             self._writer = None
 
-    def run(self, resume: bool = False, stop_at: int | None = None) -> TrainResult:
+    def run(self, resume: bool = False, stop_at: int | None = None, overwrite: bool = False) -> TrainResult:
         """Train up to ``cfg.steps`` (or stop, with a checkpoint, at step ``stop_at``: a time
-        budget or a simulated interruption; ``resume`` later continues exactly)."""
+        budget or a simulated interruption; ``resume`` later continues exactly).
+
+        The out folder is checked first (:func:`check_out_folder`): a folder holding a run
+        needs ``resume`` (same settings) or ``overwrite`` (its run's files are deleted)."""
+        check_out_folder(self.out, self.cfg, self.model.cfg, resume=resume, overwrite=overwrite)
+        _barrier(self.dist)  # every rank has looked before rank 0 deletes or writes anything
+        if overwrite and self.dist.main and is_run_folder(self.out):
+            clear_run(self.out)
         if resume:
             ck = latest_checkpoint(self.out)
             if ck is None:
                 log.warning("--resume: no checkpoint in %s, starting fresh", self.out)
             else:
                 self.load_checkpoint(ck)
+        _barrier(self.dist)  # every rank has read the run before rank 0 rewrites its logs
         self._open_logs()
         if self.dist.main:
             (self.out / "train_config.json").write_text(json.dumps(
@@ -768,7 +1015,7 @@ class Trainer:
                     for g in o.param_groups:
                         g["lr"] = lr
                 data = self.lanes if (stage == "kp" and self.lanes is not None) else self.batches
-                rec = self.train_step(stage, data.next())
+                rec = _mean_over_ranks(self.train_step(stage, data.next()), self.dist, self.device)
                 if not all(math.isfinite(v) for v in rec.values()):
                     raise FloatingPointError(f"step {self.step} ({stage}): non-finite loss {rec}; "
                                              f"lower the learning rate or check the data")
@@ -785,13 +1032,17 @@ class Trainer:
             bar.close()
             if self._writer is not None:
                 self._writer.close()
+        _barrier(self.dist)  # rank 0's last checkpoint is written when any rank returns
         wall = time.perf_counter() - t0
         return TrainResult(self.step, wall, (self.step - first) / max(wall, 1e-9), history,
                            self.out / "performer.safetensors")
 
 
 def train(model_cfg: PerformerConfig, cfg: TrainConfig, data: str | Path, out: str | Path, *,
-          resume: bool = False, device: str | None = None, init_from: str | Path | None = None,
-          progress: bool = True) -> TrainResult:
-    """Train (or resume training) a Performer; returns the run's summary."""
-    return Trainer(model_cfg, cfg, data, out, device=device, init_from=init_from, progress=progress).run(resume)
+          resume: bool = False, overwrite: bool = False, device: str | None = None,
+          init_from: str | Path | None = None, progress: bool = True) -> TrainResult:
+    """Train (or resume training) a Performer; returns the run's summary. The out folder is
+    checked (:func:`check_out_folder`) before the data is opened."""
+    check_out_folder(out, cfg, None if init_from is not None else model_cfg, resume=resume, overwrite=overwrite)
+    return Trainer(model_cfg, cfg, data, out, device=device, init_from=init_from,
+                   progress=progress).run(resume, overwrite=overwrite)

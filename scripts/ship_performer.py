@@ -5,7 +5,9 @@ and the training facts, into ``models/performers/<instrument>.{safetensors,json}
         [--max-seconds 10] [--strip docs/img/cello_heldout_strip.png] [--out models/performers]
 
 The checkpoint is evaluated as loaded from the fp16 file (what users get), on the
-dataset's ``test`` split, each clip from a fresh state frame by frame (``letsplay eval``).
+dataset's ``test`` split, each clip from a fresh state frame by frame (``letsplay eval``),
+beside its baselines: the JSON's ``eval.rows`` holds the model, still picture, still pose,
+renderer-only and ground-truth rows.
 ``--runs`` names the training folders the stages came from; their configs and last logged
 metrics go into the JSON.
 """
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from letsplay.models.evaluate import evaluate_checkpoint
+from letsplay.models.evaluate import evaluate_checkpoint, result_table
 from letsplay.models.performer import Performer
 
 
@@ -57,9 +59,8 @@ def main(argv: list[str] | None = None) -> int:
             "file_mb": round(dst.stat().st_size / 1e6, 3), "eval_max_seconds_per_clip": args.max_seconds,
             "eval": res.to_dict(), "runs": runs}
     (out / f"{model.cfg.instrument}.json").write_text(json.dumps(info, indent=1) + "\n")
-    e = res.to_dict()
-    print(f"{dst}: PSNR {e['psnr']:.2f} dB, SSIM {e['ssim']:.3f}, keypoints {e['kp_dist']:.4f}, "
-          f"sync {100 * (e['sync'] or 0):.1f} % (detector ceiling {100 * (e['sync_gt'] or 0):.1f} %)")
+    print(f"{dst}: held-out evaluation, {res.clips} clips, {res.frames} frames")
+    print(result_table(res))
     return 0
 
 

@@ -13,9 +13,14 @@ INSTRUMENT_NAMES = ("cello", "trombone")
 
 
 def _add_model_source(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", choices=PRESET_NAMES, default="realtime", help="preset (default: realtime)")
-    p.add_argument("--instrument", choices=INSTRUMENT_NAMES, default="cello")
-    p.add_argument("--ablation", choices=ABLATION_NAMES, help="a paper ablation variant (Tables I/II)")
+    p.add_argument("--preset", choices=PRESET_NAMES, default="realtime",
+                   help="model size: tiny (32x32 frames, a few thousand parameters per stage: tests), realtime "
+                        "(256x256 video at >= 30 fps on a 2-core CPU; the default), paper (the paper's 256x256 "
+                        "model)")
+    p.add_argument("--instrument", choices=INSTRUMENT_NAMES, default="cello",
+                   help="whose mean pose KHP starts from and whose instrument points it draws (default cello)")
+    p.add_argument("--ablation", choices=ABLATION_NAMES,
+                   help="a paper ablation variant (Tables I/II) of the preset (default: none, the full model)")
 
 
 def _add_model(p: argparse.ArgumentParser) -> None:
@@ -24,18 +29,21 @@ def _add_model(p: argparse.ArgumentParser) -> None:
                           description="Parameters and GFLOPs per frame of each Performer stage "
                                       "(batch 1), optionally the measured torch fps on this machine.")
     _add_model_source(info)
-    info.add_argument("--checkpoint", help="a saved Performer (.safetensors) instead of a preset")
-    info.add_argument("--measure", action="store_true", help="time the torch per-frame step (batch 1)")
+    info.add_argument("--checkpoint", help="a saved Performer (.safetensors) instead of a preset (default: "
+                                           "--preset, untrained; --preset, --instrument and --ablation are then "
+                                           "ignored)")
+    info.add_argument("--measure", action="store_true", help="also time the torch per-frame step (batch 1; "
+                                                             "default: costs only)")
     info.add_argument("--frames", type=int, default=60, help="frames to time with --measure (default 60)")
     info.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    info.add_argument("--device", default="cpu", help="torch device for --measure (cpu, cuda)")
-    info.add_argument("--json", action="store_true", help="machine-readable output")
+    info.add_argument("--device", default="cpu", help="torch device for --measure: cpu, cuda (default cpu)")
+    info.add_argument("--json", action="store_true", help="machine-readable output (default: a table)")
     info.set_defaults(_model_run=_run_info)
     init = sub.add_parser("init", help="write a randomly initialised checkpoint of a preset",
                           description="Write an untrained Performer checkpoint (for export and "
                                       "engine tests, or as a training start).")
     _add_model_source(init)
-    init.add_argument("out", help="output .safetensors path")
+    init.add_argument("out", help="output .safetensors path (its folder is made; an existing file is replaced)")
     init.add_argument("--seed", type=int, default=0, help="initialisation seed (default 0)")
     init.set_defaults(_model_run=_run_init)
     comb = sub.add_parser("combine", help="put stages trained in separate runs into one checkpoint",
@@ -70,6 +78,8 @@ def _run_info(args: argparse.Namespace) -> int:
 
     from letsplay.models.performer import measure_step, stage_costs
 
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads} (leave it out for torch's choice)")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.frames < 1:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 PRESET_NAMES = ("tiny", "realtime", "paper")
@@ -12,18 +13,20 @@ STAGE_NAMES = ("kp", "cvg", "stu", "all", "e2e")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=int, required=True, help="optimizer steps in total")
-    p.add_argument("--batch", type=int, default=4, help="sequences per step (default 4)")
+    p.add_argument("--steps", type=int, required=True,
+                   help="optimizer steps in total (with --stage all: split over the stages by --fractions)")
+    p.add_argument("--batch", type=int, default=4, help="sequences per step (per process under torchrun; default 4)")
     p.add_argument("--seq-len", type=int, default=8, help="frames per sequence (default 8)")
     p.add_argument("--fractions", type=float, nargs=3, metavar=("KP", "CVG", "STU"), default=(0.2, 0.3, 0.5),
                    help="shares of --steps for the kp, cvg and stu stages with --stage all (default 0.2 0.3 0.5)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation, data order and noise (default 0)")
     p.add_argument("--ckpt-every", type=int, default=200, help="steps between checkpoints (default 200)")
     p.add_argument("--log-every", type=int, default=10, help="steps between metric lines (default 10)")
     p.add_argument("--workers", type=int, default=0, help="data loader processes (default 0)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--vgg-weights", help="local ImageNet VGG-19 weights for the perceptual loss")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--vgg-weights", help="local ImageNet VGG-19 weights for the perceptual loss (default: a randomly "
+                                         "initialised VGG-19)")
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
     p.add_argument("--teacher-keypoints", type=float, default=0.0, metavar="SHARE",
                    help="stu stage: share of sequences drawn from the real keypoints' heatmaps instead of KHP's "
@@ -32,15 +35,35 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="kp stage: random windows from a fresh state instead of clips read start to end")
 
 
+PRESET_HELP = ("model size: tiny (32x32 frames, a few thousand parameters per stage: tests and smoke runs), "
+               "realtime (256x256 video at >= 30 fps on a 2-core CPU; the default), "
+               "paper (the paper's 256x256 model, full-width VGG prefix, 64..512-channel STU)")
+
+
 def _add_train(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, help="dataset folder (letsplay format or Sub-URMP tree)")
-    p.add_argument("--preset", choices=PRESET_NAMES, default="realtime")
-    p.add_argument("--instrument", choices=INSTRUMENT_NAMES, default="cello")
-    p.add_argument("--ablation", help="a paper ablation variant (Tables I/II), e.g. no_gcn")
-    p.add_argument("--out", required=True, help="run folder: checkpoints, metrics.jsonl, performer.safetensors")
-    p.add_argument("--stage", choices=STAGE_NAMES, default="all", help="what to train (default all: kp, cvg, stu)")
-    p.add_argument("--init", help="start from this Performer checkpoint (e.g. e2e fine-tuning)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    p.add_argument("--data", required=True, help="dataset folder (letsplay format or Sub-URMP tree); its 'train' "
+                                                 "split is trained on")
+    p.add_argument("--preset", choices=PRESET_NAMES, default="realtime", help=PRESET_HELP)
+    p.add_argument("--instrument", choices=INSTRUMENT_NAMES, default=None,
+                   help="whose clips to train on (default: the dataset's instrument; required when the dataset "
+                        "holds several)")
+    p.add_argument("--ablation", help="a paper ablation variant (Tables I/II), e.g. no_gcn, no_cvg, kp_no_dlt "
+                                      "(default: none, the full model)")
+    p.add_argument("--out", required=True,
+                   help="run folder: checkpoints/, metrics.jsonl, train_config.json, performer.safetensors; "
+                        "must be new or empty unless --resume or --overwrite")
+    p.add_argument("--stage", choices=STAGE_NAMES, default="all",
+                   help="what to train: kp (keypoints, KHP), cvg (coarse video), stu (final frames, KHP and CVG "
+                        "frozen), all (kp, cvg, stu in turn, --steps split by --fractions; the default), "
+                        "e2e (all stages together: end-to-end fine-tuning, usually with --init)")
+    p.add_argument("--init", help="start from the weights of this Performer checkpoint (default: a fresh "
+                                  "initialisation from --seed)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out exactly where its last checkpoint stopped (the same options "
+                        "are required)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in an --out that holds a run: its checkpoints, performer.safetensors, "
+                        "metrics and config are deleted first (other files are kept)")
     _add_common(p)
 
 
@@ -61,17 +84,45 @@ def _threads(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
 
 
+def _check_train_args(args: argparse.Namespace) -> None:
+    """Refuse invalid or contradictory options in one line, before anything is loaded."""
+    for opt, value in (("--steps", args.steps), ("--batch", args.batch), ("--seq-len", args.seq_len),
+                       ("--ckpt-every", args.ckpt_every), ("--log-every", args.log_every)):
+        if value < 1:
+            raise ValueError(f"{opt} must be >= 1, got {value}")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads} (leave it out for torch's choice)")
+    if args.workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    if min(args.fractions) < 0 or sum(args.fractions) <= 0:
+        raise ValueError(f"--fractions are shares of --steps: >= 0 and not all 0, got {list(args.fractions)}")
+    if not 0.0 <= args.teacher_keypoints <= 1.0:
+        raise ValueError(f"--teacher-keypoints is a share of the sequences, 0..1; got {args.teacher_keypoints}")
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues the run in --out and --overwrite starts it over; choose one")
+    if args.init is not None and not Path(args.init).is_file():
+        raise ValueError(f"--init {args.init}: no such checkpoint file")
+
+
 def _run_train(args: argparse.Namespace) -> int:
     from letsplay.models.presets import ablate, preset
-    from letsplay.models.train import train
+    from letsplay.models.train import check_out_folder, finish_distributed, resolve_instrument, train
 
-    _threads(args)
-    cfg = preset(args.preset, instrument=args.instrument)
+    _check_train_args(args)
+    tc = _train_config(args, args.stage)
+    instrument = resolve_instrument(args.data, args.instrument)
+    cfg = preset(args.preset, instrument=instrument)
     if args.ablation:
         cfg = ablate(cfg, args.ablation)
-    res = train(cfg, _train_config(args, args.stage), args.data, args.out, resume=args.resume,
+    check_out_folder(args.out, tc, None if args.init else cfg, resume=args.resume, overwrite=args.overwrite)
+    _threads(args)
+    res = train(cfg, tc, args.data, args.out, resume=args.resume, overwrite=args.overwrite,
                 device=args.device, init_from=args.init)
-    print(f"trained {res.step} steps ({res.steps_per_s:.2f} steps/s, {res.wall_s:.0f} s): {res.performer_path}")
+    finish_distributed()
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun: rank 0 reports
+        return 0
+    print(f"trained {instrument} ({args.preset}), {res.step} steps ({res.steps_per_s:.2f} steps/s, "
+          f"{res.wall_s:.0f} s): {res.performer_path}")
     return 0
 
 
@@ -80,24 +131,29 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="dataset folder")
     p.add_argument("--split", default="test", help="held-out split (default test)")
     p.add_argument("--max-seconds", type=float, help="evaluate at most this many seconds per clip")
-    p.add_argument("--json", help="write the metrics here")
+    p.add_argument("--json", help="write every row's metrics (and per-clip figures) here")
     p.add_argument("--strip", help="write a PNG strip of generated vs ground-truth frames here")
+    p.add_argument("--no-renderer-only", action="store_true",
+                   help="skip the renderer-only row (the generator fed the real keypoints; it costs as much "
+                        "as the model's own pass)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, help="torch CPU threads")
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from letsplay.models.evaluate import evaluate_checkpoint
+    from letsplay.models.evaluate import evaluate_checkpoint, result_table
 
     _threads(args)
     res = evaluate_checkpoint(args.checkpoint, args.data, split=args.split, max_seconds=args.max_seconds,
-                              device=args.device, strip=args.strip)
-    d = res.to_dict()
-    text = json.dumps(d, indent=1)
+                              device=args.device, strip=args.strip, renderer_only=not args.no_renderer_only)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(text + "\n")
-    print(text)
+        Path(args.json).write_text(json.dumps(res.to_dict(), indent=1) + "\n")
+    print(f"{res.clips} clips, {res.frames} frames, {res.seconds:.0f} s")
+    print(result_table(res))
+    print("moving PSNR: over the pixels that differ from the clip's still picture; checker: 2-pixel-period "
+          "energy / the real frames' (1 = as much); sync C: 0 = chance, 1 = every motion event on an onset; "
+          "lag: frames the motion comes after the onsets")
     return 0
 
 
@@ -123,6 +179,7 @@ def _run_ablate(args: argparse.Namespace) -> int:
 
 COMMANDS = [
     ("train", "train a Performer stage by stage (KP, CVG, STU; optional end-to-end)", _add_train, _run_train),
-    ("eval", "evaluate a Performer on held-out pieces: PSNR, SSIM, keypoints, temporal, sync", _add_eval, _run_eval),
+    ("eval", "evaluate a Performer on held-out pieces beside its baselines: PSNR, SSIM, keypoints, sync",
+     _add_eval, _run_eval),
     ("ablate", "train and evaluate the paper's Table I / II variants; write both tables", _add_ablate, _run_ablate),
 ]
