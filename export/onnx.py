@@ -33,12 +33,12 @@ dynamo exporter can silently specialise a dimension.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import platform
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from letsplay.models.features import cqt_kernel_bank
+from letsplay.models.files import sha256_file
 from letsplay.models.performer import Performer
 from letsplay.models.spec import AudioSpec, VideoSpec
 
@@ -65,13 +66,6 @@ class ExportError(RuntimeError):
 class ManifestError(ValueError):
     """An exported folder's manifest or graphs cannot be used; says which and what to do."""
 
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- wrappers
@@ -221,6 +215,26 @@ class CQTStep(nn.Module):
 # --------------------------------------------------------------------------- export
 
 
+# torch.onnx's registry warns once per export about each torchvision operator it skips when
+# torchvision (which letsplay does not use) is not installed; only errors pass during an export.
+_EXPORTER_CHATTER = ("torch.onnx._internal.exporter._registration",)
+
+
+@contextlib.contextmanager
+def quiet_exporter() -> Iterator[None]:
+    """Silence torch.onnx's notes about optional packages for the duration of an export
+    (their loggers at ERROR, restored after); warnings of letsplay's own stay visible."""
+    loggers = [logging.getLogger(n) for n in _EXPORTER_CHATTER]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
 def _export_graph(module: nn.Module, args: Sequence[Tensor], path: Path, input_names: list[str],
                   output_names: list[str]) -> str:
     """Export with a dynamic batch; the dynamo exporter first, TorchScript as fallback.
@@ -232,7 +246,7 @@ def _export_graph(module: nn.Module, args: Sequence[Tensor], path: Path, input_n
         from torch.export import Dim
 
         B = Dim("batch", min=1, max=256)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), quiet_exporter():
             warnings.simplefilter("ignore")
             torch.onnx.export(module, args, str(path), input_names=input_names, output_names=output_names,
                               opset_version=OPSET, dynamo=True, external_data=False,

@@ -35,26 +35,38 @@ from pathlib import Path
 
 import numpy as np
 
+from letsplay.realtime.backends import BackendError
+
 log = logging.getLogger(__name__)
 
 KEY_FORMAT = 2  # bump when what an engine is built with changes without its inputs changing
 
 
-class TensorRTUnavailable(RuntimeError):
-    """TensorRT or a CUDA GPU is missing; the message says what to install."""
+class TensorRTUnavailable(BackendError):
+    """TensorRT or a CUDA GPU is missing; the message says what to install. A
+    :class:`~letsplay.realtime.backends.BackendError`: the CLI shows it as one line."""
 
 
 def import_tensorrt():
+    """The ``tensorrt`` module, once it is known to be usable here (installed, and a CUDA
+    GPU visible to torch); :class:`TensorRTUnavailable` otherwise. Cheap: call it before
+    any export so a machine without TensorRT is told at once."""
     try:
         import tensorrt as trt
     except ImportError as e:
         raise TensorRTUnavailable(
-            "TensorRT is not installed: on a machine with an NVIDIA GPU, install letsplay[trt] "
-            "(pip install tensorrt), or use --backend onnxruntime / torch") from e
+            "TensorRT is not installed: on a machine with an NVIDIA GPU, install the [trt] extra "
+            "(pip install 'letsplay[trt]'), or run the ONNX graphs instead (--backend onnxruntime; "
+            "letsplay export onnx)") from e
+    except Exception as e:  # noqa: BLE001 - a broken install (missing libnvinfer, CUDA mismatch)
+        raise TensorRTUnavailable(
+            f"TensorRT is installed but cannot be loaded ({type(e).__name__}: {e}); reinstall the [trt] extra "
+            f"matching this machine's CUDA driver, or use --backend onnxruntime") from e
     import torch
 
     if not torch.cuda.is_available():
-        raise TensorRTUnavailable("TensorRT needs a CUDA GPU and a CUDA build of torch; none is visible")
+        raise TensorRTUnavailable("TensorRT needs an NVIDIA GPU with a CUDA build of torch, and none is visible "
+                                  "here: run on a machine with one, or use --backend onnxruntime")
     return trt
 
 
@@ -138,7 +150,7 @@ def build_engine(onnx_path: str | Path, cache: str | Path, precision: str = "fp1
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx_path.read_bytes()):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise RuntimeError(f"TensorRT cannot parse {onnx_path}: {errors}")
+        raise BackendError(f"TensorRT cannot parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, 2 << 30)
     if precision == "fp16" and not strongly_typed:
@@ -158,14 +170,14 @@ def build_engine(onnx_path: str | Path, cache: str | Path, precision: str = "fp1
         t = network.get_input(i)
         rest = tuple(t.shape)[1:]
         if any(d < 0 for d in rest):
-            raise RuntimeError(f"{onnx_path}: input {t.name} has a dynamic dimension besides the batch "
+            raise BackendError(f"{onnx_path}: input {t.name} has a dynamic dimension besides the batch "
                                f"({tuple(t.shape)}); re-export the model")
         profile.set_shape(t.name, (1, *rest), (opt_batch, *rest), (max_batch, *rest))
     config.add_optimization_profile(profile)
     log.warning("building a TensorRT %s engine for %s (once per GPU/version)", precision, onnx_path.name)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise RuntimeError(f"TensorRT failed to build an engine for {onnx_path}")
+        raise BackendError(f"TensorRT failed to build an engine for {onnx_path}")
     tmp = plan.with_suffix(".tmp")
     tmp.write_bytes(memoryview(serialized))
     tmp.replace(plan)
@@ -184,7 +196,7 @@ def _torch_dtype(trt, dt):
     if hasattr(trt.DataType, "BF16"):
         table[trt.DataType.BF16] = torch.bfloat16
     if dt not in table:
-        raise RuntimeError(f"TensorRT I/O tensor of type {dt} is not supported here")
+        raise BackendError(f"TensorRT I/O tensor of type {dt} is not supported here")
     return table[dt]
 
 
@@ -210,10 +222,10 @@ class TrtBackend:
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engine = self._runtime.deserialize_cuda_engine(self.plan.read_bytes())
         if self.engine is None:
-            raise RuntimeError(f"{self.plan}: TensorRT could not load the engine; delete it to rebuild")
+            raise BackendError(f"{self.plan}: TensorRT could not load the engine; delete it to rebuild")
         self.context = self.engine.create_execution_context()
         if self.context is None:
-            raise RuntimeError(f"{self.plan}: TensorRT could not create an execution context")
+            raise BackendError(f"{self.plan}: TensorRT could not create an execution context")
         self.stream = torch.cuda.Stream()
         self.device = f"cuda ({torch.cuda.get_device_name()}, TensorRT {trt.__version__})"  # + (precision) by describe
         self.state_names = tuple(d["name"] for d in self.manifest.state)

@@ -280,6 +280,12 @@ class Engine:
                                         daemon=True)
         self._thread.start()
 
+    def request_stop(self) -> None:
+        """Ask the loop to end after the frame in progress, without waiting or closing
+        anything: safe from any thread, a sink or ``on_frame`` included (e.g. when the
+        reader of a pipe went away). :meth:`stop` then finalises the sinks."""
+        self._stop.set()
+
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the loop and close sources and sinks (recordings are finalised)."""
         self._stop.set()
@@ -436,6 +442,8 @@ class Engine:
             self._next_frame += skip
             due = 1
         for _ in range(due):
+            if self._stop.is_set():  # stopped from a sink (or another thread): compute no more
+                return
             self._render(self._next_frame)
             self._next_frame += 1
 

@@ -157,6 +157,10 @@ def open_backend(ref: PerformerRef, backend: str = "auto", device: str | None = 
                                f"(or use --backend onnxruntime)")
         return TorchBackend(Performer.load(ref.path), device or ("cuda" if gpu else "cpu"), cuda_graph=cuda_graph,
                             pipeline=bool(pipeline))
+    if backend == "tensorrt":
+        from letsplay.export.tensorrt import import_tensorrt
+
+        import_tensorrt()  # no TensorRT or no GPU: say so now, before exporting anything
     if pipeline is None:
         pipeline = auto_pipeline(backend, device, precision)
         if pipeline and ref.kind == "export" and not _export_has_pipeline(ref.path):
@@ -172,7 +176,13 @@ def open_backend(ref: PerformerRef, backend: str = "auto", device: str | None = 
                            "TensorRT engine runs the fused step: drop --pipeline or pick --backend onnxruntime")
     from letsplay.export.tensorrt import TrtBackend  # the native engine: GPU only
 
-    return TrtBackend(folder)
+    try:
+        return TrtBackend(folder)
+    except (BackendError, ValueError, OSError):
+        raise
+    except Exception as e:  # noqa: BLE001 - anything TensorRT raises while building or loading
+        raise BackendError(f"the TensorRT engine for {folder} cannot be built or loaded ({type(e).__name__}: "
+                           f"{e}); use --backend onnxruntime") from e
 
 
 PIPELINE_MAX_CORES = 2  # --pipeline auto: measured on a 2-core VM (README "Live: audio to frame")
@@ -204,6 +214,6 @@ def usable_cores() -> int:
 def _has_tensorrt() -> bool:
     try:
         import tensorrt  # noqa: F401
-    except ImportError:
+    except Exception:  # noqa: BLE001 - not installed, or installed but broken: not a choice for auto
         return False
     return True

@@ -16,8 +16,9 @@ shifting everything after it.
 Sinks (all follow the :class:`Sink` protocol: ``open`` / ``write_frame`` /
 ``write_audio`` / ``close``):
 
-* :class:`Mp4Recorder` -- H.264 + AAC in one fragmented MP4, written to the final path
-  as it goes, so a killed process leaves a playable file (see the class docstring).
+* :class:`Mp4Recorder` -- H.264 + AAC in one fragmented MP4, written as it goes, so a
+  killed process leaves a playable file (see the class docstring); with ``partial=True``
+  it is written under :func:`partial_path` and renamed to its name once complete.
 * :class:`KeypointsNpz` -- every frame's keypoints in one ``.npz`` (written atomically
   at ``close``).
 * :class:`OscSink` -- one OSC message per frame over UDP, for installations.
@@ -178,6 +179,19 @@ MP4_CONTAINER_OPTIONS = {
 }
 
 
+def partial_path(path: str | os.PathLike[str]) -> Path:
+    """Where an output is written until it is complete: ``song.mp4`` -> ``song.partial.mp4``
+    in the same folder (``song.partial-2.mp4``, ``-3``, ... when that name is taken, so an
+    earlier partial file is never replaced). An interrupted or failed run leaves it there."""
+    path = Path(path)
+    cand = path.with_name(f"{path.stem}.partial{path.suffix}")
+    k = 2
+    while cand.exists() or cand.is_symlink():
+        cand = path.with_name(f"{path.stem}.partial-{k}{path.suffix}")
+        k += 1
+    return cand
+
+
 class Mp4Recorder:
     """Records the stream to an MP4: H.264 (libx264, yuv420p) video + AAC audio, one file.
 
@@ -199,7 +213,15 @@ class Mp4Recorder:
     cut after the OS wrote its cache), the file still plays up to the last complete
     fragment: about the last ``keyframe_seconds`` is lost (measured: 100 frames written,
     94 play back after SIGKILL; the test checks at least 60). There is
-    no temporary file and no rename, so a crash cannot leave the recording elsewhere.
+    no rename by default, so a crash cannot leave the recording elsewhere.
+
+    **``partial=True``** (what the ``letsplay`` commands use): the file is written under
+    :func:`partial_path` (``take.partial.mp4``) and renamed to ``path`` by a ``close`` that
+    finishes a complete recording, so a file already at ``path`` stays untouched until a
+    complete one replaces it. A recording that failed (a write error) or that the owner
+    marked with :meth:`mark_incomplete` (an interrupted render) keeps the partial name:
+    ``kept_partial`` names it after ``close``. A killed process leaves it there too, playable
+    as above. A recording closed with nothing written leaves no file.
     ``delay_moov`` writes the header after the first fragment, which lets it carry the
     AAC priming edit list (without it, fragmented audio plays ~23 ms late). Every current
     player (ffmpeg/ffplay, VLC, browsers, QuickTime) plays fragmented MP4; remux with
@@ -224,12 +246,17 @@ class Mp4Recorder:
 
     def __init__(self, path: str | os.PathLike[str], crf: int = 20, audio: bool = True, *,
                  preset: str = "veryfast", tune: str | None = "zerolatency", keyframe_seconds: float = 1.0,
-                 audio_bitrate: int = 128_000, audio_lag_s: float | None = 2.0, stream_id: int = 0) -> None:
+                 audio_bitrate: int = 128_000, audio_lag_s: float | None = 2.0, stream_id: int = 0,
+                 partial: bool = False) -> None:
         if not 0 <= crf <= 51:
             raise ValueError(f"Mp4Recorder: crf must be in 0..51 (lower = better, 18-23 is typical), got {crf}")
         if not keyframe_seconds > 0:
             raise ValueError(f"Mp4Recorder: keyframe_seconds must be > 0, got {keyframe_seconds}")
         self.path = Path(path)
+        self.partial = bool(partial)
+        self.writing_path = self.path  # where the bytes go while recording (a partial name with partial=True)
+        self.kept_partial: Path | None = None  # after close: the partial file left in place, if any
+        self._incomplete: str | None = None  # why close must not give the file its final name
         self.crf = int(crf)
         self.audio = bool(audio)
         self.preset = preset
@@ -259,6 +286,9 @@ class Mp4Recorder:
         if self._container is not None:
             raise RuntimeError(f"{self!r} is already open; one recorder writes one file")
         self.path = _check_output_path(self.path, "recording")
+        self.writing_path = partial_path(self.path) if self.partial else self.path
+        self.kept_partial = None
+        self._incomplete = None
         self._aspec, self._vspec = audio, video
         self._rate = fps_fraction(video.fps)
         # libx264 + yuv420p needs even sizes: pad by one edge pixel rather than refuse.
@@ -267,9 +297,10 @@ class Mp4Recorder:
             log.info("%r: %dx%d is odd; yuv420p needs even sizes, the recording pads the last row/column",
                      self, video.width, video.height)
         try:
-            c = av.open(str(self.path), mode="w", format="mp4", container_options=dict(MP4_CONTAINER_OPTIONS))
+            c = av.open(str(self.writing_path), mode="w", format="mp4",
+                        container_options=dict(MP4_CONTAINER_OPTIONS))
         except (OSError, av.error.FFmpegError) as e:
-            raise SinkError(f"cannot create the recording {str(self.path)!r}: {e}; check the path, "
+            raise SinkError(f"cannot create the recording {str(self.writing_path)!r}: {e}; check the path, "
                             f"its permissions and the free space") from e
         try:
             vs = c.add_stream("libx264", rate=self._rate)
@@ -351,7 +382,7 @@ class Mp4Recorder:
 
     def _file_size(self) -> int:
         try:
-            return os.stat(self.path).st_size
+            return os.stat(self.writing_path).st_size
         except OSError:
             return self._good_size
 
@@ -360,8 +391,8 @@ class Mp4Recorder:
         complete fragment: the half-written one after it would make strict readers fail
         on its last packet. Done at close only, when the muxer writes no more."""
         try:
-            if self.path.is_file() and self.path.stat().st_size > self._good_size:
-                os.truncate(self.path, self._good_size)
+            if self.writing_path.is_file() and self.writing_path.stat().st_size > self._good_size:
+                os.truncate(self.writing_path, self._good_size)
                 log.warning("%r: cut the half-written last fragment; %d bytes play", self, self._good_size)
         except OSError as e:
             log.warning("%r: could not cut the half-written last fragment (%s)", self, e)
@@ -496,8 +527,39 @@ class Mp4Recorder:
 
     # -- close
 
+    @property
+    def error(self) -> BaseException | None:
+        """The write error that stopped this recording (None while it is fine)."""
+        return self._failed
+
+    def mark_incomplete(self, reason: str) -> None:
+        """The recording will not be complete (an interrupted or failed render): with
+        ``partial=True``, ``close`` finishes the file (playable) but leaves it under its
+        partial name instead of replacing ``path``."""
+        self._incomplete = reason
+
+    def _settle(self, ok: bool) -> None:
+        """partial=True, after the container is closed: give a complete file its final name
+        (atomically replacing what was there), or leave the partial one and say where."""
+        if not self.partial or self.writing_path == self.path or not self.writing_path.exists():
+            return
+        if ok and self._incomplete is None and self.frames_written == 0 and self.audio_samples_written == 0:
+            self.writing_path.unlink(missing_ok=True)  # nothing was recorded: leave no file at all
+            return
+        if ok and self._incomplete is None:
+            try:
+                os.replace(self.writing_path, self.path)
+                return
+            except OSError as e:
+                raise SinkError(f"{self!r}: the recording is complete in {str(self.writing_path)!r} but could "
+                                f"not be renamed to {str(self.path)!r} ({e}); rename it yourself") from e
+        self.kept_partial = self.writing_path
+        log.log(logging.INFO if self._incomplete else logging.WARNING, "%r: %s; the partial recording is in %s",
+                self, self._incomplete or "the recording failed", self.writing_path)
+
     def close(self) -> None:
-        """Flush the encoders, pad the audio to the last frame's end, finish the file. Idempotent."""
+        """Flush the encoders, pad the audio to the last frame's end, finish the file. Idempotent.
+        With ``partial=True`` a complete file is then renamed to ``path`` (see the class)."""
         with self._lock:
             self._closed = True
             c = self._container
@@ -524,6 +586,7 @@ class Mp4Recorder:
                     log.warning("%r: closing after an earlier error: %s", self, e)
             if err is not None or self._failed is not None:
                 self._cut_partial_fragment()
+            self._settle(err is None and self._failed is None)
             if err is not None:
                 raise err
         log.info("%r: closed, %d frames (%d skipped), %.2f s audio (%.2f s silence inserted)", self,
@@ -801,18 +864,25 @@ class FrameQueue:
 class RawVideoSink:
     """Raw ``rgb24`` frames, back to back, to a binary stream (stdout by default), e.g.::
 
-        letsplay render song.wav --raw | ffmpeg -f rawvideo -pix_fmt rgb24 -s 256x256 -r 30 -i - out.mp4
+        letsplay render song.wav --raw | ffmpeg -f rawvideo -pix_fmt rgb24 -s WxH -r 30 -i - out.mp4
+
+    (``WxH``: the performer's video size, e.g. 256x256 for the shipped ones; ``letsplay``
+    prints it when raw output starts).
 
     Raw video carries no timestamps, so a dropped frame would shift everything after it:
     with ``fill_gaps`` (default) the previous frame is written again for every missing
     index, keeping frame n at n / fps. When the reader goes away (BrokenPipeError) the
-    sink logs it and stops quietly; ``broken`` tells. Only frames of ``stream_id`` are written.
+    sink logs it and stops quietly; ``broken`` tells, and ``on_broken`` (if given) is called
+    once, e.g. ``engine.request_stop`` so that no more frames are computed for nobody.
+    Only frames of ``stream_id`` are written.
     """
 
-    def __init__(self, stream: IO[bytes] | None = None, *, fill_gaps: bool = True, stream_id: int = 0) -> None:
+    def __init__(self, stream: IO[bytes] | None = None, *, fill_gaps: bool = True, stream_id: int = 0,
+                 on_broken: Callable[[], object] | None = None) -> None:
         self._out = stream if stream is not None else sys.stdout.buffer
         self.fill_gaps = fill_gaps
         self.stream_id = stream_id
+        self.on_broken = on_broken
         self.frames_written = 0  # frames written, repeats included
         self.repeated = 0  # frames written again to fill gaps
         self.broken = False
@@ -858,6 +928,8 @@ class RawVideoSink:
     def _on_broken_pipe(self) -> None:
         self.broken = True
         log.info("%r: the reader closed the pipe after %d frames; raw output stopped", self, self.frames_written)
+        if self.on_broken is not None:
+            self.on_broken()
         # Python would complain again when it flushes stdout at exit: point the fd at /dev/null.
         try:
             if self._out is sys.stdout.buffer or self._out is sys.stdout:

@@ -16,7 +16,9 @@ an output device it counts samples released by the wall clock.
 preallocated :class:`~letsplay.realtime.ringbuffer.AudioRing` -- no allocation, no
 locks, no model work. A device that cannot run at the spec rate is opened at its own
 rate and resampled (soxr) on the consumer side. When the device disappears, ``read``
-reports it (``lost``) and retries opening it every ``reopen_s`` seconds.
+reports it (``lost``) and retries opening it every ``reopen_s`` seconds: the loss and the
+recovery are logged once each, the retries at most once a minute (:class:`OutageLog`),
+and what PortAudio / ALSA print from C during a retry goes to /dev/null.
 
 ``FileSource`` streams a file block by block (a 10-hour file is never loaded whole),
 either as fast as the consumer reads or at real-time pace; ``play=True`` sends it to
@@ -26,10 +28,14 @@ the speakers and the output device's consumption becomes the clock.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import shutil
+import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,6 +97,71 @@ class AudioSource:
         self.stop()
 
 
+# --------------------------------------------------------------------------- outages
+
+
+class OutageLog:
+    """Logs an outage so that a night-long one does not flood an installation's log: the
+    first failure once at WARNING, repeats at most once per ``every_s`` at INFO with how
+    many there were, the recovery once at WARNING. ``clock``: seconds, monotonic."""
+
+    def __init__(self, logger: logging.Logger, every_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.log = logger
+        self.every_s = every_s
+        self.clock = clock
+        self.since: float | None = None  # when the outage began; None while all is well
+        self.failures = 0  # failures since then (the first included)
+        self._last = 0.0
+
+    @property
+    def active(self) -> bool:
+        return self.since is not None
+
+    def failed(self, message: str) -> None:
+        now = self.clock()
+        if self.since is None:
+            self.since, self.failures, self._last = now, 1, now
+            self.log.warning("%s", message)
+            return
+        self.failures += 1
+        if now - self._last >= self.every_s:
+            self._last = now
+            self.log.info("%s (still failing: %d attempts in %.0f s)", message, self.failures, now - self.since)
+
+    def recovered(self, message: str) -> None:
+        if self.since is None:
+            return
+        self.log.warning("%s (after %.0f s and %d failed attempts)", message, self.clock() - self.since,
+                         self.failures)
+        self.since = None
+
+
+@contextlib.contextmanager
+def quiet_c_stderr() -> Iterator[None]:
+    """File descriptor 2 to /dev/null for the duration (restored after): PortAudio and ALSA
+    print their own lines to it from C on every failed device query or open, which a
+    retry loop would repeat every second. Python's own logging is flushed first."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no fd 2 at all: nothing to silence
+        yield
+        return
+    try:
+        for h in logging.root.handlers:
+            with contextlib.suppress(Exception):
+                h.flush()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 2)
+        finally:
+            os.close(devnull)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 # --------------------------------------------------------------------------- devices
 
 
@@ -103,6 +174,36 @@ def list_devices() -> list[dict]:
                     "outputs": d["max_output_channels"], "default_rate": d["default_samplerate"],
                     "hostapi": sd.query_hostapis(d["hostapi"])["name"]})
     return out
+
+
+def pulse_sources() -> list[dict]:
+    """Capture sources of a running PulseAudio / PipeWire server (``pactl list short
+    sources``): name, driver, sample spec, state; the name is what ``PULSE_SOURCE`` takes.
+    Empty when ``pactl`` is missing or no server answers."""
+    pactl = shutil.which("pactl")
+    if pactl is None:
+        return []
+    try:
+        r = subprocess.run([pactl, "list", "short", "sources"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError) as e:
+        log.debug("pactl: %s", e)
+        return []
+    if r.returncode != 0:
+        log.debug("pactl list short sources: %s", r.stderr.strip())
+        return []
+    out = []
+    for line in r.stdout.splitlines():
+        f = line.split("\t")
+        if len(f) >= 2:
+            out.append({"index": int(f[0]) if f[0].isdigit() else f[0], "name": f[1],
+                        "driver": f[2] if len(f) > 2 else "", "spec": f[3] if len(f) > 3 else "",
+                        "state": f[4] if len(f) > 4 else "", "monitor": f[1].endswith(".monitor")})
+    return out
+
+
+NO_INPUT_HINT = ("list the devices with `letsplay devices`, then pick one with --device NAME|INDEX; with "
+                 "PulseAudio / PipeWire, choose a source with PULSE_SOURCE=NAME (a name from `letsplay devices`) "
+                 "and --device pulse")
 
 
 def output_available() -> bool:
@@ -167,6 +268,7 @@ class MicSource(AudioSource):
         self._lost_reported = False
         self._stopping = False
         self._next_try = 0.0
+        self._outage = OutageLog(log)
         self._out_pos = 0  # clock: samples delivered at sample_rate
         self.device_name = "?"
 
@@ -190,7 +292,15 @@ class MicSource(AudioSource):
     def _open(self) -> None:
         sd = _sounddevice()
         dev = resolve_device(self.device_spec, "input")
-        info = sd.query_devices(dev, "input")
+        try:
+            info = sd.query_devices(dev, "input")
+        except Exception as e:  # PortAudio: "Error querying device -1" when there is no default input
+            if dev is None:
+                raise SourceError(f"there is no audio input device (no default input: no microphone, or no "
+                                  f"sound server running); {NO_INPUT_HINT}") from e
+            raise
+        if int(info["max_input_channels"]) < 1:
+            raise SourceError(f"{info['name']!r} has no input channels (an output device); {NO_INPUT_HINT}")
         self.device_name = info["name"]
         ch = self.channels or min(2, int(info["max_input_channels"])) or 1
         rate = self.sample_rate
@@ -227,8 +337,8 @@ class MicSource(AudioSource):
         except SourceError:
             raise
         except Exception as e:
-            raise SourceError(f"cannot open input device {self.device_spec!r}: {e}; "
-                              f"list devices with `letsplay devices`") from e
+            which = "the default input device" if self.device_spec is None else f"input device {self.device_spec!r}"
+            raise SourceError(f"cannot open {which}: {e}; {NO_INPUT_HINT}") from e
 
     def stop(self) -> None:
         self._stopping = True
@@ -249,15 +359,18 @@ class MicSource(AudioSource):
         if now < self._next_try:
             return
         self._next_try = now + self.reopen_s
-        self.stop()
         try:
-            self._stopping = False
-            self._open()
-            self.stats.reopened += 1
-            log.warning("input device %r is back", self.device_name)
+            with quiet_c_stderr():  # PortAudio / ALSA print lines of their own at every failed try
+                self.stop()
+                self._stopping = False
+                self._open()
         except Exception as e:
-            log.debug("input device still unavailable: %s", e)
+            self._outage.failed(f"input device {self.device_name!r} is still unavailable ({e}); retrying every "
+                                f"{self.reopen_s:.1f} s")
             self._lost = True
+            return
+        self.stats.reopened += 1
+        self._outage.recovered(f"input device {self.device_name!r} is back")
 
     def read(self, timeout: float = 0.05) -> tuple[np.ndarray, int]:
         if self._stream is not None and not self._stream.active and not self._stopping:
@@ -266,7 +379,8 @@ class MicSource(AudioSource):
             if not self._lost_reported:
                 self._lost_reported = True
                 self.stats.lost += 1
-                log.warning("input device %r is gone; retrying every %.1f s", self.device_name, self.reopen_s)
+                self._outage.failed(f"input device {self.device_name!r} is gone; retrying every "
+                                    f"{self.reopen_s:.1f} s (repeats are logged at most once a minute)")
             self._try_reopen()
             if self._lost:
                 time.sleep(min(timeout, 0.05))

@@ -83,7 +83,7 @@ def test_fps_structure_and_values(fps_result):
         t, o = by[("torch", s["streams"])], by[(s["backend"], s["streams"])]
         assert s["step_speedup"] == pytest.approx(t["step_ms"]["median_ms"] / o["step_ms"]["median_ms"])
         assert s["e2e_speedup"] == pytest.approx(t["e2e_ms"]["median_ms"] / o["e2e_ms"]["median_ms"])
-    i6 = r["issue6_ort_fused_vs_torch_eager"]
+    i6 = r["ort_fused_vs_torch_eager"]
     assert [s["streams"] for s in i6] == [1, 2]
     for s in i6:
         assert s["speedup_ort_fused_vs_torch_eager"] == pytest.approx(1 / s["ort_over_torch_time_ratio"])
@@ -107,8 +107,6 @@ def test_latency_through_the_live_engine():
     assert 0 < lat["median_ms"] <= lat["p95_ms"] <= lat["p99_ms"] <= lat["max_ms"]
     assert lat["n"] == r["frames"]
     assert r["fps"] > 0 and r["audio_seconds"] == pytest.approx(1.5, abs=0.01)
-    # real-time pace: the run takes (about) as long as its audio
-    assert r["wall_seconds"] >= 1.5 * 0.9
     assert "| p50 ms |" in latency.markdown(r)
 
 

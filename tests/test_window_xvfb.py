@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 import pytest
-from xvfb import screenshot, start_xvfb, xvfb_available
+from xvfb import SIZE, screenshot, start_xvfb, xvfb_available
 
 pytestmark = pytest.mark.skipif(not xvfb_available(), reason="Xvfb is not installed (apt-get install xvfb)")
 
@@ -72,3 +72,57 @@ def test_demo_window_on_a_real_display(display, tmp_path):
         ys, xs = np.nonzero(shot.max(-1) > 0)
         crop = shot[: ys.max() + 1, : xs.max() + 1]  # the window, without the empty screen around it
         cv2.imwrite(out, cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
+
+
+KIOSK_SCRIPT = """
+import sys, numpy as np, torch
+from PyQt6.QtWidgets import QApplication
+from letsplay.models.performer import Performer
+from letsplay.models.presets import preset
+from letsplay.realtime.backends import TorchBackend
+from letsplay.realtime.engine import Engine
+from letsplay.realtime.sources import ArraySource
+from letsplay.ui.window import LetsplayWindow
+
+torch.set_num_threads(1)
+app = QApplication([])
+p = Performer(preset("tiny")).eval()
+sr = p.cfg.audio.sample_rate
+src = ArraySource(np.zeros(sr * 30, np.float32), sr, realtime=True, block=735)
+win = LetsplayWindow(Engine(TorchBackend(p), p.cfg.audio, p.cfg.video, src), kiosk=sys.argv[1] == "kiosk")
+if sys.argv[1] == "f11":
+    win.show()
+    win.set_fullscreen(True)
+for _ in range(40):  # let the X server map and configure the window
+    app.processEvents()
+    import time; time.sleep(0.05)
+g, s = win.frameGeometry(), win.screen().geometry()
+print("window", g.x(), g.y(), g.width(), g.height(), "screen", s.x(), s.y(), s.width(), s.height(),
+      win.isFullScreen(), flush=True)
+win.set_fullscreen(False) if sys.argv[1] == "f11" else win.set_kiosk(False)
+for _ in range(20):
+    app.processEvents()
+    time.sleep(0.05)
+g = win.frameGeometry()
+print("after", g.x(), g.y(), g.width(), g.height(), flush=True)
+win.close()
+"""
+
+
+@pytest.mark.parametrize("mode", ["kiosk", "f11"])
+def test_kiosk_and_full_screen_cover_a_bare_x_server(display, tmp_path, mode):
+    """An installation's X server often runs no window manager, which is what carries out
+    showFullScreen: the kiosk window (and F11) must cover the screen by itself, and give
+    the screen back when left."""
+    env = dict(os.environ, DISPLAY=display, LETSPLAY_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    env.pop("QT_QPA_PLATFORM", None)  # the real xcb platform on Xvfb, no window manager running
+    r = subprocess.run([sys.executable, "-c", KIOSK_SCRIPT, mode], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = dict((line.split()[0], line.split()[1:]) for line in r.stdout.splitlines() if line.strip())
+    w = [int(v) for v in got["window"][:4]]
+    s = [int(v) for v in got["window"][5:9]]
+    assert s[2:] == list(SIZE) and w == s  # the whole screen, from its corner
+    assert got["window"][9] == "True"  # and in the full-screen state (Esc, F11 toggle)
+    after = [int(v) for v in got["after"]]
+    assert after[2:] != list(SIZE)  # left: back to a window smaller than the screen

@@ -41,10 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    fresh = not logging.root.handlers
     logging.basicConfig(
         level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if fresh and args.verbose < 2:
+        for h in logging.root.handlers:  # the handler basicConfig made; not one a host program installed
+            h.addFilter(_UserErrorTracebacks())
     if not getattr(args, "_run", None):
         parser.print_help()
         return 0
@@ -58,6 +62,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"letsplay {args.command}: error: {e}", file=sys.stderr)  # say what and stop, no traceback
         return 2
+
+
+class _UserErrorTracebacks(logging.Filter):
+    """Drops a record that carries a user error's traceback (a library logging the
+    exception that stopped it, e.g. a damaged audio file read by the engine's thread):
+    :func:`main` reports that error in one line itself. Shown with ``-vv``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return exc is None or not isinstance(exc, _user_errors())
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

@@ -1,4 +1,4 @@
-"""`letsplay cqt` and `letsplay version`: the audio front end from the command line."""
+"""`letsplay cqt`, `letsplay version` and `letsplay devices`: the audio front end from the command line."""
 
 from __future__ import annotations
 
@@ -80,7 +80,39 @@ def _run_version(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_devices(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true",
+                   help="print a JSON object instead: \"portaudio\", the devices --device takes (index, name, "
+                        "inputs, outputs, default_rate, hostapi), and \"pulse_sources\", the PulseAudio / "
+                        "PipeWire capture sources PULSE_SOURCE takes (index, name, driver, spec, state, monitor)")
+
+
+def _run_devices(args: argparse.Namespace) -> int:
+    from letsplay.realtime.sources import list_devices, pulse_sources
+
+    devs = list_devices()
+    pulse = pulse_sources()
+    if args.json:
+        print(json.dumps({"portaudio": devs, "pulse_sources": pulse}, indent=2))
+        return 0
+    if devs:
+        print("audio devices (letsplay live --device INDEX, or a unique part of the name):")
+        for d in devs:
+            print(f"{d['index']:3d}  {d['name']:40s} in {d['inputs']:2d}  out {d['outputs']:2d}  "
+                  f"{d['default_rate']:.0f} Hz  ({d['hostapi']})")
+    else:
+        print("no audio devices (is PulseAudio / PipeWire running?)")
+    if pulse:
+        print("\nPulseAudio / PipeWire sources (capture one with: PULSE_SOURCE=NAME letsplay live --device pulse):")
+        for s in pulse:
+            what = "monitor of an output" if s["monitor"] else "input"
+            print(f"  {s['name']:48s} {s['spec']:24s} {s['state']:10s} ({what})")
+    return 0
+
+
 COMMANDS = [
     ("cqt", "compute the CQT features of an audio file (streamed; any length)", _add_cqt, _run_cqt),
     ("version", "versions of letsplay and its backends", _add_version, _run_version),
+    ("devices", "list audio input and output devices, and PulseAudio / PipeWire sources", _add_devices,
+     _run_devices),
 ]

@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 from PyQt6.QtCore import QEvent, QObject, QPointF, QRect, QRectF, QSize, Qt, QTimer, pyqtSignal
-from PyQt6.QtGui import QAction, QColor, QFont, QImage, QKeySequence, QPainter, QPalette, QPen
+from PyQt6.QtGui import QAction, QColor, QFont, QGuiApplication, QImage, QKeySequence, QPainter, QPalette, QPen
 from PyQt6.QtWidgets import (
     QApplication,
     QComboBox,
@@ -75,6 +75,7 @@ from letsplay.realtime.sources import (
     AudioSource,
     FileSource,
     MicSource,
+    OutageLog,
     SourceError,
     list_devices,
 )
@@ -569,6 +570,8 @@ class LetsplayWindow(QMainWindow):
                                                            a.output_device, a.block)
         self._engine_input = self._input  # what the current engine's source is
         self._lost_shown = False
+        self._outage = OutageLog(log)  # failed starts / runs: logged once, then at most once a minute
+        self._normal_geometry = None  # the window's geometry before it covered the screen
 
         # sinks: the newest frame for the screen; the rest go on across runs
         recorder = None
@@ -938,7 +941,7 @@ class LetsplayWindow(QMainWindow):
         return f"{head}\n{e}\n\n{tail}"
 
     def _fail_start(self, state: str, text: str) -> None:
-        log.warning("%s", text.replace("\n", " "))
+        self._outage.failed(text.replace("\n", " "))
         self._set_state(state)
         self._show_message(text)
         if self.kiosk:
@@ -1118,10 +1121,26 @@ class LetsplayWindow(QMainWindow):
 
     def set_fullscreen(self, on: bool) -> None:
         if on:
-            self.showFullScreen()
+            self._cover_screen()
         else:
-            self.showNormal()
+            self._uncover_screen()
         self.fullscreen_btn.setChecked(on)
+
+    def _cover_screen(self) -> None:
+        """Full screen, and the screen's geometry set explicitly: ``showFullScreen`` is a
+        request to the window manager, and an installation's bare X server has none."""
+        if self._normal_geometry is None and not self.isFullScreen():
+            self._normal_geometry = self.geometry()
+        screen = self.screen() or QGuiApplication.primaryScreen()
+        if screen is not None:  # first: a geometry set after showFullScreen would end the full-screen state
+            self.setGeometry(screen.geometry())
+        self.showFullScreen()
+
+    def _uncover_screen(self) -> None:
+        self.showNormal()
+        if self._normal_geometry is not None:
+            self.setGeometry(self._normal_geometry)
+            self._normal_geometry = None
 
     def leave_fullscreen(self) -> None:
         if self.kiosk:
@@ -1134,14 +1153,17 @@ class LetsplayWindow(QMainWindow):
         self.kiosk = on
         self.toolbar.setVisible(not on)
         self.statusBar().setVisible(not on)
+        if on and self._normal_geometry is None and not self.isFullScreen():
+            self._normal_geometry = self.geometry()
         self.setWindowFlag(Qt.WindowType.FramelessWindowHint, on)
+        self.setWindowFlag(Qt.WindowType.WindowStaysOnTopHint, on)
         if on:
             self.view.setCursor(Qt.CursorShape.BlankCursor)
-            self.showFullScreen()
+            self._cover_screen()
         else:
             self.view.unsetCursor()
             self._retry.stop()
-            self.showNormal()
+            self._uncover_screen()
         self.fullscreen_btn.setChecked(on)
 
     # ------------------------------------------------------------------ the display tick
@@ -1181,6 +1203,8 @@ class LetsplayWindow(QMainWindow):
             self._show_message(self._session.failure)
             self._update_controls()
             self._update_title()
+        if running and self.state == "running" and st.frames > 0 and self._outage.active:
+            self._outage.recovered("running again")
         if running and self.state == "running":
             lost = st.device_lost
             if lost != self._lost_shown:
@@ -1196,6 +1220,7 @@ class LetsplayWindow(QMainWindow):
         eng = self.engine
         eng.stop()  # close the source and this run's sinks
         if eng.error is not None:
+            self._outage.failed(f"the engine stopped: {type(eng.error).__name__}: {eng.error}")
             self._set_state("error")
             self._show_message(f"The engine stopped: {type(eng.error).__name__}: {eng.error}")
             if self.kiosk:

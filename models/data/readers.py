@@ -21,9 +21,12 @@ confidence per point; points a source does not have get confidence 0).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
+import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -348,15 +351,38 @@ _MP_TO_BODY25: dict[int, int] = {0: 0, 2: 12, 3: 14, 4: 16, 5: 11, 6: 13, 7: 15,
                                   13: 25, 14: 27, 15: 5, 16: 2, 17: 8, 18: 7, 19: 31, 21: 29, 22: 32, 24: 30}
 
 
+@contextlib.contextmanager
+def _mediapipe_quiet() -> Iterator[None]:
+    """MediaPipe's start-up chatter off, for the duration only: its import prints a protobuf
+    ``MessageFactory`` AttributeError (Python's stderr), and its graphs' first run logs
+    TensorFlow Lite / absl lines from C++ threads (file descriptor 2). Both stderrs are
+    restored after; Python's logging is flushed before fd 2 goes to /dev/null."""
+    for h in logging.root.handlers:
+        with contextlib.suppress(Exception):
+            h.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 class MediaPipePose:
     """Offline 67-point keypoints from MediaPipe's legacy Pose + Hands solutions."""
 
     def __init__(self, static: bool = False) -> None:
+        self._started = False  # the graphs' first run (which logs from C++) has happened
         try:
-            import mediapipe as mp
+            with _mediapipe_quiet():
+                import mediapipe as mp
 
-            self._pose = mp.solutions.pose.Pose(static_image_mode=static, model_complexity=1)
-            self._hands = mp.solutions.hands.Hands(static_image_mode=static, max_num_hands=2)
+                self._pose = mp.solutions.pose.Pose(static_image_mode=static, model_complexity=1)
+                self._hands = mp.solutions.hands.Hands(static_image_mode=static, max_num_hands=2)
         except ImportError as e:
             raise RuntimeError(POSE_EXTRA_HINT) from e
         except (AttributeError, TypeError) as e:  # a protobuf that this mediapipe cannot use
@@ -368,6 +394,11 @@ class MediaPipePose:
         kp = np.zeros((N_KEYPOINTS, 2), np.float32)
         conf = np.zeros(N_KEYPOINTS, np.float32)
         rgb = np.ascontiguousarray(rgb)
+        if not self._started:  # the graphs start (and log) at their first frame
+            self._started = True
+            with _mediapipe_quiet():
+                self._pose.process(rgb)
+                self._hands.process(rgb)
         res = self._pose.process(rgb)
         if res.pose_landmarks is not None:
             lm = res.pose_landmarks.landmark
