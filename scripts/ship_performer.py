@@ -34,6 +34,20 @@ def _last_logged(run: Path) -> dict | None:
     return json.loads(lines[-1]) if lines else None
 
 
+def provenance(data: str | Path, split: str = "test") -> dict:
+    """What a shipped performer was trained and evaluated on, from its dataset's manifest:
+    the performer identity seeds, the pieces of the training and the held-out split, and the
+    dataset's own config (so ``letsplay data synth`` can make it again). Paths stay relative."""
+    from letsplay.models.data.dataset_format import load_manifest
+
+    m = load_manifest(Path(data))
+    clips = m["clips"]
+    pieces = {s: sorted({c["piece"] for c in clips if c["split"] == s}) for s in ("train", "val", split)}
+    return {"identity_seeds": sorted({int(c["identity_seed"]) for c in clips}),
+            "train_pieces": pieces["train"], "val_pieces": pieces["val"], "eval_pieces": pieces[split],
+            "eval_split": split, "dataset_kind": m.get("kind"), "dataset_config": m.get("config", {})}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("checkpoint")
@@ -55,9 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         cfg = r / "train_config.json"
         runs[r.name] = {"train_config": json.loads(cfg.read_text()) if cfg.is_file() else None,
                         "last_logged": _last_logged(r)}
-    info = {"instrument": model.cfg.instrument, "preset": model.cfg.preset, "source": str(args.checkpoint),
-            "file_mb": round(dst.stat().st_size / 1e6, 3), "eval_max_seconds_per_clip": args.max_seconds,
-            "eval": res.to_dict(), "runs": runs}
+    prov = provenance(args.data)
+    info = {"instrument": model.cfg.instrument, "preset": model.cfg.preset, "source": Path(args.checkpoint).name,
+            "file_mb": round(dst.stat().st_size / 1e6, 3), "identity_seed": prov["identity_seeds"][0],
+            "data": prov, "eval_max_seconds_per_clip": args.max_seconds,
+            "figures": {"strip": args.strip}, "eval": res.to_dict(), "runs": runs}
     (out / f"{model.cfg.instrument}.json").write_text(json.dumps(info, indent=1) + "\n")
     print(f"{dst}: held-out evaluation, {res.clips} clips, {res.frames} frames")
     print(result_table(res))
