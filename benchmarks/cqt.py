@@ -14,9 +14,10 @@ import time
 import numpy as np
 import torch
 
-from benchmarks.common import machine, summary, write_json
 from letsplay.models.features import CQT, StreamingCQT
 from letsplay.models.spec import AudioSpec, VideoSpec
+
+from .common import machine, summary, write_json
 
 
 def run(frames: int = 300, alignment: str = "causal", device: str = "cpu") -> dict:

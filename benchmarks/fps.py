@@ -52,8 +52,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import dist, machine, markdown_table, progress_bar, set_threads, streaming_cqt, write_json
-from benchmarks.roof import fraction, frame_flops, gemm_gflops, roof
+from .common import dist, machine, markdown_table, progress_bar, set_threads, streaming_cqt, write_json
+from .roof import fraction, frame_flops, gemm_gflops, roof
 
 log = logging.getLogger(__name__)
 

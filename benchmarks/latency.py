@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import dist, machine, markdown_table, progress_bar, set_threads, write_json
+from .common import dist, machine, markdown_table, progress_bar, set_threads, write_json
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +74,12 @@ def run(seconds: float = 20.0, performer: str | None = None, backend: str = "onn
         seed: int = 0, progress: bool = True, pipeline: bool | None = None) -> dict:
     """Run the live engine for ``seconds`` of audio at real-time pace; the JSON-able result.
     ``pipeline`` None: as ``letsplay live --pipeline auto`` decides."""
-    from benchmarks.soak import SyntheticMusic
     from letsplay.realtime.backends import describe
     from letsplay.realtime.engine import Engine, EngineConfig
     from letsplay.realtime.sinks import CallbackSink
     from letsplay.realtime.sources import ArraySource, FileSource
+
+    from .soak import SyntheticMusic
 
     if seconds <= 0:
         raise ValueError(f"seconds must be > 0, got {seconds}")

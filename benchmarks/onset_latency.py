@@ -19,9 +19,10 @@ import sys
 import numpy as np
 import torch
 
-from benchmarks.common import machine, write_json
 from letsplay.models.features import CQT
 from letsplay.models.spec import AudioSpec
+
+from .common import machine, write_json
 
 OCTAVES = {"top": 6, "middle": 3, "bottom": 0}
 

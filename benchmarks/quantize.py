@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import machine, summary, write_json
+from .common import machine, summary, write_json
 
 
 def run(checkpoint: str, frames: int = 300, calib_frames: int = 300, threads: int | None = 1,

@@ -63,7 +63,7 @@ def cqt_flops_per_frame(audio, video, frames: int = 30) -> float:
     """FLOPs of the streaming CQT's matrix products for one frame's new audio (mean)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from benchmarks.common import streaming_cqt
+    from .common import streaming_cqt
 
     cqt = streaming_cqt(audio)
     per = audio.sample_rate / video.fps
@@ -104,9 +104,10 @@ def fraction(fps: float, roof_fps: float) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.common import machine, markdown_table, set_threads, write_json
     from letsplay.models.performer import Performer
     from letsplay.models.presets import preset as make_preset
+
+    from .common import machine, markdown_table, set_threads, write_json
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=2048, help="matrix size (default 2048)")

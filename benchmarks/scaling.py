@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import machine, markdown_table, set_threads, write_json
-from benchmarks.fps import build_backends, measure, measure_roofs, summarize
-from benchmarks.roof import frame_flops, roof
+from .common import machine, markdown_table, set_threads, write_json
+from .fps import build_backends, measure, measure_roofs, summarize
+from .roof import frame_flops, roof
 
 log = logging.getLogger(__name__)
 

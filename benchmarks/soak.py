@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import machine, write_json
+from .common import machine, write_json
 
 
 def rss_mb() -> float:

@@ -70,3 +70,19 @@ def tiny_ckpt(performer, tmp_path_factory):
     p = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
     performer.save(p)
     return p
+
+
+def synth_tiny(root, instrument: str, minutes: float, clip_seconds: float, min_clip_seconds: float):
+    """A small synthetic dataset (one identity, JPEG frames) at ``root``; returns ``root``."""
+    from letsplay.models.data.synth_dataset import SynthDatasetConfig, synthesize_dataset
+
+    synthesize_dataset(root, SynthDatasetConfig(instrument=instrument, minutes=minutes, clip_seconds=clip_seconds,
+                                                identities=1, frames="jpeg", min_clip_seconds=min_clip_seconds),
+                       workers=1)
+    return root
+
+
+@pytest.fixture(scope="session")
+def trombone_set(tmp_path_factory):
+    """Four 1.5 s trombone clips (45 frames each: enough for 4 lanes of 3-frame chunks)."""
+    return synth_tiny(tmp_path_factory.mktemp("tiny-set") / "trombone", "trombone", 0.1, 1.5, 1.0)

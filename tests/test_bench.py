@@ -162,3 +162,28 @@ def test_bench_cli_rejects_bad_frames(capsys):
 
     assert main(["bench", "--frames", "0"]) == 2
     assert "--frames must be >= 1" in capsys.readouterr().err
+
+
+def test_bench_runs_from_a_built_wheel_outside_the_checkout(tmp_path):
+    """`letsplay bench` needs no source checkout: the benchmarks ship in the package."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    wheels, site = tmp_path / "wheels", tmp_path / "site"
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", str(repo), "-w", str(wheels)], check=True,
+                   cwd=tmp_path)
+    (whl,) = wheels.glob("letsplay-*.whl")
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(whl)], check=True, cwd=tmp_path)
+    out = tmp_path / "bench.json"
+    code = ("import sys, letsplay.benchmarks.fps as f; from letsplay.ui.cli import main; print(f.__file__); "
+            f"sys.exit(main(['bench', '--presets', 'tiny', '--frames', '2', '--threads', '1', '--no-live-check', "
+            f"'--json', {str(out)!r}]))")
+    env = {**os.environ, "PYTHONPATH": str(site), "LETSPLAY_CACHE": str(tmp_path / "cache")}
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.splitlines()[0].startswith(str(site))  # the installed copy ran, not the checkout's
+    assert json.loads(out.read_text())["settings"]["presets"] == ["tiny"]

@@ -54,14 +54,8 @@ def _train(data: str, out: str, batch: int, stop_at: int | None = None, resume: 
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Four 1.5 s trombone clips (45 frames each: enough for 4 lanes of 3-frame chunks)."""
-    from letsplay.models.data.synth_dataset import SynthDatasetConfig, synthesize_dataset
-
-    root = tmp_path_factory.mktemp("ddp") / "trombone"
-    synthesize_dataset(root, SynthDatasetConfig(instrument="trombone", minutes=0.1, clip_seconds=1.5, identities=1,
-                                                frames="jpeg", min_clip_seconds=1.0), workers=1)
-    return root
+def dataset(trombone_set: Path) -> Path:
+    return trombone_set
 
 
 def _torchrun(data: Path, out: Path, batch: int) -> None:

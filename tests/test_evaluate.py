@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import synth_tiny
 
 from letsplay.models.data.performer_motion import Body, perform
 from letsplay.models.data.scores import random_melody
@@ -181,13 +182,7 @@ def test_moving_pixels() -> None:
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from letsplay.models.data.synth_dataset import SynthDatasetConfig, synthesize_dataset
-
-    root = tmp_path_factory.mktemp("synth") / "cello"
-    cfg = SynthDatasetConfig(instrument="cello", minutes=0.1, clip_seconds=3.0, identities=1, frames="jpeg",
-                             min_clip_seconds=2.0)
-    synthesize_dataset(root, cfg, workers=1)
-    return root
+    return synth_tiny(tmp_path_factory.mktemp("synth") / "cello", "cello", 0.1, 3.0, 2.0)
 
 
 def test_evaluate_rows(dataset: Path, performer, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import synth_tiny
 
 from letsplay.models.evaluate import evaluate, held_out_clips
 from letsplay.models.performer import Performer
@@ -21,13 +22,7 @@ from letsplay.models.train import TrainConfig, Trainer, latest_checkpoint, lr_at
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from letsplay.models.data.synth_dataset import SynthDatasetConfig, synthesize_dataset
-
-    root = tmp_path_factory.mktemp("synth") / "cello"
-    cfg = SynthDatasetConfig(instrument="cello", minutes=0.2, clip_seconds=6.0, identities=1, frames="jpeg",
-                             min_clip_seconds=3.0)
-    synthesize_dataset(root, cfg, workers=1)
-    return root
+    return synth_tiny(tmp_path_factory.mktemp("synth") / "cello", "cello", 0.2, 6.0, 3.0)
 
 
 def _cfg(**kw: object) -> TrainConfig:

@@ -19,14 +19,8 @@ TINY = ["--preset", "tiny", "--stage", "kp", "--batch", "1", "--seq-len", "3", "
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Four 1.5 s trombone clips."""
-    from letsplay.models.data.synth_dataset import SynthDatasetConfig, synthesize_dataset
-
-    root = tmp_path_factory.mktemp("cli") / "trombone"
-    synthesize_dataset(root, SynthDatasetConfig(instrument="trombone", minutes=0.1, clip_seconds=1.5, identities=1,
-                                                frames="jpeg", min_clip_seconds=1.0), workers=1)
-    return root
+def dataset(trombone_set: Path) -> Path:
+    return trombone_set
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ The quick run: presets tiny and realtime, batch 1, a few frames, torch eager and
 onnxruntime (the exported fused graph, kept in the cache after the first run), the
 roof (this machine's GEMM rate) and the naive-pipeline baseline. ``--full`` runs
 ``benchmarks/fps.py`` with its defaults (every backend available, 1 and 4 streams).
-The measuring code is ``benchmarks/`` of the source checkout (``pip install -e .``).
+The measuring code is ``benchmarks/``, installed with the package as ``letsplay.benchmarks``.
 
 Both end with the live check: the shipped performer on the backend ``letsplay live``
 would pick here (``--backend auto``, ``--pipeline auto``: front and back halves on two
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from pathlib import Path
 
 PRESET_NAMES = ("tiny", "realtime", "paper")
 LIVE_FPS = 30.0  # the frame rate `letsplay live` shows
@@ -29,16 +28,8 @@ LIVE_SECONDS = 4.0  # demo music the live check renders (its frames' throughput 
 
 
 def _fps_module():
-    """``benchmarks.fps`` from the checkout this package runs from."""
-    try:
-        return importlib.import_module("benchmarks.fps")
-    except ImportError:
-        root = Path(__file__).resolve().parent.parent
-        if not (root / "benchmarks" / "fps.py").is_file():
-            raise ValueError("letsplay bench needs the benchmarks/ folder of a source checkout; install "
-                             "letsplay from its repository (pip install -e .) to run it") from None
-        sys.path.insert(0, str(root))
-        return importlib.import_module("benchmarks.fps")
+    """The fps benchmark, installed with letsplay as ``letsplay.benchmarks``."""
+    return importlib.import_module("letsplay.benchmarks.fps")
 
 
 def _add_bench(p: argparse.ArgumentParser) -> None:
@@ -56,7 +47,7 @@ def _add_bench(p: argparse.ArgumentParser) -> None:
 
 def _run_bench(args: argparse.Namespace) -> int:
     fps = _fps_module()
-    from benchmarks.common import write_json
+    from letsplay.benchmarks.common import write_json
 
     presets = tuple(args.presets or ("tiny", "realtime"))
     if args.frames is not None and args.frames < 1:
