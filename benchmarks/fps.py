@@ -52,12 +52,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from letsplay.models import stepping
+
 from .common import dist, machine, markdown_table, progress_bar, set_threads, streaming_cqt, write_json
 from .roof import fraction, frame_flops, gemm_gflops, roof
 
 log = logging.getLogger(__name__)
 
-STATE_IN, STATE_OUT = "state_in.", "state_out."
 STAGES = ("khp", "cvg", "stu")
 
 BACKENDS: dict[str, str] = {  # name -> what it is
@@ -145,17 +146,14 @@ def torch_stage_calls(model, batch: int) -> dict[str, Callable[[], None]]:
 
 
 def ort_session(path: Path, provider: str, threads: int | None):
-    """An onnxruntime session set up as ``OrtBackend`` does (no idle spinning); raises
-    when the provider that really runs is not the one asked for."""
-    import onnxruntime as ort
+    """An onnxruntime session set up as ``OrtBackend`` does (:func:`letsplay.export.runtime.ort_session`);
+    raises when the provider that really runs is not the one asked for."""
+    from letsplay.export.runtime import ort_provider
+    from letsplay.export.runtime import ort_session as make_session
+    from letsplay.realtime.backends import BackendError
 
-    from letsplay.export.onnx import session_options
-    from letsplay.realtime.backends import PROVIDERS, BackendError
-
-    want = PROVIDERS.get(provider, provider)
-    so = session_options(threads)
-    providers = [want] + (["CPUExecutionProvider"] if want != "CPUExecutionProvider" else [])
-    sess = ort.InferenceSession(str(path), so, providers=providers)
+    want = ort_provider(provider)
+    sess = make_session(path, want, threads)
     if sess.get_providers()[0] != want:
         raise BackendError(f"{path.name}: onnxruntime runs {sess.get_providers()[0]}, not {want}")
     return sess
@@ -176,14 +174,13 @@ def ort_stage_calls(folder: Path, provider: str, threads: int | None) -> Callabl
             feeds = {}
             for d in g["inputs"]:
                 shape = (batch, *d["shape"][1:])
-                zero = d["name"].startswith(STATE_IN) or d["name"] == "z"
+                zero = d["name"].startswith(stepping.STATE_IN) or d["name"] == "z"
                 feeds[d["name"]] = np.zeros(shape, np.float32) if zero else rng.random(shape, dtype=np.float32)
             outs = [o["name"] for o in g["outputs"]]
 
             def call(sess=sess, feeds=feeds, outs=outs) -> None:
-                for o, v in zip(outs, sess.run(outs, feeds), strict=True):
-                    if o.startswith(STATE_OUT):
-                        feeds[STATE_IN + o[len(STATE_OUT):]] = v
+                out = dict(zip(outs, sess.run(outs, feeds), strict=True))
+                feeds.update(stepping.feeds({}, stepping.next_state(out)))
 
             calls[name] = call
         return calls
@@ -193,7 +190,7 @@ def ort_stage_calls(folder: Path, provider: str, threads: int | None) -> Callabl
 
 def _window_feeds(backend, batch: int, cfg) -> dict[str, np.ndarray]:
     w = np.random.default_rng(0).random((batch, cfg.audio.n_bins, cfg.audio.window_columns), dtype=np.float32)
-    return {"window": w, **{STATE_IN + k: v for k, v in backend.init_state(batch).items()}}
+    return stepping.feeds({"window": w}, backend.init_state(batch))
 
 
 def weights_sha256(perf) -> str:
@@ -234,7 +231,7 @@ def build_backends(perf, names: Sequence[str], workdir: Path, threads: int | Non
                    ) -> tuple[list[Entry], dict[str, str]]:
     """The asked backends that really run here, and the reason for each one that does not.
     ``onnx_cache``: reuse (or keep) the ONNX export there instead of a fresh one in ``workdir``."""
-    from letsplay.realtime.backends import OrtBackend, TorchBackend
+    from letsplay.realtime.backends import BackendOptions, open_backend
 
     unknown = [n for n in names if n not in BACKENDS]
     if unknown:
@@ -249,14 +246,15 @@ def build_backends(perf, names: Sequence[str], workdir: Path, threads: int | Non
         t0 = time.perf_counter()
         try:
             if name == "torch":
-                be = TorchBackend(copy.deepcopy(cpu), "cpu")
+                be = open_backend(copy.deepcopy(cpu), BackendOptions(backend="torch", compute="cpu"))
                 entries.append(Entry(name, be, lambda b, m=be.model: torch_stage_calls(m, b)))
             elif name == "torch-compiled":
                 entries.append(_compiled(cpu, progress))
             elif name in ("torch-cuda", "torch-cuda-fp16"):
                 if not cuda:
                     raise RuntimeError("torch sees no CUDA GPU (a CPU build of torch, or no GPU)")
-                be = TorchBackend(copy.deepcopy(cpu), "cuda", "fp16" if name.endswith("fp16") else "fp32")
+                be = open_backend(copy.deepcopy(cpu), BackendOptions(
+                    backend="torch", compute="cuda", torch_dtype="fp16" if name.endswith("fp16") else "fp32"))
                 entries.append(Entry(name, be, lambda b, m=be.model: torch_stage_calls(m, b)))
             else:
                 if folder is None:
@@ -265,7 +263,8 @@ def build_backends(perf, names: Sequence[str], workdir: Path, threads: int | Non
                 if name.startswith("onnxruntime"):
                     provider = {"onnxruntime": "cpu", "onnxruntime-cuda": "cuda",
                                 "onnxruntime-tensorrt": "tensorrt"}[name]
-                    be = OrtBackend(folder, provider=provider, threads=threads if provider == "cpu" else None)
+                    be = open_backend(folder, BackendOptions(backend="onnxruntime", compute=provider,
+                                                             threads=threads if provider == "cpu" else None))
                     e = Entry(name, be)
                     if ort_stage_graphs:
                         e.stages = ort_stage_calls(folder, provider, threads if provider == "cpu" else None)
@@ -273,9 +272,7 @@ def build_backends(perf, names: Sequence[str], workdir: Path, threads: int | Non
                         e.stages_note = "per-stage graphs not exported in this run"
                     e.notes.append(f"export {export_s:.1f} s")
                 else:  # native TensorRT
-                    from letsplay.export.tensorrt import TrtBackend
-
-                    be = TrtBackend(folder, precision=name.split("-")[1])
+                    be = open_backend(folder, BackendOptions(backend="tensorrt", trt_precision=name.split("-")[1]))
                     e = Entry(name, be, stages_note="native TensorRT runs the fused engine only")
                 entries.append(e)
             entries[-1].setup_s = entries[-1].setup_s or time.perf_counter() - t0
@@ -290,19 +287,20 @@ def build_backends(perf, names: Sequence[str], workdir: Path, threads: int | Non
 def _compiled(cpu, progress: bool) -> Entry:
     """torch.compile of the Performer's step behind TorchBackend; compiled (and checked
     against eager) here, so a failure is reported as the reason it is unavailable."""
-    from letsplay.realtime.backends import TorchBackend
+    from letsplay.realtime.backends import BackendOptions, open_backend
 
+    on_cpu = BackendOptions(backend="torch", compute="cpu")
     model = copy.deepcopy(cpu)
     eager = copy.deepcopy(cpu)
     model.step = torch.compile(model.step)  # an instance attribute: TorchBackend calls it
-    be = TorchBackend(model, "cpu")
+    be = open_backend(model, on_cpu)
     feeds = _window_feeds(be, 1, cpu.cfg)
     t0 = time.perf_counter()
     if progress:
         log.warning("compiling the %s step with torch.compile (once; this can take minutes)", cpu.cfg.preset)
     out = be.step(feeds)
     compile_s = time.perf_counter() - t0
-    ref = TorchBackend(eager, "cpu").step(feeds)
+    ref = open_backend(eager, on_cpu).step(feeds)
     err = float(np.abs(out["frame"] - ref["frame"]).max())
     if not err < 1e-3:
         raise RuntimeError(f"compiled step differs from eager by {err:.3g}")
@@ -332,8 +330,7 @@ class FrameLoop:
         with torch.inference_mode():
             self.cst = [self.cqt.init_state(1) for _ in range(streams)]
             self.win = [torch.zeros(audio.n_bins, self.W) for _ in range(streams)]
-        self.state = {STATE_IN + k: v for k, v in backend.init_state(streams).items()}
-        self.names = list(backend.init_state(1))
+        self.state = backend.init_state(streams)  # flat names
 
     def frame(self) -> tuple[float, float, float]:
         """One frame for every stream; (cqt, step, end-to-end) seconds."""
@@ -349,8 +346,8 @@ class FrameLoop:
                     self.win[s] = torch.cat([self.win[s][:, k:], cols[0]], dim=-1)
             window = torch.stack(self.win).numpy()
         t1 = time.perf_counter()
-        out = self.backend.step({"window": window, **self.state})
-        self.state = {STATE_IN + k: out[STATE_OUT + k] for k in self.names}
+        out = self.backend.step(stepping.feeds({"window": window}, self.state))
+        self.state = stepping.next_state(out, self.state)
         t2 = time.perf_counter()
         return t1 - t0, t2 - t1, t2 - t0
 

@@ -29,7 +29,8 @@ def run(checkpoint: str, frames: int = 300, calib_frames: int = 300, threads: in
     import numpy as np
 
     from letsplay.export.onnx import export_onnx, read_manifest, sha256_file
-    from letsplay.export.quantize import GraphRunner, add_variants, windows_from_audio
+    from letsplay.export.quantize import GraphRunner, add_variants
+    from letsplay.models.features import windows_from_audio
     from letsplay.models.performer import Performer
     from letsplay.realtime.demo import demo_audio
     from letsplay.realtime.performers import resolve_performer

@@ -5,7 +5,7 @@
 A frame of the Performer is almost all convolutions and matrix products, so the fastest
 any backend could go on this machine is about ``GEMM FLOP/s / FLOPs per frame``. The
 GEMM rate is measured here (torch fp32 ``n x n @ n x n``, median of several, with the
-threads in use); the FLOPs per frame are ``models/performer.py`` ``stage_costs`` (KHP,
+threads in use); the FLOPs per frame are ``models/cost.py`` ``stage_costs`` (KHP,
 CVG, STU: 2 per multiply-add of convolutions and matrix products) plus the streaming
 CQT's matrix products for one frame's new audio. Every fps figure of ``fps.py`` and
 ``scaling.py`` is also given as a fraction of this roof. Elementwise work, memory
@@ -82,7 +82,7 @@ def cqt_flops_per_frame(audio, video, frames: int = 30) -> float:
 
 def frame_flops(performer) -> dict[str, float]:
     """FLOPs of one frame at batch 1: each stage, the CQT, and the total."""
-    from letsplay.models.performer import stage_costs
+    from letsplay.models.cost import stage_costs
 
     out = {c.name: float(c.flops) for c in stage_costs(performer) if c.name != "total"}
     out["cqt"] = cqt_flops_per_frame(performer.cfg.audio, performer.cfg.video)

@@ -2,27 +2,33 @@
 
 ``export_onnx(performer, out_dir)`` writes:
 
-* ``performer.onnx`` -- the fused per-frame step: ``window`` [B, 84, 87] and every
-  ``state_in.<name>`` in; ``frame``, ``keypoints``, ``coarse``, ``heatmap`` (those the
-  model has) and every ``state_out.<name>`` out. The engine feeds ``state_out`` back.
+Names of state tensors, the stepped-graph vocabulary of :mod:`letsplay.models.stepping`:
+each flat state tensor ``<name>`` (``khp.lstm_h``...) is the input ``STATE_IN + <name>``
+and its next value the output ``STATE_OUT + <name>``; the front-to-back hand-over of the
+pipelined pair is named ``MID + <name>``.
+
+* ``performer.onnx`` -- the fused per-frame step: ``window`` [B, 84, 87] and every state
+  input in; ``frame``, ``keypoints``, ``coarse``, ``heatmap`` (those the model has) and
+  every state output out. The engine feeds the state outputs back
+  (``stepping.feeds`` / ``stepping.next_state``).
 * ``khp.onnx``, ``cvg.onnx``, ``stu.onnx`` -- each stage alone, same naming (a host can
   run them on different devices, or swap one).
 * ``front.onnx``, ``back.onnx`` -- the same step cut in two for a pipelined host (the
-  engine's ``pipeline`` mode): ``front`` takes ``window`` and every ``state_in.*`` and
-  gives ``keypoints`` / ``coarse`` / ``heatmap``, every ``state_out.*`` and the STU
-  encoder's ``mid.skip<i>``, ``mid.fused`` (the CNN-GRU's output) and ``mid.audio``;
-  ``back`` (the GCN and the decoder, stateless) takes ``keypoints`` and ``mid.*`` and
-  gives ``frame``. Frame t's back half can run beside frame t + 1's front half.
+  engine's ``pipeline`` mode): ``front`` takes ``window`` and every state input and
+  gives ``keypoints`` / ``coarse`` / ``heatmap``, every state output and the STU
+  encoder's hand-over (``skip<i>``, ``fused``: the CNN-GRU's output, and ``audio``,
+  each under the ``MID`` prefix); ``back`` (the GCN and the decoder, stateless) takes
+  ``keypoints`` and the hand-over and gives ``frame``. Frame t's back half can run beside frame t + 1's front half.
 * ``cqt_step.onnx`` -- the streaming CQT for a non-Python host: ``audio`` [B, hop]
-  and ``state_in.cqt.tail`` in; ``column`` [B, n_bins, 1] and ``state_out.cqt.tail`` out.
+  and the state ``cqt.tail`` in; ``column`` [B, n_bins, 1] and the next ``cqt.tail`` out.
   Feed the stream hop-sized chunks from its start: after chunk k the graph emits
   column k (column 0, at time 0, is silence: all zeros). ``causal`` specs only.
 * ``manifest.json`` -- names, shapes (``"B"`` marks the dynamic batch), dtypes, the
   AudioSpec/VideoSpec, preset, instrument, the checkpoint's SHA-256, each graph's
   SHA-256, opset and the exporter / onnx / torch versions. Backends refuse a graph
   whose digest does not match, and a manifest from another checkpoint.
-  ``variants`` (optional, written by :mod:`letsplay.export.quantize`) lists reduced-precision
-  copies of a graph beside it (``performer.int8.onnx``, ``performer.fp16.onnx``) with
+  ``variants`` (optional, written by :func:`record_variants` for :mod:`letsplay.export.quantize`)
+  lists reduced-precision copies of a graph beside it (``performer.int8.onnx``, ``performer.fp16.onnx``) with
   their digests and measured quality against the fp32 graph; the same I/O names, shapes
   and float32 dtypes.
 
@@ -38,10 +44,11 @@ import dataclasses
 import json
 import logging
 import platform
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -49,13 +56,15 @@ from letsplay.models.features import cqt_kernel_bank
 from letsplay.models.files import sha256_file
 from letsplay.models.performer import Performer
 from letsplay.models.spec import AudioSpec, VideoSpec
+from letsplay.models.stepping import STATE_IN as STATE_IN  # re-exported: the stepped-graph prefixes
+from letsplay.models.stepping import STATE_OUT as STATE_OUT
+from letsplay.models.stepping import feeds, next_state, state_in_name, state_out_name
 
 log = logging.getLogger(__name__)
 
 MANIFEST_FORMAT = "letsplay.export"
 MANIFEST_VERSION = 1
 OPSET = 18
-STATE_IN, STATE_OUT = "state_in.", "state_out."
 PRECISIONS = ("fp32", "int8", "fp16")  # fp32: the exported graph itself; the rest: its variants
 
 
@@ -355,18 +364,18 @@ def export_onnx(performer: Performer, out_dir: str | Path, checkpoint_sha256: st
                           "assumes zero initial states")
     snames = list(state0)
     window = torch.rand(1, cfg.audio.n_bins, cfg.audio.window_columns)
-    do("performer", fused, [window, *state0.values()], ins + [STATE_IN + n for n in snames],
-       outs + [STATE_OUT + n for n in snames])
+    do("performer", fused, [window, *state0.values()], ins + [state_in_name(n) for n in snames],
+       outs + [state_out_name(n) for n in snames])
     if stages:
         for name, (mod, s_ins, s_outs, examples) in _stage_steps(p).items():
             st = getattr(p.init_state(1), name).to_dict()
-            do(name, mod, [*examples, *st.values()], s_ins + [STATE_IN + f"{name}.{n}" for n in st],
-               s_outs + [STATE_OUT + f"{name}.{n}" for n in st])
+            do(name, mod, [*examples, *st.values()], s_ins + [state_in_name(f"{name}.{n}") for n in st],
+               s_outs + [state_out_name(f"{name}.{n}") for n in st])
     if pipeline:
         steps = _pipeline_steps(p)
         mod, f_ins, f_outs = steps["front"]
-        do("front", mod, [window, *state0.values()], f_ins + [STATE_IN + n for n in snames],
-           f_outs + [STATE_OUT + n for n in snames])
+        do("front", mod, [window, *state0.values()], f_ins + [state_in_name(n) for n in snames],
+           f_outs + [state_out_name(n) for n in snames])
         with torch.no_grad():
             fo = mod(window, *state0.values())
         by_name = dict(zip(f_outs, fo, strict=False))
@@ -375,8 +384,8 @@ def export_onnx(performer: Performer, out_dir: str | Path, checkpoint_sha256: st
     if cqt and cfg.audio.alignment == "causal":
         step = CQTStep(cfg.audio)
         tail = torch.zeros(1, step.context)
-        do("cqt_step", step, [torch.zeros(1, cfg.audio.hop), tail], ["audio", STATE_IN + "cqt.tail"],
-           ["column", STATE_OUT + "cqt.tail"])
+        do("cqt_step", step, [torch.zeros(1, cfg.audio.hop), tail], ["audio", state_in_name("cqt.tail")],
+           ["column", state_out_name("cqt.tail")])
 
     import onnx
 
@@ -402,6 +411,32 @@ def export_onnx(performer: Performer, out_dir: str | Path, checkpoint_sha256: st
     log.info("exported %s to %s (%s)", cfg.preset, out, ", ".join(graphs))
     return manifest
 
+
+
+def parity(model: Performer, folder: str | Path, frames: Iterable[np.ndarray]) -> dict[str, float]:
+    """Torch against onnxruntime on stepped frames: the largest absolute difference of
+    each output (``frame``, ``keypoints``, ..., every state output) over ``frames``.
+
+    ``frames`` are CQT windows ``[n_bins, window_columns]`` (e.g. an array ``[N, n_bins,
+    window_columns]``); each is one step of ``model`` and of the fused graph exported to
+    ``folder``. Both get the torch trajectory's state each frame: a randomly initialised
+    CVG's frame feedback amplifies float rounding, so two free-running float32 copies of
+    it drift apart whatever their fidelity.
+    """
+    from letsplay.realtime.backends import OrtBackend, TorchBackend  # realtime builds on export
+
+    tb, ob = TorchBackend(model), OrtBackend(folder)
+    state = tb.init_state(1)
+    worst: dict[str, float] = {}
+    for w in frames:
+        f = feeds({"window": np.asarray(w, dtype=np.float32)[None]}, state)
+        a, b = tb.step(f), ob.step(f)
+        state = next_state(a, state)
+        for k in a:
+            worst[k] = max(worst.get(k, 0.0), float(np.abs(a[k] - b[k]).max()))
+    if not worst:
+        raise ValueError("parity needs at least one frame; give CQT windows [N, n_bins, window_columns], N >= 1")
+    return worst
 
 # --------------------------------------------------------------------------- reading
 
@@ -562,3 +597,39 @@ def read_manifest(folder: str | Path, checkpoint_sha256: str | None = None, veri
                 raise ManifestError(f"{gp}: the {prec} variant's SHA-256 does not match the manifest -- it is "
                                     f"corrupted or from another export; re-export the model (... --{prec})")
     return Manifest(folder, data)
+
+
+# --------------------------------------------------------------------------- variants
+
+
+def record_variants(folder: str | Path, changes: Mapping[str, dict[str, Any] | None]) -> Manifest:
+    """Add, replace or remove reduced-precision graph variants in ``folder/manifest.json``.
+
+    ``changes`` maps a precision (``int8``, ``fp16``) to its ``variants`` entry (``graph``,
+    ``file``, ``sha256``, ``precision`` and how it was made and measured, as
+    :mod:`letsplay.export.quantize` builds it), or to None to remove that precision's entry;
+    they are applied in order. A manifest left with no variants has no ``variants`` key.
+    The manifest is replaced atomically (temp file, then rename) and read back with
+    :func:`read_manifest`, which checks what was written (the variants' files and digests
+    included); returns what it read."""
+    folder = Path(folder)
+    unknown = [p for p in changes if p not in PRECISIONS[1:]]
+    if unknown:
+        raise ValueError(f"unknown variant precision {', '.join(map(repr, unknown))}; "
+                         f"choose from {', '.join(PRECISIONS[1:])}")
+    read_manifest(folder, verify=False)  # a clear error when there is no manifest to add to
+    data = json.loads((folder / "manifest.json").read_text())
+    variants = dict(data.get("variants", {}))
+    for precision, entry in changes.items():
+        if entry is None:
+            variants.pop(precision, None)
+        else:
+            variants[precision] = entry
+    if variants:
+        data["variants"] = variants
+    else:
+        data.pop("variants", None)
+    tmp = folder / ".manifest.json.tmp"
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(folder / "manifest.json")
+    return read_manifest(folder)

@@ -11,7 +11,7 @@ the folder's manifest (``variants``); ``OrtBackend(folder, precision="int8")`` r
   worst-frame keypoint error on the realtime preset; twice as fast to calibrate). Calibration
   data are *real stepped inputs*: music windows, each with the recurrent state that the
   fp32 graph itself produced for the frames before it (fed back, as the engine does) --
-  zeros or random states would calibrate ``state_in.*`` ranges the model never sees.
+  zeros or random states would calibrate state-input ranges the model never sees.
   Which operators are quantized is :class:`Int8Options`; by default the compute ops
   (Conv, Gemm, MatMul) except those that read a recurrent state or write a state or an
   output (LSTM/GRU gates, the tanh frame head, the keypoint head), which stay float.
@@ -46,7 +46,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import json
 import logging
 import math
 import statistics
@@ -60,13 +59,13 @@ import numpy as np
 
 from letsplay.export.onnx import (
     PRECISIONS,
-    STATE_IN,
-    STATE_OUT,
     ExportError,
     read_manifest,
-    session_options,
+    record_variants,
     sha256_file,
 )
+from letsplay.models import stepping
+from letsplay.models.stepping import STATE_IN, STATE_OUT
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +84,7 @@ class Int8Options:
     """What the int8 variant quantizes, and how."""
 
     op_types: tuple[str, ...] = ("Conv", "Gemm", "MatMul")  # operator types given int8 weights / inputs
-    keep_state_float: bool = True  # ops reading state_in.* or writing state_out.* (recurrent gates) stay float
+    keep_state_float: bool = True  # ops reading or writing the recurrent state (gates) stay float
     keep_heads_float: bool = True  # the last compute ops before frame / keypoints / coarse / heatmap stay float
     per_channel: bool = True  # one weight scale per output channel
     reduce_range: bool = True  # 7-bit weights: no u8s8 saturation on x86 CPUs without VNNI (AVX2 only)
@@ -96,69 +95,40 @@ class Int8Options:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
 
 
-# --------------------------------------------------------------------------- inputs
-
-
-def windows_from_audio(audio: np.ndarray, spec, video, frames: int | None = None) -> np.ndarray:
-    """Mono float32 audio at ``spec.sample_rate`` -> the model windows of its video frames
-    ([N, n_bins, window_columns]), through the streaming CQT exactly as the engine makes
-    them. ``frames``: at most this many (from the start)."""
-    import torch
-
-    from letsplay.models.features import StreamingCQT, frame_windows, frames_available
-
-    x = np.ascontiguousarray(np.asarray(audio, np.float32).reshape(-1))
-    stream = StreamingCQT(spec)
-    state = stream.init_state(1)
-    cols = []
-    step = spec.sample_rate  # one second a chunk
-    with torch.inference_mode():
-        for i in range(0, len(x), step):
-            c, state = stream.step(torch.from_numpy(x[None, i:i + step]), state)
-            cols.append(c)
-        n = frames_available(len(x), stream.cqt, video)
-        if frames is not None:
-            n = min(n, frames)
-        if n <= 0:
-            raise ValueError(f"{len(x) / spec.sample_rate:.2f} s of audio make no video frame; give more audio")
-        return frame_windows(torch.cat(cols, dim=-1)[0], spec, video, n).numpy()
-
-
 class GraphRunner:
     """One onnxruntime CPU session over a graph, on the flat names."""
 
     def __init__(self, path: Path, threads: int | None) -> None:
-        import onnxruntime as ort
+        from letsplay.export.runtime import ort_session
 
-        so = session_options(threads)
-        so.log_severity_level = 3  # fp16 graphs make the CPU provider warn per node it cannot constant-fold
-        self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        # log_severity_level 3: fp16 graphs make the CPU provider warn per node it cannot constant-fold
+        self.session = ort_session(path, "cpu", threads, log_severity_level=3)
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.inputs = {i.name: i.shape for i in self.session.get_inputs()}
-        self.states = [n[len(STATE_IN):] for n in self.inputs if n.startswith(STATE_IN)]
+        self.states = stepping.state_names(self.inputs)
 
     def init_state(self) -> dict[str, np.ndarray]:
-        return {n: np.zeros((1, *self.inputs[STATE_IN + n][1:]), np.float32) for n in self.states}
+        return {n: np.zeros((1, *self.inputs[stepping.state_in_name(n)][1:]), np.float32) for n in self.states}
 
     def step(self, window: np.ndarray, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        feeds = {"window": window, **{STATE_IN + k: v for k, v in state.items()}}
-        return dict(zip(self.outputs, self.session.run(self.outputs, feeds), strict=True))
+        res = self.session.run(self.outputs, stepping.feeds({"window": window}, state))
+        return dict(zip(self.outputs, res, strict=True))
 
     def next_state(self, out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {k: out[STATE_OUT + k] for k in self.states}
+        return stepping.next_state(out, self.states)
 
 
 def stepped_feeds(graph_path: str | Path, windows: np.ndarray, threads: int | None = 1) -> list[dict[str, np.ndarray]]:
     """The fp32 graph stepped over ``windows`` with its state fed back: each frame's feeds
-    (``window`` and every ``state_in.*``) as the engine would give them."""
+    (``window`` and every state input) as the engine would give them."""
     g = GraphRunner(Path(graph_path), threads)
     state = g.init_state()
-    feeds = []
+    out = []
     for w in windows:
         w = np.ascontiguousarray(w[None], np.float32)
-        feeds.append({"window": w, **{STATE_IN + k: v for k, v in state.items()}})
+        out.append(stepping.feeds({"window": w}, state))
         state = g.next_state(g.step(w, state))
-    return feeds
+    return out
 
 
 # --------------------------------------------------------------------------- int8
@@ -173,8 +143,8 @@ _ELEMENTWISE_OPS = {"Tanh", "Sigmoid", "Mul", "Add", "Sub", "Div", "Clip", "Relu
 def float_nodes(model, op_types: Sequence[str], state: bool = True, heads: bool = True,
                 max_depth: int = 12) -> list[str]:
     """Names of the compute nodes (``op_types``) that touch the recurrent state or make an
-    output: reached from a ``state_in.*`` input through shape/copy ops (forward), or
-    from a ``state_out.*`` / output tensor through shape and element-wise ops
+    output: reached from a state input through shape/copy ops (forward), or
+    from a state output / other output tensor through shape and element-wise ops
     (backward: the gates of an LSTM/GRU update, the tanh head). These are the nodes
     whose quantization error feeds back frame after frame, or lands on the output
     unfiltered."""
@@ -417,8 +387,7 @@ def add_variants(folder: str | Path, calib_windows: np.ndarray, eval_windows: np
             raise ValueError(f"unknown precision {p!r}; choose from {', '.join(VARIANTS)}")
     man = read_manifest(folder)
     src = man.graph_path(GRAPH)
-    data = json.loads((folder / "manifest.json").read_text())
-    variants = dict(data.get("variants", {}))
+    changes: dict[str, dict[str, Any] | None] = {}  # what to record in the manifest, by precision
     reports: dict[str, dict[str, Any]] = {}
     for p in precisions:
         final = folder / variant_file(p)
@@ -454,7 +423,7 @@ def add_variants(folder: str | Path, calib_windows: np.ndarray, eval_windows: np
                         "threshold", p, quality["psnr_db"], min_psnr)
             tmp.unlink(missing_ok=True)
             final.unlink(missing_ok=True)
-            variants.pop(p, None)
+            changes[p] = None
             rep["recorded"] = False
             rep["file"] = None
         else:
@@ -472,16 +441,9 @@ def add_variants(folder: str | Path, calib_windows: np.ndarray, eval_windows: np
             if details.get("float_nodes") is not None:
                 entry["settings"] = {**settings, "float_nodes": details["float_nodes"],
                                      "quantized_nodes": details["quantized_nodes"]}
-            variants[p] = entry
+            changes[p] = entry
             log.info("%s variant: PSNR %.1f dB vs fp32 over %d frames; %.2f ms/step vs %.2f (fp32)", p,
                      quality["psnr_db"], quality["frames"], quality["step_ms"]["variant"], quality["step_ms"]["fp32"])
         reports[p] = rep
-    if variants:
-        data["variants"] = variants
-    else:
-        data.pop("variants", None)
-    tmp_m = folder / ".manifest.json.tmp"
-    tmp_m.write_text(json.dumps(data, indent=2))
-    tmp_m.replace(folder / "manifest.json")
-    read_manifest(folder)  # what was written reads back
+    record_variants(folder, changes)  # the export module writes manifests; what was written reads back
     return reports

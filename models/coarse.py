@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from letsplay.models.blocks import AudioEncoder, UpConv, act, conv, kaiming_init
 from letsplay.models.spec import AudioSpec
 from letsplay.models.state import State
+from letsplay.models.stepping import unroll
 from letsplay.models.vgg import imagenet_normalize, load_vgg_weights, vgg19_layers
 
 # The output conv starts at this fraction of its Kaiming scale. The previous frame is fed
@@ -135,12 +136,5 @@ class CoarseVideoGenerator(nn.Module):
                 ) -> tuple[Tensor, CoarseState]:
         """windows ``[B, T, n_bins, window]``, z ``[B, T, z_dim]`` or None ->
         ``[B, T, 3, h, w]``; exactly a loop of :meth:`step`."""
-        B, T = windows.shape[:2]
-        if T == 0:
-            raise ValueError("a sequence needs at least one frame (T >= 1)")
-        state = self.init_state(B, windows.device) if state is None else state
-        frames = []
-        for t in range(T):
-            f, state = self.step(windows[:, t], state, None if z is None else z[:, t])
-            frames.append(f)
-        return torch.stack(frames, dim=1), state
+        state = self.init_state(windows.shape[0], windows.device) if state is None else state
+        return unroll(lambda w, zt, s: self.step(w, s, zt), state, (windows, z))

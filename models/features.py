@@ -552,3 +552,24 @@ def frames_available(n_samples: int, cqt: CQT, video: VideoSpec) -> int:
     while k > 0 and frame_column(k - 1, cqt.spec, video) >= cols:
         k -= 1
     return k
+
+
+def windows_from_audio(audio: np.ndarray, spec: AudioSpec, video: VideoSpec, frames: int | None = None) -> np.ndarray:
+    """Mono float32 audio at ``spec.sample_rate`` -> the model windows of its video frames
+    ([N, n_bins, window_columns]), through the streaming CQT exactly as the engine makes
+    them. ``frames``: at most this many (from the start)."""
+    x = np.ascontiguousarray(np.asarray(audio, np.float32).reshape(-1))
+    stream = StreamingCQT(spec)
+    state = stream.init_state(1)
+    cols = []
+    step = spec.sample_rate  # one second a chunk
+    with torch.inference_mode():
+        for i in range(0, len(x), step):
+            c, state = stream.step(torch.from_numpy(x[None, i:i + step]), state)
+            cols.append(c)
+        n = frames_available(len(x), stream.cqt, video)
+        if frames is not None:
+            n = min(n, frames)
+        if n <= 0:
+            raise ValueError(f"{len(x) / spec.sample_rate:.2f} s of audio make no video frame; give more audio")
+        return frame_windows(torch.cat(cols, dim=-1)[0], spec, video, n).numpy()

@@ -27,6 +27,7 @@ from letsplay.models.blocks import AudioEncoder, act, kaiming_init
 from letsplay.models.skeleton import N_KEYPOINTS, HeatmapLayout, dlt_heatmap, heatmap_channels, mean_pose
 from letsplay.models.spec import AudioSpec
 from letsplay.models.state import State
+from letsplay.models.stepping import unroll
 
 
 @dataclass(frozen=True)
@@ -123,16 +124,8 @@ class KeypointPredictor(nn.Module):
                 ) -> tuple[KeypointOutput, KeypointState]:
         """A sequence: ``windows [B, T, n_bins, window]`` -> outputs stacked on dim 1.
         Exactly a loop of :meth:`step` from ``state`` (fresh when ``None``)."""
-        B, T = windows.shape[:2]
-        if T == 0:
-            raise ValueError("a sequence needs at least one frame (T >= 1)")
-        state = self.init_state(B, windows.device) if state is None else state
-        outs = []
-        for t in range(T):
-            o, state = self.step(windows[:, t], state, with_heatmap)
-            outs.append(o)
-        return KeypointOutput(*(None if x[0] is None else torch.stack(x, dim=1)
-                                for x in zip(*outs, strict=True))), state
+        state = self.init_state(windows.shape[0], windows.device) if state is None else state
+        return unroll(lambda w, s: self.step(w, s, with_heatmap), state, (windows,))
 
     def loss(self, pred: Tensor, real: Tensor, confidence: Tensor | None = None) -> dict[str, Tensor]:
         """Eq. 2 (+ Eq. 3 unless ``dlt_loss=False``) for keypoints ``[..., 67, 2]``.

@@ -9,7 +9,8 @@
 One :class:`PerformerState` carries all recurrent state (``khp.lstm_h``, ``khp.lstm_c``,
 ``cvg.lstm_h``, ``cvg.lstm_c``, ``cvg.prev_frame``, ``stu.gru_h``); :meth:`Performer.step`
 is pure, and :meth:`Performer.forward` is exactly a loop of it. The names of
-``state.to_dict()`` are the ONNX graph's ``state_in.*`` / ``state_out.*``.
+``state.to_dict()`` are the flat state names of the ONNX graphs' inputs and outputs
+(:mod:`letsplay.models.stepping`).
 
 Noise: CVG's ``z`` is an explicit input (``[B, z_dim]`` per step, ``[B, T, z_dim]`` per
 sequence); ``None`` = zeros, the deterministic inference default.
@@ -32,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -46,6 +46,7 @@ from letsplay.models.keypoints import KeypointConfig, KeypointPredictor, Keypoin
 from letsplay.models.skeleton import INSTRUMENTS, heatmap_channels
 from letsplay.models.spec import AudioSpec, VideoSpec
 from letsplay.models.state import ConfigError, State, StateError, config_from_dict, config_to_dict
+from letsplay.models.stepping import unroll
 from letsplay.models.stu import StructuredTemporalUNet, STUConfig, STUMid, STUState
 
 log = logging.getLogger(__name__)
@@ -134,11 +135,6 @@ class PerformerFront(NamedTuple):
     mid: STUMid  # the STU encoder's levels, fused bottleneck and audio features
 
 
-def _stack(outs: list[PerformerOutput]) -> PerformerOutput:
-    cols = zip(*outs, strict=True)
-    return PerformerOutput(*(None if c[0] is None else torch.stack(c, dim=1) for c in cols))
-
-
 class Performer(nn.Module):
     """KHP + CVG + STU as one streaming step. Build with a :class:`PerformerConfig`
     (usually from ``letsplay.models.presets.preset(name)``)."""
@@ -223,15 +219,8 @@ class Performer(nn.Module):
                 ) -> tuple[PerformerOutput, PerformerState]:
         """A sequence: windows ``[B, T, n_bins, window_columns]``, z ``[B, T, z_dim]`` or None
         -> outputs stacked on dim 1, and the final state. Exactly a loop of :meth:`step`."""
-        B, T = windows.shape[:2]
-        if T == 0:
-            raise ValueError("a sequence needs at least one frame (T >= 1)")
-        state = self.init_state(B, windows.device) if state is None else state
-        outs = []
-        for t in range(T):
-            o, state = self.step(windows[:, t], state, None if z is None else z[:, t])
-            outs.append(o)
-        return _stack(outs), state
+        state = self.init_state(windows.shape[0], windows.device) if state is None else state
+        return unroll(lambda w, zt, s: self.step(w, s, zt), state, (windows, z))
 
     # ----------------------------------------------------------------------- checkpoints
 
@@ -359,90 +348,3 @@ def read_checkpoint(path: str | Path) -> tuple[PerformerConfig, dict[str, Tensor
         raise CheckpointError(f"{path}: metadata specs/preset disagree with the stored config; "
                               f"re-save the model")
     return cfg, tensors
-
-
-# --------------------------------------------------------------------------- cost
-
-
-@dataclass(frozen=True)
-class StageCost:
-    name: str  # "khp", "cvg", "stu" or "total"
-    params: int  # parameters
-    flops: int  # FLOPs for one frame at batch 1 (FlopCounterMode: convs, matmuls, ...)
-
-
-def stage_costs(model: Performer) -> list[StageCost]:
-    """Parameters and per-frame FLOPs of each stage (batch 1), and the total.
-
-    FLOPs are ``torch.utils.flop_counter.FlopCounterMode``'s count (2 per multiply-add
-    of convolutions and matrix products; elementwise ops, interpolation and
-    ``grid_sample`` are not counted).
-    """
-    from torch.utils.flop_counter import FlopCounterMode
-
-    cfg = model.cfg
-    dev = next(model.parameters()).device
-    window = torch.rand(1, cfg.audio.n_bins, cfg.audio.window_columns, device=dev)
-    state = model.init_state(1, dev)
-    costs = []
-    with torch.no_grad():
-        kp = hm = coarse = None
-
-        def count(fn: Any) -> tuple[Any, int]:
-            with FlopCounterMode(display=False) as fc:
-                r = fn()
-            return r, fc.get_total_flops()
-
-        if model.khp is not None:
-            (o, _), fl = count(lambda: model.khp.step(window, state.khp))
-            kp, hm = o.keypoints, o.heatmap
-            costs.append(StageCost("khp", _params(model.khp), fl))
-        if model.cvg is not None:
-            (c, _), fl = count(lambda: model.cvg.step(window, state.cvg))
-            coarse = F.interpolate(c, size=cfg.work_size, mode="bilinear", align_corners=False)
-            costs.append(StageCost("cvg", _params(model.cvg), fl))
-        _, fl = count(lambda: model.stu.step(coarse, hm, kp, window, state.stu))
-        costs.append(StageCost("stu", _params(model.stu), fl))
-    costs.append(StageCost("total", sum(c.params for c in costs), sum(c.flops for c in costs)))
-    return costs
-
-
-def _params(m: nn.Module) -> int:
-    return sum(p.numel() for p in m.parameters())
-
-
-@dataclass(frozen=True)
-class StepTiming:
-    frames: int  # frames timed (after warm-up)
-    batch: int  # streams stepped together
-    mean_ms: float  # mean wall time of one step
-    median_ms: float  # median wall time of one step (robust to other load on the machine)
-    p95_ms: float  # 95th percentile
-
-    @property
-    def fps(self) -> float:
-        """Frames per second from the median step time (all ``batch`` streams counted)."""
-        return 1000.0 * self.batch / self.median_ms
-
-
-def measure_step(model: Performer, frames: int = 60, warmup: int = 10, batch: int = 1) -> StepTiming:
-    """Time :meth:`Performer.step` on the model's device (torch eager, inference mode,
-    state carried, batch ``batch``) for ``frames`` frames after ``warmup`` frames."""
-    cfg = model.cfg
-    dev = next(model.parameters()).device
-    window = torch.rand(batch, cfg.audio.n_bins, cfg.audio.window_columns, device=dev)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    times = []
-    with torch.inference_mode():
-        state = model.init_state(batch, dev)
-        for _ in range(warmup):
-            _, state = model.step(window, state)
-        for _ in range(frames):
-            sync()
-            t0 = time.perf_counter()
-            _, state = model.step(window, state)
-            sync()
-            times.append(1000.0 * (time.perf_counter() - t0))
-    ts = sorted(times)
-    return StepTiming(frames=frames, batch=batch, mean_ms=sum(ts) / len(ts), median_ms=ts[len(ts) // 2],
-                      p95_ms=ts[min(len(ts) - 1, int(0.95 * len(ts)))])

@@ -6,8 +6,8 @@ hidden module attributes. ``step(inputs, state) -> (outputs, new_state)`` never 
 its input state, so a stream can be forked, rewound or run in a separate process.
 
 :class:`State` flattens to a dict of named tensors (``"khp.lstm_h"``, ``"stu.gru_h"``);
-these names are the ONNX graphs' ``state_in.*`` / ``state_out.*`` inputs and outputs,
-so the exported graphs are stateless and the engine owns state. A field that an
+these names, prefixed as in :mod:`letsplay.models.stepping`, are the ONNX graphs' state
+inputs and outputs, so the exported graphs are stateless and the engine owns state. A field that an
 ablation does not need is ``None`` and simply absent from the dict.
 
 The second half of this file turns frozen config dataclasses into JSON-able dicts and

@@ -38,6 +38,7 @@ from letsplay.models.blocks import AudioEncoder, UpConv, act, conv, kaiming_init
 from letsplay.models.skeleton import normalized_adjacency, tent_profiles
 from letsplay.models.spec import AudioSpec
 from letsplay.models.state import State
+from letsplay.models.stepping import mid_name, unroll
 
 
 @dataclass(frozen=True)
@@ -189,8 +190,8 @@ class StructuredTemporalUNet(nn.Module):
     def mid_names(self) -> list[str]:
         """Flat names of :class:`STUMid` (``mid.skip<i>``, ``mid.fused``, ``mid.audio``): the
         ONNX front/back graphs' hand-over and a pipelined backend's."""
-        return ([f"mid.skip{i}" for i in range(len(self.enc) - 1)] + ["mid.fused"]
-                + (["mid.audio"] if self.audio_enc is not None else []))
+        return ([mid_name(f"skip{i}") for i in range(len(self.enc) - 1)] + [mid_name("fused")]
+                + ([mid_name("audio")] if self.audio_enc is not None else []))
 
     def mid_from(self, flat: list[Tensor]) -> STUMid:
         """The inverse of :meth:`STUMid.tensors`."""
@@ -263,14 +264,6 @@ class StructuredTemporalUNet(nn.Module):
         """Sequences (``[B, T, ...]`` each, or None) -> frames ``[B, T, 3, H*s, W*s]``;
         exactly a loop of :meth:`step`."""
         ref = next(t for t in (coarse, heatmap) if t is not None)
-        B, T = ref.shape[:2]
-        if T == 0:
-            raise ValueError("a sequence needs at least one frame (T >= 1)")
-        state = self.init_state(B, ref.device) if state is None else state
-        frames = []
-        for t in range(T):
-            c, hm, kp, win = (None if x is None else x[:, t] for x in (coarse, heatmap, keypoints, windows))
-            y, state = self.step(c, hm, kp, win, state)
-            frames.append(y)
-        return torch.stack(frames, dim=1), state
+        state = self.init_state(ref.shape[0], ref.device) if state is None else state
+        return unroll(self.step, state, (coarse, heatmap, keypoints, windows))
 

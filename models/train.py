@@ -52,6 +52,10 @@ rank's batch, so the ``stu`` stage's Eq. 6 term pairs other sequences than one p
 does. Rank 0's weights are broadcast at the start; at each checkpoint the ranks compare
 weight digests (a difference is an error) and gather the lanes' KHP states; only rank 0
 writes checkpoints and logs.
+
+The batches and KP lanes are in :mod:`letsplay.models.train_data`, the training state's
+serialisation (RNG, optimizers, the newest checkpoint) in :mod:`letsplay.models.train_checkpoint`;
+what other modules import from there is re-exported here.
 """
 
 from __future__ import annotations
@@ -64,7 +68,6 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,13 +82,22 @@ from letsplay.models.discriminator import AudioVideoDiscriminator, Discriminator
 from letsplay.models.discriminator import mismatched as mismatched_audio
 from letsplay.models.keypoints import KeypointState
 from letsplay.models.performer import Performer, PerformerConfig
+from letsplay.models.train_checkpoint import (
+    STATE_FORMAT,
+    STATE_VERSION,
+    _file_sha256,
+    _flatten_optim,
+    _rng_json,
+    _set_rng_json,
+    _unflatten_optim,
+    latest_checkpoint,
+)
+from letsplay.models.train_data import Batches, Lanes, training_mean_pose
 
 log = logging.getLogger(__name__)
 
 STAGES = ("kp", "cvg", "stu")
 STAGE_CHOICES = ("kp", "cvg", "stu", "all", "e2e")
-STATE_FORMAT = "letsplay.train_state"
-STATE_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -300,211 +312,6 @@ def _check_ranks_agree(module: nn.Module, d: Dist, step: int) -> None:
     if len(set(digests)) != 1:
         raise RuntimeError(f"step {step}: the ranks' weights differ (digests {digests}); distributed training "
                            f"went out of step")
-
-
-# --------------------------------------------------------------------------- data
-
-
-class _ResumableSampler(torch.utils.data.Sampler):
-    """A ``DistributedSampler``'s indices for one epoch, starting ``skip`` items in."""
-
-    def __init__(self, indices: list[int], skip: int) -> None:
-        self.indices = indices[skip:]
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
-def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k in items[0]:
-        vals = [it[k] for it in items]
-        out[k] = torch.stack(vals) if isinstance(vals[0], Tensor) else vals
-    return out
-
-
-class Batches:
-    """Deterministic batches: epoch ``e`` is a seeded permutation (``DistributedSampler``,
-    rank's share); the position inside the epoch is part of the training state."""
-
-    def __init__(self, dataset: Any, batch: int, seed: int, d: Dist, workers: int = 0,
-                 epoch: int = 0, position: int = 0) -> None:
-        from torch.utils.data import DistributedSampler
-
-        self.ds, self.batch, self.workers = dataset, batch, workers
-        self.sampler = DistributedSampler(dataset, num_replicas=d.world, rank=d.rank, shuffle=True,
-                                          seed=seed, drop_last=True)
-        self.per_epoch = len(self.sampler) // batch
-        if self.per_epoch < 1:
-            raise ValueError(f"the training set has {len(dataset)} sequences per rank, fewer than one batch "
-                             f"of {batch}; use a smaller --batch / --seq-len or more data")
-        self.epoch, self.position = epoch, position
-        self._it: Iterator[dict[str, Any]] | None = None
-
-    def _start(self) -> None:
-        from torch.utils.data import DataLoader
-
-        self.sampler.set_epoch(self.epoch)
-        if hasattr(self.ds, "set_epoch"):
-            self.ds.set_epoch(self.epoch)
-        idx = list(iter(self.sampler))[: self.per_epoch * self.batch]
-        sampler = _ResumableSampler(idx, self.position * self.batch)
-        loader = DataLoader(self.ds, batch_size=self.batch, sampler=sampler, num_workers=self.workers,
-                            collate_fn=_collate, drop_last=True)
-        self._it = iter(loader)
-
-    def next(self) -> dict[str, Any]:
-        if self.position >= self.per_epoch:
-            self.epoch, self.position, self._it = self.epoch + 1, 0, None
-        if self._it is None:
-            self._start()
-        assert self._it is not None
-        b = next(self._it)
-        self.position += 1
-        return b
-
-
-def training_mean_pose(clips: list[Any]) -> np.ndarray | None:
-    """Confidence-weighted mean keypoints of the training clips (the paper's avg condition)."""
-    num, den = 0.0, 0.0
-    for c in clips:
-        kp, conf = c.keypoints()
-        w = (conf > 0).astype(np.float64)[..., None]
-        num = num + (kp * w).sum(0)
-        den = den + w.sum(0)
-    if isinstance(den, float) or (den == 0).any():
-        return None
-    return (num / den).astype(np.float32)
-
-
-class Lanes:
-    """Stateful batches for the KP stage (truncated backpropagation through time).
-
-    ``batch`` lanes each read one training clip from its first frame to its end, ``T``
-    frames per step; the trainer carries KHP's LSTM state from a lane's chunk to the next
-    and restarts it (``reset``) where a lane starts a new clip. So KHP learns what it does
-    live and in evaluation: run from a fresh state at the start of the audio, for as long
-    as the music lasts -- with windows from the middle of a clip and a fresh state, what
-    happened before the window (which way the bow goes) is unknowable. Clips come in a
-    seeded order per epoch; a clip's tail shorter than ``T`` is skipped. The position
-    (epoch, next clip, each lane's clip and frame) is training state.
-
-    Under ``torchrun`` every rank keeps the bookkeeping of the global batch's
-    ``batch * world`` lanes (the same on all ranks) and reads lanes ``rank``, ``rank +
-    world``, ...: the ranks' lanes together are exactly the lanes of one process with
-    ``batch * world`` sequences, in the order the ``DistributedSampler`` shards batches.
-    """
-
-    def __init__(self, dataset: Any, batch: int, seq_len: int, seed: int, d: Dist,
-                 state: dict[str, Any] | None = None) -> None:
-        self.ds, self.batch, self.T, self.seed, self.dist = dataset, batch, seq_len, seed, d
-        self.n_lanes = batch * d.world
-        n = len(dataset.clips)
-        self.usable = [ci for ci in range(n) if dataset.clips[ci].n_frames >= seq_len]
-        if len(self.usable) < self.n_lanes:
-            raise ValueError(f"the training set has {len(self.usable)} clips of >= {seq_len} frames, fewer than "
-                             f"{self.n_lanes} lanes; use a smaller --batch / --seq-len or more data")
-        st = state or {"epoch": 0, "next": 0, "lanes": [None] * self.n_lanes}
-        if len(st["lanes"]) != self.n_lanes:
-            raise ValueError(f"the saved lane state has {len(st['lanes'])} lanes, this run {self.n_lanes} "
-                             f"(--batch x processes); resume with the same settings")
-        self.epoch, self.next_clip = int(st["epoch"]), int(st["next"])
-        self.lanes: list[list[int] | None] = [None if x is None else [int(x[0]), int(x[1])] for x in st["lanes"]]
-        self._order = self._epoch_order(self.epoch)
-
-    def _epoch_order(self, epoch: int) -> list[int]:
-        perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.usable))
-        return [self.usable[i] for i in perm]
-
-    @property
-    def position(self) -> int:
-        return self.next_clip
-
-    @property
-    def per_epoch(self) -> int:
-        return len(self._order)
-
-    def state(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "next": self.next_clip, "lanes": self.lanes}
-
-    def _new_clip(self) -> int:
-        if self.next_clip >= len(self._order):
-            self.epoch, self.next_clip = self.epoch + 1, 0
-            self._order = self._epoch_order(self.epoch)
-        ci = self._order[self.next_clip]
-        self.next_clip += 1
-        return ci
-
-    def next(self) -> dict[str, Any]:
-        items, reset = [], []
-        for j in range(self.n_lanes):
-            lane = self.lanes[j]
-            fresh = lane is None or lane[1] + self.T > self.ds.clips[lane[0]].n_frames
-            if fresh:
-                lane = self.lanes[j] = [self._new_clip(), 0]
-            if j % self.dist.world == self.dist.rank:  # this rank's lane
-                items.append(self.ds.item(lane[0], lane[1], self.T))
-                reset.append(fresh)
-            lane[1] += self.T
-        out = _collate(items)
-        out["reset"] = torch.tensor(reset)
-        return out
-
-
-# --------------------------------------------------------------------------- state I/O
-
-
-def _rng_json() -> dict[str, Any]:
-    npst = np.random.get_state()
-    py = random.getstate()
-    return {"numpy": [npst[0], npst[1].tolist(), int(npst[2]), int(npst[3]), float(npst[4])],
-            "python": [py[0], list(py[1]), py[2]]}
-
-
-def _set_rng_json(d: dict[str, Any]) -> None:
-    n = d["numpy"]
-    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
-    p = d["python"]
-    random.setstate((p[0], tuple(p[1]), p[2]))
-
-
-def _flatten_optim(name: str, opt: torch.optim.Optimizer, tensors: dict[str, Tensor]) -> dict[str, Any]:
-    sd = opt.state_dict()
-    for idx, st in sd["state"].items():
-        for k, v in st.items():
-            t = v if isinstance(v, Tensor) else torch.tensor(v)
-            tensors[f"opt.{name}.{idx}.{k}"] = t.detach().to("cpu").contiguous().clone()
-    return {"param_groups": sd["param_groups"]}
-
-
-def _unflatten_optim(name: str, opt: torch.optim.Optimizer, meta: dict[str, Any],
-                     tensors: dict[str, Tensor], device: torch.device) -> None:
-    state: dict[int, dict[str, Tensor]] = {}
-    prefix = f"opt.{name}."
-    for k, v in tensors.items():
-        if k.startswith(prefix):
-            idx, key = k[len(prefix):].split(".", 1)
-            state.setdefault(int(idx), {})[key] = v if key == "step" else v.to(device)
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
-def _file_sha256(path: Path) -> str:
-    from letsplay.models.files import sha256_file
-
-    return sha256_file(path)
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    """The newest complete ``OUT/checkpoints/step-*`` folder, or None."""
-    root = Path(out) / "checkpoints"
-    if not root.is_dir():
-        return None
-    done = sorted(p for p in root.glob("step-*") if p.is_dir() and (p / "train_state.safetensors").is_file()
-                  and not p.name.endswith(".tmp"))
-    return done[-1] if done else None
 
 
 # --------------------------------------------------------------------------- the run folder

@@ -6,7 +6,7 @@ One loop, on its own thread (or the caller's, for ``render``)::
         --> StreamingCQT.step --> new CQT columns
         --> every frame i whose newest column frame_column(i) now exists:
               window = the 87 columns ending there
-              outputs = backend.step(window, state_in.*) ; state <- state_out.*
+              outputs = backend.step(feeds({"window": window}, state)) ; state <- next_state(outputs)
               --> FrameOut(index=i, time=i/fps, frame, keypoints) --> sinks
 
 Time comes only from the audio sample counter (DESIGN.md "One clock"): frame ``i`` is
@@ -59,7 +59,8 @@ import torch
 
 from letsplay.models.features import StreamingCQT, frame_column, frames_available
 from letsplay.models.spec import AudioSpec, VideoSpec
-from letsplay.realtime.backends import STATE_IN, STATE_OUT, Backend, describe, pipelined
+from letsplay.models.stepping import feeds, next_state
+from letsplay.realtime.backends import Backend, describe, pipelined
 from letsplay.realtime.sinks import FrameOut, MultiSink, Sink
 from letsplay.realtime.sources import AudioSource
 
@@ -451,20 +452,20 @@ class Engine:
         c = frame_column(i, self.audio, self.video)
         W = self.audio.window_columns
         window = torch.stack([s.window(c, W) for s in self._streams]).numpy()  # [B, n_bins, W]
-        feeds = {"window": window, **{STATE_IN + k: v for k, v in self._state.items()}}
+        inputs = feeds({"window": window}, self._state)
         backend = self._backend
         if self._handoff is not None:
             self._slot.acquire()  # render mode: waits for the back thread to take the last frame
         t0 = time.perf_counter()
         try:
-            out = backend.front(feeds) if self._handoff is not None else backend.step(feeds)
+            out = backend.front(inputs) if self._handoff is not None else backend.step(inputs)
         except Exception as e:  # noqa: BLE001 - one bad frame must not end a live show
             if self._handoff is not None:
                 self._slot.release()
             self._failed(i, e)
             return
         front_ms = (time.perf_counter() - t0) * 1000
-        self._state = {k: out[STATE_OUT + k] for k in self._state}
+        self._state = next_state(out, self._state)
         arrival = self._streams[0].arrival_of(c * self.audio.hop + self._ahead, self.audio.sample_rate)
         if self._handoff is None:
             self._emit(i, out, arrival, front_ms)

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import music_signal
+from helpers import music_signal
 
 SR = 44100
 CHATTER = ("torchvision", "MessageFactory", "absl", "TfLite", "TensorFlow Lite", "Traceback")

@@ -8,39 +8,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import music_signal
+from helpers import SR, RandomChunks, music_signal, offline_frames
 
 from letsplay.models.features import CQT, frame_windows, frames_available
-from letsplay.models.performer import Performer
+from letsplay.models.stepping import next_state, state_in_name
 from letsplay.realtime.backends import TorchBackend
 from letsplay.realtime.engine import Engine, EngineConfig, to_uint8_rgb
 from letsplay.realtime.sinks import CallbackSink, RawVideoSink
 from letsplay.realtime.sources import ArraySource, FileSource
-
-SR = 44100
-
-
-def offline_frames(p: Performer, x: np.ndarray):
-    cfg = p.cfg
-    cqt = CQT(cfg.audio)
-    with torch.inference_mode():
-        cols = cqt(torch.from_numpy(x))
-        n = frames_available(len(x), cqt, cfg.video)
-        win = frame_windows(cols, cfg.audio, cfg.video, n)  # [n, 84, 87]
-        out, _ = p(win[None])
-    return out.frame[0].numpy(), out.keypoints[0].numpy()
-
-
-class RandomChunks(ArraySource):
-    """An ArraySource that hands out random-sized chunks (1 .. 3000 samples)."""
-
-    def __init__(self, x, seed=0):
-        super().__init__(x, SR)
-        self._rng = np.random.default_rng(seed)
-
-    def read(self, timeout=0.05):
-        self.block = int(self._rng.integers(1, 3000))
-        return super().read(timeout)
 
 
 def collect(engine):
@@ -121,8 +96,8 @@ def test_live_drops_stale_frames_when_behind(performer):
         assert f.index == frames_available(clock, cqt, performer.cfg.video) - 1
         assert np.allclose(feeds["window"][0], windows[f.index], atol=1e-5)
         for k, v in state.items():  # the state goes on from the last rendered frame
-            assert np.array_equal(feeds["state_in." + k], v)
-        state = {k: out["state_out." + k] for k in state}
+            assert np.array_equal(feeds[state_in_name(k)], v)
+        state = next_state(out, state)
         assert np.array_equal(f.frame, to_uint8_rgb(out["frame"][0]))
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import synth_tiny
+from helpers import synth_tiny
 
 from letsplay.models.data.performer_motion import Body, perform
 from letsplay.models.data.scores import random_melody

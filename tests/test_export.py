@@ -8,12 +8,13 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import music_signal
+from helpers import music_signal
 
-from letsplay.export.onnx import ManifestError, export_onnx, read_manifest, sha256_file
+from letsplay.export.onnx import ManifestError, export_onnx, parity, read_manifest, sha256_file
 from letsplay.models.features import CQT, frame_windows, frames_available
 from letsplay.models.performer import Performer
 from letsplay.models.presets import preset
+from letsplay.models.stepping import STATE_IN, feeds, next_state, state_in_name, state_out_name
 from letsplay.realtime.backends import BackendError, OrtBackend, TorchBackend
 
 N_FRAMES = 100
@@ -39,23 +40,15 @@ def windows(exported):
 
 def test_fused_step_parity_100_frames(exported, windows):
     """100 frames, the state fed back. Both backends are fed the torch trajectory's state
-    each frame, and every output -- the frame and each state_out -- is compared: a
+    each frame, and every output -- the frame and each next state -- is compared: a
     randomly initialised CVG's frame feedback amplifies rounding differences ~1.4x per
     frame (its loop gain is > 1 before training), so two free-running float32
     implementations of it drift apart whatever their fidelity (see the next test)."""
     p, out, _ = exported
-    tb, ob = TorchBackend(p), OrtBackend(out)
-    assert ob.device == "CPUExecutionProvider"
-    st = tb.init_state(1)
-    worst = {}
-    for w in windows:
-        feeds = {"window": w[None], **{"state_in." + k: v for k, v in st.items()}}
-        a, b = tb.step(feeds), ob.step(feeds)
-        st = {k: a["state_out." + k] for k in st}
-        for k in a:
-            worst[k] = max(worst.get(k, 0.0), float(np.abs(a[k] - b[k]).max()))
+    assert OrtBackend(out).device == "CPUExecutionProvider"
+    worst = parity(p, out, windows)
     assert len(windows) == N_FRAMES
-    assert set(worst) >= {"frame", "keypoints", "coarse", "heatmap", "state_out.stu.gru_h"}
+    assert set(worst) >= {"frame", "keypoints", "coarse", "heatmap", state_out_name("stu.gru_h")}
     assert all(v <= 1e-4 for v in worst.values()), worst
 
 
@@ -71,10 +64,9 @@ def test_free_running_parity_without_frame_feedback(tmp_path, windows):
     st_t, st_o = tb.init_state(1), ob.init_state(1)
     worst = 0.0
     for w in windows:
-        a = tb.step({"window": w[None], **{"state_in." + k: v for k, v in st_t.items()}})
-        b = ob.step({"window": w[None], **{"state_in." + k: v for k, v in st_o.items()}})
-        st_t = {k: a["state_out." + k] for k in st_t}
-        st_o = {k: b["state_out." + k] for k in st_o}
+        a = tb.step(feeds({"window": w[None]}, st_t))
+        b = ob.step(feeds({"window": w[None]}, st_o))
+        st_t, st_o = next_state(a, st_t), next_state(b, st_o)
         worst = max(worst, float(np.abs(a["frame"] - b["frame"]).max()))
     assert worst <= 1e-4
 
@@ -88,21 +80,20 @@ def test_each_stage_parity(exported, windows):
     z = np.zeros((1, p.cfg.cvg.z_dim), np.float32)
     for w in windows[:N_FRAMES]:
         # the stages chained through onnxruntime, from the torch trajectory's state
-        state = {n: {k: v.numpy() for k, v in getattr(tstate, n).to_dict().items()} for n in sess}
+        state = {n: {k: v.numpy() for k, v in getattr(tstate, n).to_dict(f"{n}.").items()} for n in sess}
         with torch.inference_mode():
             ref, tstate = p.step(torch.from_numpy(w[None]), tstate)
         ok = dict(zip([o.name for o in sess["khp"].get_outputs()], sess["khp"].run(
-            None, {"window": w[None], **{f"state_in.khp.{k}": v for k, v in state["khp"].items()}}), strict=True))
+            None, feeds({"window": w[None]}, state["khp"])), strict=True))
         oc = dict(zip([o.name for o in sess["cvg"].get_outputs()], sess["cvg"].run(
-            None, {"window": w[None], "z": z, **{f"state_in.cvg.{k}": v for k, v in state["cvg"].items()}}),
-            strict=True))
+            None, feeds({"window": w[None], "z": z}, state["cvg"])), strict=True))
         os_ = dict(zip([o.name for o in sess["stu"].get_outputs()], sess["stu"].run(
-            None, {"coarse": oc["coarse"], "heatmap": ok["heatmap"], "keypoints": ok["keypoints"], "window": w[None],
-                   **{f"state_in.stu.{k}": v for k, v in state["stu"].items()}}), strict=True))
+            None, feeds({"coarse": oc["coarse"], "heatmap": ok["heatmap"], "keypoints": ok["keypoints"],
+                         "window": w[None]}, state["stu"])), strict=True))
         new = {k: v.numpy() for k, v in tstate.to_dict().items()}
         for n, o in (("khp", ok), ("cvg", oc), ("stu", os_)):
-            for k in state[n]:
-                worst = max(worst, float(np.abs(o[f"state_out.{n}.{k}"] - new[f"{n}.{k}"]).max()))
+            for k, v in next_state(o, state[n]).items():
+                worst = max(worst, float(np.abs(v - new[k]).max()))
         worst = max(worst, float(np.abs(ok["keypoints"] - ref.keypoints.numpy()).max()),
                     float(np.abs(ok["heatmap"] - ref.heatmap.numpy()).max()),
                     float(np.abs(oc["coarse"] - ref.coarse.numpy()).max()),
@@ -119,7 +110,7 @@ def test_cqt_step_graph_equals_streaming_cqt(exported):
     tail = np.zeros((1, s.get_inputs()[1].shape[1]), np.float32)
     cols = [np.zeros((p.cfg.audio.n_bins,), np.float32)]  # column 0 is silence
     for k in range(n):
-        col, tail = s.run(None, {"audio": x[None, k * hop:(k + 1) * hop], "state_in.cqt.tail": tail})
+        col, tail = s.run(None, {"audio": x[None, k * hop:(k + 1) * hop], state_in_name("cqt.tail"): tail})
         cols.append(col[0, :, 0])
     got = np.stack(cols, axis=1)
     with torch.inference_mode():
@@ -139,7 +130,7 @@ def test_manifest_contents(exported):
         for t in g["inputs"] + g["outputs"]:
             assert t["shape"][0] == "B"  # the batch stayed dynamic
     names = [t["name"] for t in d["graphs"]["performer"]["inputs"]]
-    assert names[0] == "window" and all(n.startswith("state_in.") for n in names[1:])
+    assert names[0] == "window" and all(n.startswith(STATE_IN) for n in names[1:])
     assert {"torch", "onnx"} <= set(d["versions"])
 
 
@@ -148,7 +139,7 @@ def test_batched_streams(exported, windows):
     ob = OrtBackend(out)
     st = ob.init_state(3)
     w = np.stack([windows[5], windows[6], windows[5]])
-    r = ob.step({"window": w, **{"state_in." + k: v for k, v in st.items()}})
+    r = ob.step(feeds({"window": w}, st))
     assert r["frame"].shape == (3, 3, 32, 32)
     assert np.allclose(r["frame"][0], r["frame"][2]) and not np.allclose(r["frame"][0], r["frame"][1])
 

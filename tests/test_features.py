@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from conftest import music_signal
+from helpers import music_signal
 
 from letsplay.models.features import CQT, StreamingCQT, frame_column, frame_windows, frames_available
 from letsplay.models.spec import AudioSpec, VideoSpec

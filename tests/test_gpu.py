@@ -23,8 +23,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import music_signal
+from helpers import music_signal
 
+from letsplay.models import stepping
 from letsplay.models.features import CQT, frame_windows, frames_available
 from letsplay.models.performer import Performer
 from letsplay.models.presets import preset
@@ -85,9 +86,9 @@ def reference(tiny, windows):
     st = ref.init_state(1)
     feeds, outs = [], []
     for w in windows:
-        f = {"window": w[None], **{"state_in." + k: v for k, v in st.items()}}
+        f = stepping.feeds({"window": w[None]}, st)
         o = ref.step(f)
-        st = {k: o["state_out." + k] for k in st}
+        st = stepping.next_state(o, st)
         feeds.append(f)
         outs.append(o)
     return feeds, outs
@@ -295,7 +296,7 @@ def trt_folder(exported, windows):
 @pytest.mark.trt
 @needs_trt
 def test_tensorrt_fp32_matches_torch_cpu(trt_folder, reference):
-    from letsplay.export.tensorrt import TrtBackend
+    from letsplay.realtime.backends import TrtBackend
 
     feeds, ref = reference
     tb = TrtBackend(trt_folder, precision="fp32", max_batch=4)
@@ -310,7 +311,7 @@ def test_tensorrt_fp32_matches_torch_cpu(trt_folder, reference):
 @pytest.mark.trt
 @needs_trt
 def test_tensorrt_fp16_psnr(trt_folder, reference):
-    from letsplay.export.tensorrt import TrtBackend
+    from letsplay.realtime.backends import TrtBackend
 
     feeds, ref = reference
     p = frames_psnr(run_forced(TrtBackend(trt_folder, precision="fp16", max_batch=4), feeds), ref)

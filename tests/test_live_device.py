@@ -18,7 +18,7 @@ import av
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import music_signal
+from helpers import music_signal
 from pulse import pulse_available, start_pulse
 
 pytestmark = pytest.mark.skipif(not pulse_available(), reason="PulseAudio (pulseaudio, pactl, paplay) not installed")

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from letsplay.models.performer import Performer, stage_costs
+from letsplay.models.cost import stage_costs
+from letsplay.models.performer import Performer
 from letsplay.models.presets import ABLATIONS, PRESETS, preset
 from letsplay.models.skeleton import INSTRUMENTS
 from letsplay.ui import cmd_model

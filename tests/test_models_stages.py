@@ -24,6 +24,7 @@ from letsplay.models.keypoints import KeypointPredictor
 from letsplay.models.performer import Performer, PerformerState
 from letsplay.models.presets import ABLATIONS, ablate, preset
 from letsplay.models.state import StateError
+from letsplay.models.stepping import unroll
 from letsplay.models.stu import StructuredTemporalUNet
 
 TOL = 1e-5
@@ -47,14 +48,6 @@ def _assert_close(a, b) -> None:
             continue
         assert x.shape == y.shape
         assert (x - y).abs().max().item() <= TOL
-
-
-def _loop(step, T: int, state, *seqs):
-    outs = []
-    for t in range(T):
-        o, state = step(*(None if s is None else s[:, t] for s in seqs), state)
-        outs.append(o)
-    return outs, state
 
 
 # --------------------------------------------------------------------------- per stage
@@ -117,9 +110,9 @@ def test_cvg_step_equals_forward_with_noise() -> None:
     w = _windows(cfg)
     z = torch.randn(B, T, cfg.cvg.z_dim)
     seq, final = cvg(w, z=z)
-    outs, state = _loop(lambda win, zz, s: cvg.step(win, s, zz), T, cvg.init_state(B), w, z)
+    outs, state = unroll(lambda win, zz, s: cvg.step(win, s, zz), cvg.init_state(B), (w, z))
     for t in range(T):
-        assert (outs[t] - seq[:, t]).abs().max() <= TOL
+        assert (outs[:, t] - seq[:, t]).abs().max() <= TOL
     assert seq.shape == (B, T, 3, *cvg.frame_size) and seq.abs().max() <= 1
     assert torch.equal(state.prev_frame, seq[:, -1])
     assert set(final.to_dict()) == {"lstm_h", "lstm_c", "prev_frame"}
@@ -141,9 +134,9 @@ def test_stu_step_equals_forward(variant: str | None) -> None:
     kp = torch.rand(B, T, 67, 2)
     w = _windows(cfg)
     seq, _ = stu(coarse, hm, kp, w)
-    outs, _ = _loop(lambda c, h, k, win, s: stu.step(c, h, k, win, s), T, stu.init_state(B), coarse, hm, kp, w)
+    outs, _ = unroll(stu.step, stu.init_state(B), (coarse, hm, kp, w))
     for t in range(T):
-        assert (outs[t] - seq[:, t]).abs().max() <= TOL
+        assert (outs[:, t] - seq[:, t]).abs().max() <= TOL
     names = set(stu.init_state(B).to_dict())
     assert names == ({"gru_h"} if stu_cfg.use_gru else set())
 

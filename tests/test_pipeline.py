@@ -14,12 +14,12 @@ import av
 import numpy as np
 import pytest
 import torch
-from conftest import music_signal
-from test_engine import RandomChunks, offline_frames
+from helpers import RandomChunks, music_signal, offline_frames
 
 from letsplay.export.onnx import export_onnx, sha256_file
 from letsplay.models.performer import Performer
 from letsplay.models.presets import ABLATIONS, ablate, preset
+from letsplay.models.stepping import STATE_IN, feeds, mid_name, next_state
 from letsplay.realtime.backends import BackendError, OrtBackend, TorchBackend, describe, pipelined
 from letsplay.realtime.engine import Engine, EngineConfig, to_uint8_rgb
 from letsplay.realtime.performers import (
@@ -33,14 +33,6 @@ from letsplay.realtime.sinks import CallbackSink, Mp4Recorder
 from letsplay.realtime.sources import ArraySource
 
 SR = 44100
-
-
-def feeds_for(window: np.ndarray, st: dict) -> dict:
-    return {"window": window, **{"state_in." + k: v for k, v in st.items()}}
-
-
-def next_state(out: dict) -> dict:
-    return {k[len("state_out."):]: v for k, v in out.items() if k.startswith("state_out.")}
 
 
 @pytest.mark.parametrize("variant", [None, *ABLATIONS])
@@ -77,13 +69,13 @@ def test_front_back_graphs_give_the_fused_graph(exported_pair):
     assert describe(pair).endswith("pipelined front/back")
     m = json.loads((exported_pair / "manifest.json").read_text())["graphs"]
     assert [t["name"] for t in m["back"]["outputs"]] == ["frame"]
-    assert not any(t["name"].startswith("state_in.") for t in m["back"]["inputs"])  # the back is stateless
+    assert not any(t["name"].startswith(STATE_IN) for t in m["back"]["inputs"])  # the back is stateless
     rng = np.random.default_rng(3)
     sa = sb = fused.init_state(1)
     worst = 0.0
     for _ in range(40):
         w = rng.random((1, 84, 87), np.float32)
-        a, b = fused.step(feeds_for(w, sa)), pair.step(feeds_for(w, sb))
+        a, b = fused.step(feeds({"window": w}, sa)), pair.step(feeds({"window": w}, sb))
         assert set(a) == set(b)
         worst = max(worst, max(float(np.abs(a[k] - b[k]).max()) for k in a))
         sa, sb = next_state(a), next_state(b)
@@ -92,19 +84,19 @@ def test_front_back_graphs_give_the_fused_graph(exported_pair):
 
 @pytest.mark.parametrize("variant", ["no_gcn", "no_stu", "no_khp"])
 def test_pair_export_of_ablations(variant, tmp_path):
-    """Without the GCN the back takes no keypoints, without audio no mid.audio."""
+    """Without the GCN the back takes no keypoints, without audio no audio hand-over."""
     torch.manual_seed(4)
     p = Performer(ablate(preset("tiny"), variant)).eval()
     export_onnx(p, tmp_path, stages=False, cqt=False)
     tb, pair = TorchBackend(p), OrtBackend(tmp_path, pipeline=True)
     names = {t["name"] for t in json.loads((tmp_path / "manifest.json").read_text())["graphs"]["back"]["inputs"]}
     assert ("keypoints" in names) == p.cfg.stu.use_gcn
-    assert ("mid.audio" in names) == p.cfg.stu.use_audio
+    assert (mid_name("audio") in names) == p.cfg.stu.use_audio
     st = tb.init_state(1)
     rng = np.random.default_rng(5)
     for _ in range(5):
         w = rng.random((1, 84, 87), np.float32)
-        a, b = tb.step(feeds_for(w, st)), pair.step(feeds_for(w, st))
+        a, b = tb.step(feeds({"window": w}, st)), pair.step(feeds({"window": w}, st))
         assert max(float(np.abs(a[k] - b[k]).max()) for k in a) <= 1e-4
         st = next_state(a)
 

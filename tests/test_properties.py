@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import music_signal
+from helpers import music_signal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -28,6 +28,7 @@ from letsplay.models.features import StreamingCQT
 from letsplay.models.performer import Performer
 from letsplay.models.presets import preset
 from letsplay.models.spec import AudioSpec
+from letsplay.models.stepping import feeds, state_out_name
 from letsplay.realtime.backends import BackendError, OrtBackend
 
 SR = 44100
@@ -221,12 +222,11 @@ def test_edited_manifest_loads_or_raises_a_manifest_error(export_dir, scratch, d
         return
     # loaded: what the manifest says is what runs
     st0 = b.init_state(1)
-    out = b.step({"window": np.zeros((1, m.audio.n_bins, m.audio.window_columns), np.float32),
-                  **{"state_in." + k: v for k, v in st0.items()}})
+    out = b.step(feeds({"window": np.zeros((1, m.audio.n_bins, m.audio.window_columns), np.float32)}, st0))
     assert out["frame"].shape == (1, 3, m.video.height, m.video.width), done
     assert all(np.isfinite(v).all() for v in out.values())
     for k, v in st0.items():
-        assert out["state_out." + k].shape == v.shape
+        assert out[state_out_name(k)].shape == v.shape
 
 
 def test_unedited_manifest_loads(export_dir, scratch):
@@ -239,6 +239,5 @@ def test_unedited_manifest_loads(export_dir, scratch):
     d["comment"] = "added by hand"
     (folder / "manifest.json").write_text(json.dumps(d))
     b = OrtBackend(folder)
-    out = b.step({"window": np.zeros((1, 84, 87), np.float32),
-                  **{"state_in." + k: v for k, v in b.init_state(1).items()}})
+    out = b.step(feeds({"window": np.zeros((1, 84, 87), np.float32)}, b.init_state(1)))
     assert out["frame"].shape == (1, 3, 32, 32)

@@ -8,10 +8,12 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import music_signal
+from helpers import music_signal
 
 from letsplay.export.onnx import ManifestError, export_onnx, read_manifest, sha256_file
-from letsplay.export.quantize import add_variants, psnr, windows_from_audio
+from letsplay.export.quantize import add_variants, psnr
+from letsplay.models.features import windows_from_audio
+from letsplay.models.stepping import feeds, next_state, state_out_name
 from letsplay.realtime.backends import BackendError, OrtBackend, describe
 
 N_EVAL = 30
@@ -48,8 +50,8 @@ def _run(b: OrtBackend, windows: np.ndarray) -> list[dict[str, np.ndarray]]:
     st = b.init_state(1)
     outs = []
     for w in windows:
-        o = b.step({"window": w[None], **{"state_in." + k: v for k, v in st.items()}})
-        st = {k: o["state_out." + k] for k in st}
+        o = b.step(feeds({"window": w[None]}, st))
+        st = next_state(o, st)
         outs.append(o)
     return outs
 
@@ -80,7 +82,7 @@ def test_variant_runs_through_ort_backend(variants, windows, precision):
         assert o["frame"].shape == (1, 3, 32, 32) and o["keypoints"].shape == (1, 67, 2)
         assert all(np.isfinite(v).all() for v in o.values())
         for k, v in b.init_state(1).items():
-            assert o["state_out." + k].shape == v.shape
+            assert o[state_out_name(k)].shape == v.shape
 
 
 def test_report_psnr_is_from_the_real_frames(variants, windows):

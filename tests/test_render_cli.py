@@ -9,7 +9,7 @@ import av
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import music_signal
+from helpers import music_signal
 
 SR = 44100
 

@@ -34,7 +34,7 @@ import av
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import music_signal
+from helpers import music_signal
 from pulse import pulse_available, start_pulse
 
 from letsplay.models.spec import AudioSpec, VideoSpec
@@ -408,7 +408,7 @@ FULL_DISK = textwrap.dedent("""
     import json, logging, resource, signal, sys
     import torch
     sys.path.insert(0, "tests")
-    from conftest import music_signal
+    from helpers import music_signal
     from letsplay.models.performer import Performer
     from letsplay.models.presets import preset
     from letsplay.realtime.backends import TorchBackend

@@ -35,12 +35,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import music_signal
+from helpers import music_signal
 
 from letsplay.export.onnx import ManifestError, export_onnx, read_manifest, sha256_file
 from letsplay.models.audio import AudioError, audio_info, load_audio
 from letsplay.models.performer import CheckpointError, Performer, read_checkpoint
-from letsplay.realtime.backends import BackendError, OrtBackend, TorchBackend, make_backend
+from letsplay.models.stepping import feeds, next_state
+from letsplay.realtime.backends import BackendError, BackendOptions, OrtBackend, TorchBackend
+from letsplay.realtime.backends import open_backend as open_with_options
 from letsplay.realtime.engine import Engine, EngineConfig
 from letsplay.realtime.performers import open_backend, resolve_performer
 from letsplay.realtime.sinks import CallbackSink
@@ -167,8 +169,8 @@ def test_shipped_performer_on_silence_is_finite():
     b = TorchBackend(Performer.load(resolve_performer("cello").path))
     st = b.init_state(1)
     for _ in range(3):
-        out = b.step({"window": np.zeros((1, 84, 87), np.float32), **{"state_in." + k: v for k, v in st.items()}})
-        st = {k: out["state_out." + k] for k in st}
+        out = b.step(feeds({"window": np.zeros((1, 84, 87), np.float32)}, st))
+        st = next_state(out, st)
         assert all(np.isfinite(v).all() for v in out.values())
 
 
@@ -367,7 +369,7 @@ def test_hostile_pickles_are_refused_by_the_library(hostile, tmp_path, monkeypat
         with pytest.raises(CheckpointError, match="not a readable safetensors file"):
             read_checkpoint(p)
         with pytest.raises(CheckpointError, match="not a readable safetensors file"):
-            make_backend("torch", performer_path=p)
+            open_with_options(p, BackendOptions(backend="torch"))
         for backend in ("torch", "onnxruntime", "auto"):  # onnxruntime / auto export it first: refused there
             with pytest.raises(CheckpointError, match="not a readable safetensors file"):
                 open_backend(resolve_performer(str(p)), backend)

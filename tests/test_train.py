@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import synth_tiny
+from helpers import synth_tiny
 
 from letsplay.models.evaluate import evaluate, held_out_clips
 from letsplay.models.performer import Performer
@@ -143,7 +143,8 @@ def test_rank_shards_partition_the_one_process_batch(dataset: Path) -> None:
     sampler's batches across epochs and for the KP lanes, also when lanes move on to new
     clips -- so 2 ranks x batch 2 read exactly the sequences of 1 process x batch 4."""
     from letsplay.models.data.torch_dataset import PerformanceDataset, open_sources
-    from letsplay.models.train import Batches, Dist, Lanes
+    from letsplay.models.train import Dist
+    from letsplay.models.train_data import Batches, Lanes
 
     mcfg = preset("tiny", "cello")
     clips = open_sources(dataset, split="train")

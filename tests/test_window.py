@@ -14,7 +14,7 @@ import av
 import numpy as np
 import pytest
 import torch
-from conftest import music_signal
+from helpers import music_signal
 
 pytest.importorskip("PyQt6.QtWidgets", reason="PyQt6 is not installed (pip install pyqt6)")
 pytest.importorskip("pytestqt", reason="pytest-qt is not installed")
@@ -31,7 +31,7 @@ from letsplay.realtime.engine import Engine, EngineConfig  # noqa: E402
 from letsplay.realtime.sinks import CallbackSink, Mp4Recorder  # noqa: E402
 from letsplay.realtime.sources import ArraySource, MicSource  # noqa: E402
 from letsplay.ui import window as window_mod  # noqa: E402
-from letsplay.ui.window import LatestFrame, LetsplayWindow, SessionSinks  # noqa: E402
+from letsplay.ui.window import LetsplayWindow  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -111,24 +111,6 @@ def qimage_rgb(img: QImage) -> np.ndarray:
 def read_mp4_frames(path):
     with av.open(str(path)) as c:
         return [f.pts * f.time_base for f in c.decode(c.streams.video[0])]
-
-
-# --------------------------------------------------------------------------- handoff
-
-
-def test_latest_frame_keeps_only_the_newest():
-    from letsplay.realtime.sinks import FrameOut
-
-    slot = LatestFrame()
-    frame = np.zeros((4, 4, 3), np.uint8)
-    kp = np.zeros((67, 2), np.float32)
-    assert slot.take() is None
-    for i in range(3):
-        slot.write_frame(FrameOut(i, i / 30, frame, kp))
-    slot.write_frame(FrameOut(9, 0.3, frame, kp, stream=1))  # another stream: not shown
-    assert slot.take().index == 2
-    assert slot.take() is None
-    assert (slot.received, slot.replaced) == (3, 2)
 
 
 # --------------------------------------------------------------------------- frames & stats
@@ -398,39 +380,3 @@ def test_slow_model_does_not_slow_the_window(make_window, qtbot, performer):
         b.gate.set()
     view0 = w.view.paints
     qtbot.waitUntil(lambda: w.engine.stats.frames > frames0 and w.view.paints > view0, timeout=WAIT_MS)
-
-
-def test_session_sinks_follow_on_across_runs():
-    """A second run's frame 0 and sample 0 land after the first run's end."""
-    from letsplay.models.spec import AudioSpec
-    from letsplay.realtime.sinks import FrameOut
-
-    seen = []
-
-    class Probe:
-        def open(self, audio, video):
-            seen.append(("open",))
-
-        def write_frame(self, f):
-            seen.append(("frame", f.index, f.time))
-
-        def write_audio(self, x, start):
-            seen.append(("audio", start, len(x)))
-
-        def close(self):
-            seen.append(("close",))
-
-    s = SessionSinks([Probe()])
-    audio, video = AudioSpec(), VideoSpec(height=8, width=8)
-    fr = np.zeros((8, 8, 3), np.uint8)
-    kp = np.zeros((67, 2), np.float32)
-    s.open(audio, video)
-    s.write_audio(np.zeros(1470 * 3, np.float32), 0)
-    s.write_frame(FrameOut(2, 2 / 30, fr, kp))
-    s.close()  # end of run 1: nothing is closed
-    s.open(audio, video)  # run 2 starts at frame 3 = sample 4410
-    s.write_audio(np.zeros(10, np.float32), 0)
-    s.write_frame(FrameOut(0, 0.0, fr, kp))
-    s.finish()
-    assert seen == [("open",), ("audio", 0, 4410), ("frame", 2, 2 / 30), ("audio", 4410, 10),
-                    ("frame", 3, 0.1), ("close",)]

@@ -82,20 +82,19 @@ def live_check(seconds: float = LIVE_SECONDS, threads: int | None = None) -> dic
     the time per frame and the verdict line for ``live`` at :data:`LIVE_FPS`."""
     import torch
 
-    from letsplay.realtime.backends import describe
+    from letsplay.realtime.backends import BackendOptions, describe, open_backend
     from letsplay.realtime.demo import demo_audio
     from letsplay.realtime.engine import Engine, EngineConfig
-    from letsplay.realtime.performers import open_backend, resolve_performer
+    from letsplay.realtime.performers import resolve_performer
     from letsplay.realtime.sources import ArraySource
 
     ref = resolve_performer(None)
-    backend = open_backend(ref, "auto", threads=threads, pipeline=None)
+    backend = open_backend(ref, BackendOptions(backend="auto", threads=threads, pipeline=None))
     held = torch.get_num_threads()
-    if getattr(backend, "pipeline", False) and not threads:
+    if backend.pipeline and not threads:
         torch.set_num_threads(1)  # as live does: one core per half
     try:
-        spec = backend.cfg if hasattr(backend, "cfg") else backend.manifest
-        audio, video = spec.audio, spec.video
+        audio, video = backend.audio, backend.video
         src = ArraySource(demo_audio(ref.name, audio.sample_rate, seconds), audio.sample_rate)
         eng = Engine(backend, audio, video, src, config=EngineConfig(realtime=False))
         stats = eng.run()

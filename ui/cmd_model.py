@@ -76,7 +76,7 @@ def _build(args: argparse.Namespace) -> Any:
 def _run_info(args: argparse.Namespace) -> int:
     import torch
 
-    from letsplay.models.performer import measure_step, stage_costs
+    from letsplay.models.cost import measure_step, stage_costs
 
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads} (leave it out for torch's choice)")

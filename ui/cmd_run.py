@@ -75,21 +75,15 @@ def _open(args: argparse.Namespace):
                              f"with --instrument; drop one of the two")
     backend = open_backend(ref, args.backend, args.compute, args.allow_fallback, args.threads, args.precision,
                            cuda_graph=args.cuda_graph, pipeline={"auto": None, "on": True, "off": False}[args.pipeline])
-    if getattr(backend, "pipeline", False) and not args.threads:
+    if backend.pipeline and not args.threads:
         import torch
 
         torch.set_num_threads(1)  # one core per half; the CQT's torch ops must not spin on the other
-    audio, video = _specs(backend)
+    audio, video = backend.audio, backend.video
     if args.lookahead is not None:
         video = dataclasses.replace(video, lookahead_ms=float(args.lookahead))
     print(f"performer {ref.name} ({ref.path}); backend {describe(backend)}", file=sys.stderr)
     return ref, backend, audio, video
-
-
-def _specs(backend):
-    if hasattr(backend, "cfg"):
-        return backend.cfg.audio, backend.cfg.video
-    return backend.manifest.audio, backend.manifest.video
 
 
 # --------------------------------------------------------------------------- checks before any work
@@ -733,9 +727,8 @@ def _run_export(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from letsplay.export.onnx import export_onnx, sha256_file
+    from letsplay.export.onnx import export_onnx, parity, sha256_file
     from letsplay.models.performer import Performer
-    from letsplay.realtime.backends import OrtBackend, TorchBackend
     from letsplay.realtime.performers import resolve_performer
 
     _check_settings(args)
@@ -761,17 +754,9 @@ def _run_export(args: argparse.Namespace) -> int:
                 progress=lambda name: (bar.set_postfix_str(name), bar.update(1)))
     bar.close()
     # Parity report: 100 frames of random windows, state fed back from the torch trajectory.
-    tb, ob = TorchBackend(model), OrtBackend(args.out)
     rng = np.random.default_rng(0)
-    st = tb.init_state(1)
-    worst: dict[str, float] = {}
-    for _ in range(100):
-        w = rng.random((1, model.cfg.audio.n_bins, model.cfg.audio.window_columns), dtype=np.float32)
-        feeds = {"window": w, **{"state_in." + k: v for k, v in st.items()}}
-        a, b = tb.step(feeds), ob.step(feeds)
-        st = {k: a["state_out." + k] for k in st}
-        for k in a:
-            worst[k] = max(worst.get(k, 0.0), float(np.abs(a[k] - b[k]).max()))
+    worst = parity(model, args.out, rng.random((100, model.cfg.audio.n_bins, model.cfg.audio.window_columns),
+                                               dtype=np.float32))
     print(f"exported {ref.name} to {args.out}; parity torch vs onnxruntime over 100 frames (max abs diff):")
     for k, v in worst.items():
         print(f"  {k:28s} {v:.2e}")
@@ -793,7 +778,8 @@ def _export_variants(args: argparse.Namespace, model) -> int:
     status 1 when a variant was refused for its quality."""
     from tqdm import tqdm
 
-    from letsplay.export.quantize import add_variants, windows_from_audio
+    from letsplay.export.quantize import add_variants
+    from letsplay.models.features import windows_from_audio
     from letsplay.realtime.demo import demo_audio
 
     cfg = model.cfg
