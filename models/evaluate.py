@@ -1,5 +1,5 @@
 """Evaluation on pieces held out from training (paper section IV, Tables I-III), every
-figure beside its trivial baseline, and the ablation study.
+figure beside its trivial baseline (the ablation study is :mod:`letsplay.models.ablation`).
 
 Frames are generated the way the engine makes them: :meth:`Performer.step` frame by
 frame over whole held-out clips, state carried from the clip's first frame, noise z = 0.
@@ -40,7 +40,7 @@ Keypoints:
 * ``kp_dist`` -- mean Euclidean distance between predicted and real keypoints in
   normalised coordinates (Table II), over points the data has (confidence > 0);
 * ``sync`` -- do the bowing / sliding hand's motion events fall on the note onsets?
-  :func:`motion_events` finds the events (speed minima of the right wrist after real
+  (:mod:`letsplay.models.sync`) :func:`motion_events` finds the events (speed minima of the right wrist after real
   travel: bow reversals, slide arrivals), :func:`sync_counts` matches them one to one
   with the onset frames within +-:data:`SYNC_TOLERANCE` frames and :func:`pool_sync`
   turns the counts into an F1, its chance level and the chance-corrected
@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import math
 import time
@@ -70,7 +69,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from letsplay.models.performer import Performer, PerformerState
-from letsplay.models.skeleton import BODY_25_NAMES
+from letsplay.models.sync import SyncCounts, SyncScore, motion_events, onset_frames, pool_sync, sync_counts
 
 log = logging.getLogger(__name__)
 
@@ -78,41 +77,6 @@ ROW_NAMES = ("model", "still_picture", "still_pose", "renderer_only", "ground_tr
 ROW_LABELS = {"model": "model", "still_picture": "still picture", "still_pose": "still pose",
               "renderer_only": "renderer only", "ground_truth": "ground truth"}
 MOVING_THRESHOLD = 0.05  # a pixel moves where the real frame differs from the still picture by more
-
-RIGHT_WRIST = BODY_25_NAMES.index("r_wrist")  # the bowing hand (cello) and the slide hand (trombone)
-SYNC_TOLERANCE = 2  # frames either side of an onset an event may fall and still match it
-SYNC_MAX_LAG = 15  # frames; the best lag is searched in [-SYNC_MAX_LAG, SYNC_MAX_LAG]
-SYNC_CHANCE_DRAWS = 200  # random placements averaged for the chance level
-
-
-@dataclass(frozen=True)
-class EventDetector:
-    """Thresholds of :func:`motion_events` for one instrument (normalised units: a
-    fraction of the frame's width / height, per frame).
-
-    ``min_travel`` is the wrist's path length (of its smoothed track) needed since the
-    previous event: a speed minimum without real travel (the body's slow sway, a still
-    hand's noise floor) is no event. ``flat`` says which frames belong to one flat
-    bottom: those with speed within ``flat`` x (the peak speed since the previous event)
-    of the minimum's speed. A flat bottom is one event, at the frame where the motion
-    meets the note: the cello at its last frame (the new stroke starts there: a detached
-    note's bow rests between notes), the trombone at its first (the slide arrives).
-
-    Chosen on the synthetic performer's ground truth (random melodies and corpus pieces,
-    several identities), where they give the highest chance-corrected score; the
-    trombone's needs more travel because its hand rests between slide moves while the
-    body sways."""
-
-    min_travel: float
-    flat: float
-    snap_to_end: bool  # True: a flat bottom's last frame; False: its first
-
-
-EVENT_DETECTORS: dict[str, EventDetector] = {
-    "cello": EventDetector(min_travel=0.005, flat=0.05, snap_to_end=True),
-    "trombone": EventDetector(min_travel=0.02, flat=0.2, snap_to_end=False),
-}
-
 
 # --------------------------------------------------------------------------- image metrics
 
@@ -198,182 +162,6 @@ def moving_mask(real: Tensor, still: Tensor, threshold: float = MOVING_THRESHOLD
     """Pixels that move: ``[T, 3, H, W]`` frames and their ``[3, H, W]`` still picture in
     [0, 1] -> bool ``[T, H, W]``, True where any channel differs by more than ``threshold``."""
     return ((real - still[None]).abs() > threshold).any(dim=1)
-
-
-# --------------------------------------------------------------------------- motion sync
-
-
-def motion_events(kp: np.ndarray, instrument: str) -> np.ndarray:
-    """Frames with a motion event of the right wrist in keypoints ``[T, 67, 2]`` -> bool ``[T]``.
-
-    The wrist's track is smoothed lightly (a [1, 2, 1] / 4 filter), its speed taken per
-    frame; a frame is an event where the speed has a local minimum and the wrist has
-    travelled at least :attr:`EventDetector.min_travel` since the previous event (flat
-    bottoms resolved as :class:`EventDetector` says). A still pose has no events; a
-    jittering wrist has events at random frames."""
-    if instrument not in EVENT_DETECTORS:
-        raise ValueError(f"no motion event detector for instrument {instrument!r}; "
-                         f"known: {', '.join(EVENT_DETECTORS)}")
-    kp = np.asarray(kp)
-    if kp.ndim != 3 or kp.shape[1] <= RIGHT_WRIST or kp.shape[2] != 2:
-        raise ValueError(f"keypoints must be [T, 67, 2], got {kp.shape}")
-    det = EVENT_DETECTORS[instrument]
-    w = kp[:, RIGHT_WRIST].astype(np.float64)
-    T = len(w)
-    ev = np.zeros(T, bool)
-    if T < 3:
-        return ev
-    w[1:-1] = (w[:-2] + 2 * w[1:-1] + w[2:]) / 4
-    s = np.empty(T)
-    s[1:] = np.linalg.norm(np.diff(w, axis=0), axis=1)  # s[t]: speed between t - 1 and t
-    s[0] = s[1]
-    travel = np.cumsum(s)
-    last, t = 0, 1
-    while t < T - 1:
-        if s[t] < s[t - 1] and s[t] <= s[t + 1] and travel[t] - travel[last] >= det.min_travel:
-            level = s[t] + det.flat * s[last:t + 1].max()
-            a = b = t
-            while a > last + 1 and s[a - 1] <= level:
-                a -= 1
-            while b < T - 1 and s[b + 1] <= level:
-                b += 1
-            e = b if det.snap_to_end else a
-            ev[e] = True
-            last = e
-            t = max(t, e) + 1
-            continue
-        t += 1
-    return ev
-
-
-def onset_frames(notes: list[Any], fps: float, n_frames: int) -> np.ndarray:
-    """Sorted unique onset frames (``round(onset * fps)``) inside ``[0, n_frames)`` of
-    notes ``(onset_s, duration_s, pitch, velocity)`` (tuples or objects with ``.onset``)."""
-    on = [float(n.onset if hasattr(n, "onset") else n[0]) for n in notes]
-    f = np.unique(np.round(np.asarray(on, dtype=np.float64) * fps).astype(np.int64))
-    return f[(f >= 0) & (f < n_frames)]
-
-
-def _matches(events: np.ndarray, onsets: np.ndarray, tol: int) -> tuple[int, int]:
-    """(matches, summed |event - onset| of the matched pairs) of the largest one-to-one
-    matching of sorted event and onset frames with ``|event - onset| <= tol`` (greedy in
-    time order, which is optimal on a line)."""
-    i = j = m = off = 0
-    while i < len(events) and j < len(onsets):
-        if onsets[j] < events[i] - tol:
-            j += 1
-        elif onsets[j] > events[i] + tol:
-            i += 1
-        else:
-            m, off = m + 1, off + abs(int(events[i]) - int(onsets[j]))
-            i, j = i + 1, j + 1
-    return m, off
-
-
-def _f1(matched: float, events: float, onsets: float) -> float:
-    return 0.0 if events + onsets == 0 else 2.0 * matched / (events + onsets)
-
-
-@dataclass(frozen=True)
-class SyncCounts:
-    """One clip's (or several clips' pooled) matching counts; see :func:`sync_counts`."""
-
-    matched: int  # events matched to onsets at lag 0 (true positives)
-    events: int
-    onsets: int
-    chance_events: int  # events per random draw: ``events``, or ``onsets`` for a hand that never moves
-    chance_matched: tuple[int, ...]  # matches of each random draw
-    lag_matched: tuple[int, ...]  # matches at each lag in [-max_lag, max_lag]
-    lag_offset: tuple[int, ...]  # summed |event - onset| of those matches (the best lag's tie-break)
-
-
-@dataclass(frozen=True)
-class SyncScore:
-    """Pooled sync figures (:func:`pool_sync`)."""
-
-    f1: float  # at lag 0
-    chance: float  # mean F1 of random event placements
-    c: float  # (f1 - chance) / (1 - chance)
-    best_lag: int  # frames in [-max_lag, max_lag]; positive = the motion comes after the onset
-    f1_best_lag: float
-    matched: int
-    events: int
-    onsets: int
-
-
-def sync_counts(events: np.ndarray, onsets: np.ndarray, n_frames: int, tolerance: int = SYNC_TOLERANCE,
-                max_lag: int = SYNC_MAX_LAG, draws: int = SYNC_CHANCE_DRAWS, seed: int = 0) -> SyncCounts:
-    """Match one clip's event frames with its onset frames.
-
-    ``events``: bool ``[n_frames]`` (as from :func:`motion_events`) or event frame
-    indices in ``[0, n_frames)``; ``onsets``: onset frames. An event matches at most one
-    onset and vice versa, within +-``tolerance`` frames. At lag ``L`` the events are moved
-    by ``-L`` frames before matching, so a positive best lag means the motion comes after
-    the onset.
-
-    Chance: ``draws`` seeded placements of as many events at random frames of the clip,
-    spaced like the scored events -- the gaps between consecutive events (circularly,
-    the last to the first around the clip's end) shuffled, and the whole train started
-    at a random frame. Keeping the gaps matters: a detector's events never crowd (each
-    needs travel since the last), uniformly random frames do, and a hand jittering
-    evenly would then beat "chance" by coverage alone. A clip without events is compared
-    with random events spaced like its onsets: a hand that never moves scores below chance."""
-    if n_frames < 1:
-        raise ValueError(f"n_frames must be >= 1, got {n_frames}")
-    ev = np.asarray(events)
-    if ev.dtype == bool:
-        if ev.shape != (n_frames,):
-            raise ValueError(f"a bool event mask must have n_frames = {n_frames} entries, got shape {ev.shape}")
-        ev = np.flatnonzero(ev)
-    ev = np.unique(ev.astype(np.int64))
-    if len(ev) and (ev[0] < 0 or ev[-1] >= n_frames):
-        raise ValueError(f"event frames must lie in [0, {n_frames}); got {ev[0]}..{ev[-1]}")
-    on = np.unique(np.asarray(onsets, dtype=np.int64))
-    base = ev if len(ev) else on[(on >= 0) & (on < n_frames)]
-    chance: list[int] = []
-    if len(base):
-        gaps = np.diff(np.append(base, base[0] + n_frames))  # circular gaps, summing to n_frames
-        rng = np.random.default_rng(seed)
-        for _ in range(draws):
-            pos = np.sort((int(rng.integers(n_frames)) + np.cumsum(rng.permutation(gaps))) % n_frames)
-            chance.append(_matches(pos, on, tolerance)[0])
-    else:
-        chance = [0] * draws
-    lags = [_matches(ev - lag, on, tolerance) for lag in range(-max_lag, max_lag + 1)]
-    return SyncCounts(matched=_matches(ev, on, tolerance)[0], events=len(ev), onsets=len(on),
-                      chance_events=len(base), chance_matched=tuple(chance),
-                      lag_matched=tuple(m for m, _ in lags), lag_offset=tuple(o for _, o in lags))
-
-
-def pool_sync(counts: list[SyncCounts]) -> SyncScore | None:
-    """Clips' counts -> one score, None when there are no onsets at all.
-
-    Matches, events and onsets are summed over clips and the F1 taken of the sums (so a
-    clip weighs by its notes and events). Chance is the mean over draws of the F1 of
-    the summed random-draw counts (draw i of every clip together); the best lag is the
-    lag whose summed matches give the highest F1; among equal F1 (the tolerance makes
-    plateaus) the one whose matched pairs lie closest together, then the smallest |lag|."""
-    if not counts or sum(c.onsets for c in counts) == 0:
-        return None
-    matched, events, onsets = (sum(getattr(c, k) for c in counts) for k in ("matched", "events", "onsets"))
-    chance_events = sum(c.chance_events for c in counts)
-    draws = np.sum([c.chance_matched for c in counts], axis=0)
-    chance = float(np.mean([_f1(m, chance_events, onsets) for m in draws]))
-    f1 = _f1(matched, events, onsets)
-    lag_m = np.sum([c.lag_matched for c in counts], axis=0)
-    max_lag = (len(lag_m) - 1) // 2
-    f1_lag = np.array([_f1(m, events, onsets) for m in lag_m])
-    lags = np.arange(-max_lag, max_lag + 1)
-    offset = np.sum([c.lag_offset for c in counts], axis=0) / np.maximum(lag_m, 1)
-    best = int(np.lexsort((np.abs(lags), offset, -f1_lag))[0])
-    c = (f1 - chance) / (1.0 - chance) if chance < 1.0 else 0.0
-    return SyncScore(f1=f1, chance=chance, c=float(c), best_lag=int(lags[best]), f1_best_lag=float(f1_lag[best]),
-                     matched=matched, events=events, onsets=onsets)
-
-
-def score_events(events: np.ndarray, onsets: np.ndarray, n_frames: int, **kw: Any) -> SyncScore | None:
-    """:func:`pool_sync` of one clip's :func:`sync_counts` (same keywords)."""
-    return pool_sync([sync_counts(events, onsets, n_frames, **kw)])
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -719,140 +507,3 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "
     model = Performer.load(checkpoint)
     return evaluate(model, held_out_clips(data, split, model.cfg.instrument), max_seconds, device, strip=strip,
                     renderer_only=renderer_only, progress=progress)
-
-
-# --------------------------------------------------------------------------- ablations
-
-# The paper's published numbers (Tables I and II; Table III's "Ours" equals Table I's).
-PAPER_TABLE_I: dict[str, dict[str, tuple[float, float]]] = {  # variant -> instrument -> (PSNR, SSIM)
-    "no_cvg": {"cello": (15.073, 0.306), "trombone": (13.563, 0.206)},
-    "no_khp": {"cello": (15.191, 0.465), "trombone": (14.753, 0.305)},
-    "no_stu": {"cello": (15.767, 0.536), "trombone": (14.656, 0.362)},
-    "no_gcn": {"cello": (16.253, 0.551), "trombone": (15.572, 0.395)},
-    "no_gru": {"cello": (16.437, 0.548), "trombone": (15.519, 0.395)},
-    "full": {"cello": (17.073, 0.563), "trombone": (15.910, 0.397)},
-}
-PAPER_TABLE_II: dict[str, dict[str, float]] = {  # variant -> instrument -> mean keypoint distance
-    "kp_baseline": {"cello": 0.164, "trombone": 0.598},  # no avg condition, no DLT
-    "kp_no_dlt": {"cello": 0.151, "trombone": 0.427},  # + avg condition
-    "kp_no_avg": {"cello": 0.152, "trombone": 0.490},  # + DLT
-    "full": {"cello": 0.117, "trombone": 0.392},
-}
-TABLE_I_ROWS = (("no_cvg", "(a) w/o CVG"), ("no_khp", "(b) w/o KHP"), ("no_stu", "(c) w/o STU"),
-                ("no_gcn", "(d) w/o GCN"), ("no_gru", "(e) w/o CNN-GRU"), ("full", "Ours"))
-TABLE_II_ROWS = (("kp_baseline", "Baseline"), ("kp_no_dlt", "+ avg. condition"), ("kp_no_avg", "+ DLT"),
-                 ("full", "Ours"))
-TABLE_I_VARIANTS = tuple(v for v, _ in TABLE_I_ROWS)
-TABLE_II_VARIANTS = ("kp_baseline", "kp_no_dlt", "kp_no_avg")
-
-
-def variant_config(preset_name: str, instrument: str, variant: str) -> Any:
-    from letsplay.models.presets import ablate, preset
-
-    cfg = preset(preset_name, instrument=instrument)
-    if variant == "full":
-        return cfg
-    if variant == "kp_baseline":
-        return dataclasses.replace(ablate(ablate(cfg, "kp_no_avg"), "kp_no_dlt"), preset=f"{preset_name}+kp_baseline")
-    return ablate(cfg, variant)
-
-
-def run_ablations(datas: list[str], preset_name: str, train_cfg: Any, out: str | Path,
-                  variants: list[str] | None = None, split: str = "test", max_seconds: float | None = None,
-                  device: str | None = None) -> dict[str, Any]:
-    """Train and evaluate the Table I variants (whole recipe) and the Table II variants
-    (the KP stage alone, with the same KP step budget as the full model's) for each
-    dataset's instrument; write ``ablation.json`` and ``ablation.md`` into ``out``."""
-    from letsplay.models.data.torch_dataset import open_sources
-    from letsplay.models.train import schedule, train
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    results: dict[str, dict[str, dict[str, Any]]] = {}
-    res_path = out / "ablation.json"
-    if res_path.is_file():  # finished variants of an earlier, interrupted run are kept
-        results = json.loads(res_path.read_text()).get("results", {})
-        for inst, recs in results.items():  # records of an older format are evaluated again
-            stale = [v for v, r in recs.items() if "rows" not in r]
-            for v in stale:
-                log.info("ablation %s / %s: result of an older format; evaluating again", inst, v)
-                del recs[v]
-    kp_steps = next((e - s for name, s, e in schedule(train_cfg) if name == "kp"), train_cfg.steps)
-    for data in datas:
-        instrument = open_sources(data, split="train")[0].instrument
-        clips = held_out_clips(data, split, instrument)
-        for v in variants or (*TABLE_I_VARIANTS, *TABLE_II_VARIANTS):
-            if v in results.get(instrument, {}):
-                continue
-            kp_only = v in TABLE_II_VARIANTS
-            tc = dataclasses.replace(train_cfg, stage="kp", steps=kp_steps) if kp_only else train_cfg
-            run_dir = out / instrument / v
-            log.info("ablation %s / %s: training %d steps", instrument, v, tc.steps)
-            tr = train(variant_config(preset_name, instrument, v), tc, data, run_dir, resume=True, device=device,
-                       progress=False)
-            model = Performer.load(tr.performer_path)
-            ev = evaluate(model, clips, max_seconds, device or "cpu", kp_only=kp_only, progress=False,
-                          renderer_only=False)
-            rec = ev.to_dict()
-            rec.pop("per_clip")
-            rec.update(train_steps=tr.step, train_wall_s=tr.wall_s)
-            results.setdefault(instrument, {})[v] = rec
-            res_path.write_text(json.dumps({"preset": preset_name, "train": train_cfg.to_dict(),
-                                            "results": results}, indent=1, default=_nan_none))
-    md = ablation_markdown(results, preset_name, train_cfg.steps)
-    (out / "ablation.md").write_text(md)
-    return {"results": results, "markdown": md}
-
-
-def _nan_none(x: Any) -> Any:
-    return None
-
-
-def _f(x: Any, nd: int) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
-
-
-def _row(rec: dict[str, Any], row: str = "model") -> dict[str, Any]:
-    return (rec.get("rows") or {}).get(row) or {}
-
-
-def _sync_c(rec: dict[str, Any], row: str = "model") -> Any:
-    return (_row(rec, row).get("sync") or {}).get("c")
-
-
-def ablation_markdown(results: dict[str, dict[str, dict[str, Any]]], preset_name: str, steps: int) -> str:
-    """Tables I and II as Markdown: ours beside the paper's, the trivial baselines (the
-    full variant's still picture and still pose) and the sync score C (module docstring)."""
-    insts = [i for i in ("cello", "trombone") if i in results]
-    lines = [f"**Table I** (ours: preset `{preset_name}`, {steps} steps, held-out pieces; paper: Sub-URMP)", "",
-             "| variant | " + " | ".join(f"{i} PSNR ours / paper | {i} SSIM ours / paper" for i in insts) + " |",
-             "| --- |" + " --- | --- |" * len(insts)]
-    for v, label in TABLE_I_ROWS:
-        cells = []
-        for i in insts:
-            r = _row(results[i].get(v, {}))
-            p = PAPER_TABLE_I[v][i]
-            cells += [f"{_f(r.get('psnr'), 2)} / {p[0]:.2f}", f"{_f(r.get('ssim'), 3)} / {p[1]:.3f}"]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    cells = []
-    for i in insts:
-        r = _row(results[i].get("full", {}), "still_picture")
-        cells += [f"{_f(r.get('psnr'), 2)} / -", f"{_f(r.get('ssim'), 3)} / -"]
-    lines.append("| Still picture (baseline) | " + " | ".join(cells) + " |")
-    lines += ["", "**Table II** mean keypoint distance (normalised coordinates; lower is better) and sync C "
-              "(0 = chance, 1 = every motion event on a note onset)", "",
-              "| variant | " + " | ".join(f"{i} ours / paper | {i} sync C" for i in insts) + " |",
-              "| --- |" + " --- | --- |" * len(insts)]
-    for v, label in TABLE_II_ROWS:
-        cells = []
-        for i in insts:
-            rec = results[i].get(v, {})
-            cells += [f"{_f(_row(rec).get('kp_dist'), 4)} / {PAPER_TABLE_II[v][i]:.3f}", _f(_sync_c(rec), 3)]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    for row, label in (("still_pose", "Still pose (baseline)"), ("ground_truth", "Ground truth (ceiling)")):
-        cells = []
-        for i in insts:
-            rec = results[i].get("full", {})
-            cells += [f"{_f(_row(rec, row).get('kp_dist'), 4)} / -", _f(_sync_c(rec, row), 3)]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"

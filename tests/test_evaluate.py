@@ -16,26 +16,22 @@ import pytest
 import torch
 from helpers import synth_tiny
 
+from letsplay.models.ablation import ablation_markdown
 from letsplay.models.data.performer_motion import Body, perform
 from letsplay.models.data.scores import random_melody
 from letsplay.models.evaluate import (
     ROW_NAMES,
-    ablation_markdown,
     evaluate,
     held_out_clips,
-    motion_events,
     moving_mask,
     nyquist_energy,
-    onset_frames,
-    pool_sync,
     psnr,
     result_table,
-    score_events,
     ssim,
     still_picture,
-    sync_counts,
 )
 from letsplay.models.spec import VideoSpec
+from letsplay.models.sync import motion_events, onset_frames, pool_sync, score_events, sync_counts
 
 FPS = 30.0
 SECONDS = 15.0

@@ -12,10 +12,11 @@ Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[a
 
 
 def _commands() -> list[Command]:
-    from letsplay.ui import cmd_audio, cmd_bench, cmd_data, cmd_model, cmd_run, cmd_train
+    from letsplay.ui import cmd_audio, cmd_bench, cmd_data, cmd_export, cmd_model, cmd_run, cmd_train
 
     cmds: list[Command] = []
     cmds += cmd_run.COMMANDS
+    cmds += cmd_export.COMMANDS
     cmds += cmd_audio.COMMANDS
     cmds += cmd_model.COMMANDS
     cmds += cmd_data.COMMANDS

@@ -168,7 +168,7 @@ def _add_ablate(p: argparse.ArgumentParser) -> None:
 
 
 def _run_ablate(args: argparse.Namespace) -> int:
-    from letsplay.models.evaluate import run_ablations
+    from letsplay.models.ablation import run_ablations
 
     _threads(args)
     tables = run_ablations(args.data, args.preset, _train_config(args, "all"), args.out, variants=args.variants,
