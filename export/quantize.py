@@ -65,6 +65,7 @@ from letsplay.export.onnx import (
     sha256_file,
 )
 from letsplay.models import stepping
+from letsplay.models.config import DictConfig
 from letsplay.models.stepping import STATE_IN, STATE_OUT
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ def variant_file(precision: str, graph: str = GRAPH) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class Int8Options:
+class Int8Options(DictConfig):
     """What the int8 variant quantizes, and how."""
 
     op_types: tuple[str, ...] = ("Conv", "Gemm", "MatMul")  # operator types given int8 weights / inputs
@@ -90,9 +91,6 @@ class Int8Options:
     reduce_range: bool = True  # 7-bit weights: no u8s8 saturation on x86 CPUs without VNNI (AVX2 only)
     calibrate_method: str = "percentile"  # percentile (99.999%: outliers clipped) | minmax | entropy
     exclude: tuple[str, ...] = ()  # further node names to keep float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
 
 
 class GraphRunner:

@@ -29,11 +29,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from letsplay.models.blocks import AudioEncoder, act, conv, kaiming_init
+from letsplay.models.config import DictConfig
 from letsplay.models.spec import AudioSpec
 
 
 @dataclass(frozen=True)
-class DiscriminatorConfig:
+class DiscriminatorConfig(DictConfig):
     base_channels: int = 64  # frame CNN width at the first layer, doubled per layer
     max_channels: int = 512  # cap on the doubling
     layers: int = 5  # stride-2 conv layers on the frame

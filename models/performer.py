@@ -35,17 +35,18 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from letsplay.models.coarse import CoarseConfig, CoarseState, CoarseVideoGenerator
+from letsplay.models.config import DictConfig
 from letsplay.models.keypoints import KeypointConfig, KeypointPredictor, KeypointState
 from letsplay.models.skeleton import INSTRUMENTS, heatmap_channels
 from letsplay.models.spec import AudioSpec, VideoSpec
-from letsplay.models.state import ConfigError, State, StateError, config_from_dict, config_to_dict
+from letsplay.models.state import State, StateError
 from letsplay.models.stepping import unroll
 from letsplay.models.stu import StructuredTemporalUNet, STUConfig, STUMid, STUState
 
@@ -60,7 +61,7 @@ class CheckpointError(ValueError):
 
 
 @dataclass(frozen=True)
-class PerformerConfig:
+class PerformerConfig(DictConfig):
     audio: AudioSpec = field(default_factory=AudioSpec)  # the CQT front end the model reads
     video: VideoSpec = field(default_factory=VideoSpec)  # output frame size and frame rate
     instrument: str = "cello"  # whose mean pose ("avg condition") KHP starts from
@@ -91,24 +92,6 @@ class PerformerConfig:
         """The STU's working (and heatmap) size: the video size / ``stu.out_upsample``."""
         s = self.stu.out_upsample
         return self.video.height // s, self.video.width // s
-
-    def to_dict(self) -> dict[str, Any]:
-        return config_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PerformerConfig:
-        return config_from_dict(cls, d)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, s: str) -> PerformerConfig:
-        try:
-            d = json.loads(s)
-        except (json.JSONDecodeError, TypeError) as e:
-            raise ConfigError(f"PerformerConfig JSON is not valid JSON ({e})") from e
-        return cls.from_dict(d)
 
 
 @dataclass(frozen=True)

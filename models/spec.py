@@ -19,11 +19,11 @@ audio up to that time, plus an optional lookahead that delays display by as much
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
+
+from letsplay.models.config import DictConfig
 
 Alignment = Literal["causal", "centered"]
 Scaling = Literal["magnitude", "log"]
@@ -45,8 +45,14 @@ def _check(cond: bool, msg: str) -> None:
 
 
 @dataclass(frozen=True)
-class AudioSpec:
-    """How audio becomes model input. Frozen; stored in every checkpoint and manifest."""
+class AudioSpec(DictConfig):
+    """How audio becomes model input. Frozen; stored in every checkpoint and manifest.
+
+    ``to_dict``/``from_dict``/``to_json``/``from_json`` follow :mod:`letsplay.models.config`'s
+    strict rules; reading errors are :class:`SpecError`.
+    """
+
+    config_error: ClassVar[type[ValueError]] = SpecError
 
     sample_rate: int = 44100  # Hz; all audio is resampled to this on load
     hop: int = 256  # samples between CQT columns (5.8 ms at 44.1 kHz)
@@ -94,24 +100,15 @@ class AudioSpec:
         """Audio time spanned by one model window of ``window_columns`` columns."""
         return self.window_columns * self.hop / self.sample_rate
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> AudioSpec:
-        return _from_dict(cls, d)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, s: str) -> AudioSpec:
-        return cls.from_dict(_loads(s, cls.__name__))
-
 
 @dataclass(frozen=True)
-class VideoSpec:
-    """The frame clock and frame size. Frozen; stored in every checkpoint and manifest."""
+class VideoSpec(DictConfig):
+    """The frame clock and frame size. Frozen; stored in every checkpoint and manifest.
+
+    Stored and read like :class:`AudioSpec` (errors are :class:`SpecError`).
+    """
+
+    config_error: ClassVar[type[ValueError]] = SpecError
 
     fps: float = 30.0  # frames per second; frame i is at time i / fps
     height: int = 256  # frame height in pixels (paper: 256)
@@ -132,46 +129,3 @@ class VideoSpec:
     def frame_time(self, i: int) -> float:
         """Display time of frame ``i`` in seconds (without the lookahead delay)."""
         return i / self.fps
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> VideoSpec:
-        return _from_dict(cls, d)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, s: str) -> VideoSpec:
-        return cls.from_dict(_loads(s, cls.__name__))
-
-
-def _loads(s: str, what: str) -> dict[str, Any]:
-    try:
-        d = json.loads(s)
-    except (json.JSONDecodeError, TypeError) as e:
-        raise SpecError(f"cannot read {what} from JSON ({e}); the stored spec is damaged") from e
-    if not isinstance(d, dict):
-        raise SpecError(f"{what} JSON must be an object, got {type(d).__name__}")
-    return d
-
-
-def _from_dict(cls: type, d: dict[str, Any]) -> Any:
-    if not isinstance(d, dict):
-        raise SpecError(f"{cls.__name__} must be given a dict, got {type(d).__name__}")
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - set(names))
-    if unknown:
-        raise SpecError(f"{cls.__name__}: unknown field(s) {unknown}; the file was written by "
-                        f"another letsplay version or edited by hand")
-    kwargs = {}
-    for k, v in d.items():
-        # JSON has no int/float distinction for whole floats: coerce to the field's type.
-        if names[k].type in ("int",) and isinstance(v, float) and v.is_integer():
-            v = int(v)
-        if names[k].type in ("float",) and isinstance(v, int) and not isinstance(v, bool):
-            v = float(v)
-        kwargs[k] = v
-    return cls(**kwargs)

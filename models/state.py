@@ -10,14 +10,14 @@ these names, prefixed as in :mod:`letsplay.models.stepping`, are the ONNX graphs
 inputs and outputs, so the exported graphs are stateless and the engine owns state. A field that an
 ablation does not need is ``None`` and simply absent from the dict.
 
-The second half of this file turns frozen config dataclasses into JSON-able dicts and
-back, strictly: unknown or mistyped fields are an error (checkpoints store configs).
+Frozen config dataclasses are turned into JSON-able dicts and back by
+:mod:`letsplay.models.config`; its ``ConfigError``, ``config_to_dict`` and
+``config_from_dict`` are re-exported here for older imports.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -25,8 +25,9 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor
 
+from letsplay.models.config import ConfigError, config_from_dict, config_to_dict
+
 S = TypeVar("S", bound="State")
-C = TypeVar("C")
 
 
 class StateError(ValueError):
@@ -111,91 +112,5 @@ class State:
 
 # --------------------------------------------------------------------------- configs
 
-
-class ConfigError(ValueError):
-    """A config dict has unknown, missing or mistyped fields."""
-
-
-def config_to_dict(cfg: Any) -> dict[str, Any]:
-    """A frozen config dataclass (possibly nested, with tuples) -> JSON-able dict."""
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(cfg):
-        v = getattr(cfg, f.name)
-        if hasattr(v, "to_dict"):
-            v = v.to_dict()
-        elif dataclasses.is_dataclass(v):
-            v = config_to_dict(v)
-        elif isinstance(v, tuple):
-            v = list(v)
-        out[f.name] = v
-    return out
-
-
-def _coerce(hint: Any, v: Any, where: str) -> Any:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if v is None and type(None) in args:
-            return None
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(a, v, where)
-            except ConfigError:
-                pass
-        raise ConfigError(f"{where}: {v!r} does not fit {hint}")
-    if origin is typing.Literal:
-        if v not in args:
-            raise ConfigError(f"{where}: {v!r} is not one of {list(args)}")
-        return v
-    if origin is tuple:
-        if not isinstance(v, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {v!r}")
-        item = args[0] if args else Any
-        return tuple(_coerce(item, x, where) for x in v)
-    if hint is Any:
-        return v
-    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-        if hasattr(hint, "from_dict"):
-            try:
-                return hint.from_dict(v)
-            except ValueError as e:
-                raise ConfigError(f"{where}: {e}") from e
-        return config_from_dict(hint, v, where)
-    if hint is bool:
-        if not isinstance(v, bool):
-            raise ConfigError(f"{where}: expected true/false, got {v!r}")
-        return v
-    if hint is int:
-        if isinstance(v, float) and v.is_integer():
-            v = int(v)
-        if not isinstance(v, int) or isinstance(v, bool):
-            raise ConfigError(f"{where}: expected an int, got {v!r}")
-        return v
-    if hint is float:
-        if not isinstance(v, (int, float)) or isinstance(v, bool):
-            raise ConfigError(f"{where}: expected a number, got {v!r}")
-        return float(v)
-    if hint is str:
-        if not isinstance(v, str):
-            raise ConfigError(f"{where}: expected a string, got {v!r}")
-        return v
-    raise ConfigError(f"{where}: unsupported config type {hint}")
-
-
-def config_from_dict(cls: type[C], d: dict[str, Any], where: str | None = None) -> C:
-    """Strict inverse of :func:`config_to_dict`: unknown/missing/mistyped fields raise."""
-    where = where or cls.__name__
-    if not isinstance(d, dict):
-        raise ConfigError(f"{where} must be a JSON object, got {type(d).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - set(fields))
-    if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {unknown}; written by another letsplay "
-                          f"version or edited by hand")
-    hints = typing.get_type_hints(cls)
-    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in d.items()}
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{where}: {e}") from e
+# Config (de)serialisation lives in letsplay.models.config; these names stay importable here.
+__all__ = ["ConfigError", "State", "StateError", "config_from_dict", "config_to_dict"]

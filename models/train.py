@@ -78,6 +78,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from letsplay.models import losses
+from letsplay.models.config import DictConfig
 from letsplay.models.discriminator import AudioVideoDiscriminator, DiscriminatorConfig, d_loss, frozen, g_adv_loss
 from letsplay.models.discriminator import mismatched as mismatched_audio
 from letsplay.models.keypoints import KeypointState
@@ -101,7 +102,7 @@ STAGE_CHOICES = ("kp", "cvg", "stu", "all", "e2e")
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(DictConfig):
     stage: str = "all"  # kp | cvg | stu | all (kp, cvg, stu in turn) | e2e (fine-tune all together)
     steps: int = 1000  # optimizer steps in total (for "all": split by stage_fractions)
     stage_fractions: tuple[float, float, float] = (0.2, 0.3, 0.5)  # kp, cvg, stu shares of "all"
@@ -149,17 +150,6 @@ class TrainConfig:
             raise ValueError(f"max_clips must be >= 1 (or None: all clips), got {self.max_clips}")
         if not 0.0 <= self.teacher_keypoints <= 1.0:
             raise ValueError(f"teacher_keypoints is a share of the sequences, 0..1; got {self.teacher_keypoints}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        d = dict(d)
-        d["disc"] = DiscriminatorConfig(**d["disc"])
-        d["stage_fractions"] = tuple(d["stage_fractions"])
-        d["betas"] = tuple(d["betas"])
-        return cls(**d)
 
 
 # --------------------------------------------------------------------------- schedule

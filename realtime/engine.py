@@ -57,6 +57,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from letsplay.models.config import DictConfig
 from letsplay.models.features import StreamingCQT, frame_column, frames_available
 from letsplay.models.spec import AudioSpec, VideoSpec
 from letsplay.models.stepping import feeds, next_state
@@ -68,7 +69,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class EngineConfig:
+class EngineConfig(DictConfig):
     realtime: bool = True  # live: bound latency by dropping stale frames; False: render every frame
     max_pending: int = 1  # live: frames allowed due at once before older ones are dropped
     read_timeout: float = 0.02  # seconds a source read may wait for audio
