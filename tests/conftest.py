@@ -55,3 +55,22 @@ def tiny_ckpt(performer, tmp_path_factory):
 def trombone_set(tmp_path_factory):
     """Four 1.5 s trombone clips (45 frames each: enough for 4 lanes of 3-frame chunks)."""
     return synth_tiny(tmp_path_factory.mktemp("tiny-set") / "trombone", "trombone", 0.1, 1.5, 1.0)
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory):
+    """One export of the ``tiny`` Performer (seed 0: the same weights as ``performer``) with
+    every graph, and its checkpoint: ``(folder, checkpoint)``. Read-only: copy it to change it."""
+    import torch
+
+    from letsplay.export.onnx import export_onnx, sha256_file
+    from letsplay.models.performer import Performer
+    from letsplay.models.presets import preset
+
+    torch.manual_seed(0)
+    p = Performer(preset("tiny")).eval()
+    ckpt = tmp_path_factory.mktemp("tiny-ckpt") / "tiny.safetensors"
+    p.save(ckpt)
+    out = tmp_path_factory.mktemp("tiny-export")
+    export_onnx(p, out, checkpoint_sha256=sha256_file(ckpt))
+    return out, ckpt

@@ -21,10 +21,9 @@ N_FRAMES = 100
 
 
 @pytest.fixture(scope="module")
-def exported(performer, tiny_ckpt, tmp_path_factory):
-    out = tmp_path_factory.mktemp("export")
-    export_onnx(performer, out, checkpoint_sha256=sha256_file(tiny_ckpt))
-    return performer, out, tiny_ckpt
+def exported(performer, tiny_export):
+    out, ckpt = tiny_export
+    return performer, out, ckpt
 
 
 @pytest.fixture(scope="module")

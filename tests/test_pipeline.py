@@ -55,10 +55,8 @@ def test_front_then_back_is_exactly_the_step(variant):
 
 
 @pytest.fixture(scope="module")
-def exported_pair(performer, tmp_path_factory):
-    out = tmp_path_factory.mktemp("pair")
-    export_onnx(performer, out, stages=False, cqt=False)
-    return out
+def exported_pair(tiny_export):
+    return tiny_export[0]
 
 
 def test_front_back_graphs_give_the_fused_graph(exported_pair):

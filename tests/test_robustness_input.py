@@ -37,7 +37,7 @@ import soundfile as sf
 import torch
 from helpers import music_signal
 
-from letsplay.export.onnx import ManifestError, export_onnx, read_manifest, sha256_file
+from letsplay.export.onnx import ManifestError, read_manifest, sha256_file
 from letsplay.models.audio import AudioError, audio_info, load_audio
 from letsplay.models.performer import CheckpointError, Performer, read_checkpoint
 from letsplay.models.stepping import feeds, next_state
@@ -395,10 +395,8 @@ def test_hostile_pickles_are_refused_by_the_cli(hostile, tmp_path, capsys, monke
 
 
 @pytest.fixture(scope="module")
-def export_dir(performer, tiny_ckpt, tmp_path_factory):
-    out = tmp_path_factory.mktemp("export")
-    export_onnx(performer, out, checkpoint_sha256=sha256_file(tiny_ckpt), stages=False, cqt=False)
-    return out
+def export_dir(tiny_export):
+    return tiny_export[0]
 
 
 def _copy(export_dir: Path, dest: Path) -> tuple[Path, dict]:

@@ -695,13 +695,17 @@ class LetsplayWindow(QMainWindow):
         source cannot be made."""
         try:
             self.engine = self._new_engine()
-        except _NotRestartable as e:
-            self._fail_start("finished", str(e))
-            return False
-        except SourceError as e:
-            self._fail_start("no-device", self._no_device_text(e))
-            return False
+        except (_NotRestartable, SourceError) as e:
+            return self._cannot_open(e)
         return True
+
+    def _cannot_open(self, e: Exception) -> bool:
+        """Show why the input cannot be opened (a finished piece, no device); False."""
+        if isinstance(e, _NotRestartable):
+            self._fail_start("finished", str(e))
+        else:
+            self._fail_start("no-device", self._no_device_text(e))
+        return False
 
     def _fresh(self) -> Engine:
         """The engine for the next run: the current one if it has not run yet."""
@@ -718,12 +722,8 @@ class LetsplayWindow(QMainWindow):
         try:
             eng = self._fresh()
             eng.start()
-        except _NotRestartable as e:
-            self._fail_start("finished", str(e))
-            return False
-        except SourceError as e:
-            self._fail_start("no-device", self._no_device_text(e))
-            return False
+        except (_NotRestartable, SourceError) as e:
+            return self._cannot_open(e)
         except SinkError as e:
             self._session.stop_recording()
             self._fail_start("error", f"Cannot record: {e}")
