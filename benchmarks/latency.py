@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 def open_for(performer: str | None, backend: str, preset: str | None, instrument: str | None,
              compute: str | None, threads: int | None, seed: int = 0, pipeline: bool = False):
     """(backend, audio spec, video spec, description of the performer)."""
-    from letsplay.realtime.performers import open_backend, resolve_performer
+    from letsplay.realtime.backends import BackendOptions, open_backend
+    from letsplay.realtime.performers import resolve_performer
 
     if preset is not None:
         import torch
@@ -60,12 +61,9 @@ def open_for(performer: str | None, backend: str, preset: str | None, instrument
             raise ValueError(f"--preset runs with --backend torch or onnxruntime, not {backend!r}")
         return be, perf.cfg.audio, perf.cfg.video, {"name": f"untrained {preset}", "preset": preset}
     ref = resolve_performer(performer, instrument)
-    be = open_backend(ref, backend, compute, threads=threads, pipeline=pipeline)
-    if hasattr(be, "cfg"):
-        audio, video, pre = be.cfg.audio, be.cfg.video, be.cfg.preset
-    else:
-        audio, video, pre = be.manifest.audio, be.manifest.video, be.manifest.data.get("preset")
-    return be, audio, video, {"name": ref.name, "path": str(ref.path), "preset": pre}
+    be = open_backend(ref, BackendOptions(backend=backend, compute=compute, threads=threads, pipeline=pipeline))
+    pre = be.cfg.preset if be.cfg is not None else be.manifest.data.get("preset")
+    return be, be.audio, be.video, {"name": ref.name, "path": str(ref.path), "preset": pre}
 
 
 def run(seconds: float = 20.0, performer: str | None = None, backend: str = "onnxruntime",
@@ -83,7 +81,7 @@ def run(seconds: float = 20.0, performer: str | None = None, backend: str = "onn
 
     if seconds <= 0:
         raise ValueError(f"seconds must be > 0, got {seconds}")
-    from letsplay.realtime.performers import auto_pipeline
+    from letsplay.realtime.backends import auto_pipeline
 
     if pipeline is None:
         pipeline = auto_pipeline(backend, compute)

@@ -23,7 +23,7 @@ audio block. ``render`` mode (files, as fast as possible) never drops: every fra
 computed, so a render equals the offline Performer run on the same audio.
 
 **Pipelined** (``EngineConfig.pipeline``; by default as the backend was opened:
-``open_backend(..., pipeline=)``, the CLI's ``--pipeline auto|on|off``): a frame runs as two halves
+``BackendOptions.pipeline``, the CLI's ``--pipeline auto|on|off``): a frame runs as two halves
 (``backend.front`` / ``backend.back``, the export's ``front.onnx`` / ``back.onnx``).
 The loop thread runs the front -- KHP, CVG and the STU encoder + CNN-GRU, which hold all
 of the recurrent state -- and hands the result to a second thread that runs the

@@ -22,18 +22,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from letsplay.realtime.backends import (
-    PIPELINE_MAX_CORES,
-    Backend,
-    BackendError,
-    BackendOptions,
-    auto_pipeline,
-    usable_cores,
-)
-from letsplay.realtime.backends import open_backend as _open_backend
+from letsplay.realtime.backends import BackendError
 
-__all__ = ["PIPELINE_MAX_CORES", "PerformerRef", "auto_pipeline", "cache_dir", "export_cache_folder",
-           "export_cached", "open_backend", "resolve_performer", "shipped_performers", "usable_cores"]
+__all__ = ["PerformerRef", "cache_dir", "export_cache_folder", "export_cached", "resolve_performer",
+           "shipped_performers"]
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +96,3 @@ def export_cached(ckpt: Path) -> Path:
     return out
 
 
-def open_backend(ref: PerformerRef, backend: str = "auto", device: str | None = None,
-                 allow_fallback: bool = False, threads: int | None = None, precision: str = "fp32",
-                 cuda_graph: bool = False, pipeline: bool | None = False) -> Backend:
-    """:func:`letsplay.realtime.backends.open_backend` with the options as arguments
-    (``device`` is :attr:`BackendOptions.compute`)."""
-    return _open_backend(ref, BackendOptions(backend=backend, compute=device, precision=precision, threads=threads,
-                                             cuda_graph=cuda_graph, allow_fallback=allow_fallback, pipeline=pipeline))

@@ -155,7 +155,7 @@ def test_bench_measures_live_and_ends_with_a_verdict(tmp_path):
     assert last.startswith("live at 30 fps: ") and last.split(": ")[1].split(" ")[0] in ("yes", "borderline", "no")
     live = json.loads((tmp_path / "b.json").read_text())["live_check"]
     assert live["performer"] == "cello" and live["frames"] > 0 and live["verdict"] == last
-    from letsplay.realtime.performers import auto_pipeline, usable_cores
+    from letsplay.realtime.backends import auto_pipeline, usable_cores
 
     # the mode live runs: pipelined halves where --pipeline auto turns them on
     assert ("pipelined" in live["backend"]) == (live["backend"].startswith("onnxruntime on CPU")

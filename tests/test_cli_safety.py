@@ -163,9 +163,9 @@ def test_keypoints_and_osc_only_runs_say_what_they_wrote(work, tiny_ckpt, capsys
 
 def _patch_backend(monkeypatch, on_step):
     """The real torch backend, with ``on_step(call_number)`` run before each step."""
-    import letsplay.realtime.performers as performers
+    import letsplay.realtime.backends as backends
 
-    real_open = performers.open_backend
+    real_open = backends.open_backend
 
     def open_backend(*args, **kwargs):
         backend = real_open(*args, **kwargs)
@@ -179,7 +179,7 @@ def _patch_backend(monkeypatch, on_step):
         backend.step = step
         return backend
 
-    monkeypatch.setattr(performers, "open_backend", open_backend)
+    monkeypatch.setattr(backends, "open_backend", open_backend)
 
 
 def _assert_partial_kept(work: Path, err: str, max_frames: int) -> None:

@@ -20,15 +20,19 @@ from letsplay.export.onnx import export_onnx, sha256_file
 from letsplay.models.performer import Performer
 from letsplay.models.presets import ABLATIONS, ablate, preset
 from letsplay.models.stepping import STATE_IN, feeds, mid_name, next_state
-from letsplay.realtime.backends import BackendError, OrtBackend, TorchBackend, describe, pipelined
-from letsplay.realtime.engine import Engine, EngineConfig, to_uint8_rgb
-from letsplay.realtime.performers import (
+from letsplay.realtime.backends import (
+    BackendError,
+    BackendOptions,
+    OrtBackend,
+    TorchBackend,
     auto_pipeline,
-    export_cache_folder,
+    describe,
     open_backend,
-    resolve_performer,
+    pipelined,
     usable_cores,
 )
+from letsplay.realtime.engine import Engine, EngineConfig, to_uint8_rgb
+from letsplay.realtime.performers import export_cache_folder, resolve_performer
 from letsplay.realtime.sinks import CallbackSink, Mp4Recorder
 from letsplay.realtime.sources import ArraySource
 
@@ -236,7 +240,8 @@ def test_export_without_the_pair(exported_pair, tmp_path):
     OrtBackend(old)  # the fused graph still runs
     with pytest.raises(BackendError, match="re-export"):
         OrtBackend(old, pipeline=True)
-    auto = open_backend(resolve_performer(str(old)), "onnxruntime", "cpu", pipeline=None)  # --pipeline auto
+    auto = open_backend(resolve_performer(str(old)),  # --pipeline auto
+                        BackendOptions(backend="onnxruntime", compute="cpu", pipeline=None))
     assert not auto.pipeline  # falls back to the fused graph instead of failing
 
 
@@ -247,7 +252,7 @@ def test_cache_without_the_pair_is_re_exported(tiny_ckpt, tmp_path, monkeypatch)
     assert cached.parent.parent == tmp_path
     export_onnx(Performer.load(tiny_ckpt), cached, checkpoint_sha256=sha256_file(tiny_ckpt), stages=False,
                 cqt=False, pipeline=False)  # as an older letsplay cached it
-    b = open_backend(ref, "onnxruntime", "cpu", pipeline=True)
+    b = open_backend(ref, BackendOptions(backend="onnxruntime", compute="cpu", pipeline=True))
     assert b.pipeline and {"front", "back"} <= set(json.loads((cached / "manifest.json").read_text())["graphs"])
 
 

@@ -155,12 +155,13 @@ def test_cli_export_reports_variants(tiny, tmp_path, capsys, monkeypatch):
 
 
 def test_open_backend_picks_the_variant(variants, tiny):
-    from letsplay.realtime.performers import open_backend, resolve_performer
+    from letsplay.realtime.backends import BackendOptions, open_backend
+    from letsplay.realtime.performers import resolve_performer
 
     out, _ = variants
-    b = open_backend(resolve_performer(str(out)), "auto", precision="int8", threads=1)
+    b = open_backend(resolve_performer(str(out)), BackendOptions(backend="auto", precision="int8", threads=1))
     assert isinstance(b, OrtBackend) and b.precision == "int8" and b.device == "CPUExecutionProvider"
     with pytest.raises(BackendError, match="use --backend onnxruntime"):
-        open_backend(resolve_performer(str(out)), "torch", precision="fp16")
+        open_backend(resolve_performer(str(out)), BackendOptions(backend="torch", precision="fp16"))
     with pytest.raises(BackendError, match="variant of an exported folder.*--int8"):
-        open_backend(resolve_performer(str(tiny[1])), "onnxruntime", precision="int8")
+        open_backend(resolve_performer(str(tiny[1])), BackendOptions(backend="onnxruntime", precision="int8"))

@@ -41,10 +41,9 @@ from letsplay.export.onnx import ManifestError, read_manifest, sha256_file
 from letsplay.models.audio import AudioError, audio_info, load_audio
 from letsplay.models.performer import CheckpointError, Performer, read_checkpoint
 from letsplay.models.stepping import feeds, next_state
-from letsplay.realtime.backends import BackendError, BackendOptions, OrtBackend, TorchBackend
-from letsplay.realtime.backends import open_backend as open_with_options
+from letsplay.realtime.backends import BackendError, BackendOptions, OrtBackend, TorchBackend, open_backend
 from letsplay.realtime.engine import Engine, EngineConfig
-from letsplay.realtime.performers import open_backend, resolve_performer
+from letsplay.realtime.performers import resolve_performer
 from letsplay.realtime.sinks import CallbackSink
 from letsplay.realtime.sources import FileSource
 from letsplay.ui.cli import main
@@ -369,10 +368,10 @@ def test_hostile_pickles_are_refused_by_the_library(hostile, tmp_path, monkeypat
         with pytest.raises(CheckpointError, match="not a readable safetensors file"):
             read_checkpoint(p)
         with pytest.raises(CheckpointError, match="not a readable safetensors file"):
-            open_with_options(p, BackendOptions(backend="torch"))
+            open_backend(p, BackendOptions(backend="torch"))
         for backend in ("torch", "onnxruntime", "auto"):  # onnxruntime / auto export it first: refused there
             with pytest.raises(CheckpointError, match="not a readable safetensors file"):
-                open_backend(resolve_performer(str(p)), backend)
+                open_backend(resolve_performer(str(p)), BackendOptions(backend=backend))
         with pytest.raises(ManifestError, match="no manifest.json"):
             OrtBackend(p)
         assert not marker.exists(), name

@@ -63,8 +63,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _open(args: argparse.Namespace):
     import dataclasses
 
-    from letsplay.realtime.backends import describe
-    from letsplay.realtime.performers import open_backend, resolve_performer
+    from letsplay.realtime.backends import BackendOptions, describe, open_backend
+    from letsplay.realtime.performers import resolve_performer
 
     _check_settings(args)
     ref = resolve_performer(args.performer, args.instrument)
@@ -73,8 +73,10 @@ def _open(args: argparse.Namespace):
         if plays is not None and plays != args.instrument:
             raise ValueError(f"--performer {args.performer} plays the {plays}, not the {args.instrument} asked for "
                              f"with --instrument; drop one of the two")
-    backend = open_backend(ref, args.backend, args.compute, args.allow_fallback, args.threads, args.precision,
-                           cuda_graph=args.cuda_graph, pipeline={"auto": None, "on": True, "off": False}[args.pipeline])
+    backend = open_backend(ref, BackendOptions(
+        backend=args.backend, compute=args.compute, precision=args.precision, threads=args.threads,
+        cuda_graph=args.cuda_graph, allow_fallback=args.allow_fallback,
+        pipeline={"auto": None, "on": True, "off": False}[args.pipeline]))
     if backend.pipeline and not args.threads:
         import torch
 
