@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from .common import machine, markdown_table, set_threads, write_json
+from .common import machine, markdown_table, pyplot, set_threads, write_json
 from .fps import build_backends, measure, measure_roofs, summarize
 from .roof import frame_flops, roof
 
@@ -123,11 +123,7 @@ def run(preset: str = "realtime", sizes: Sequence[int] = (64, 128, 256, 512), st
 def plot(result: dict, folder: Path, stem: str) -> dict[str, str]:
     """One PNG per backend: ms/frame against size (with the roof's floor), fps against
     streams (with the roof). Returns backend -> path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     folder.mkdir(parents=True, exist_ok=True)
     names = list(dict.fromkeys(r["backend"] for r in result["resolution"] + result["streams"]))
     paths = {}

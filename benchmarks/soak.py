@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import machine, write_json
+from .common import machine, pyplot, write_json
 
 
 def rss_mb() -> float:
@@ -220,11 +220,7 @@ def run(minutes: float, preset: str = "tiny", backend: str = "torch", record: bo
 
 
 def plot(result: dict, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     per = result["per_minute"]
     m = [s["audio_minutes"] for s in per]
     fig, ax = plt.subplots(1, 3, figsize=(13, 3))

@@ -69,7 +69,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from letsplay.models.performer import Performer, PerformerState
-from letsplay.models.sync import SyncCounts, SyncScore, motion_events, onset_frames, pool_sync, sync_counts
+from letsplay.models.sync import (
+    RIGHT_WRIST,
+    SyncCounts,
+    SyncScore,
+    motion_events,
+    onset_frames,
+    pool_sync,
+    sync_counts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +186,7 @@ class RowResult:
     kp_dist: float | None = None  # normalised coordinates
     temporal: float | None = None  # mean |diff(G) - diff(R)| in [0, 1] units
     sync: SyncScore | None = None
+    arm_amplitude: float | None = None  # RMS of the right wrist about its clip mean (normalised units)
 
 
 @dataclass
@@ -257,6 +266,13 @@ def _kp_error(pred: np.ndarray, real: np.ndarray, conf: np.ndarray) -> tuple[flo
     return float((d * ok).sum()), float(ok.sum())
 
 
+def arm_displacement_sq(kp: np.ndarray) -> float:
+    """Sum over frames of the right wrist's squared distance from its mean position in
+    keypoints ``[T, 67, 2]``: how far the bowing (cello) or slide (trombone) hand travels."""
+    w = kp[:, RIGHT_WRIST].astype(np.float64)
+    return float(((w - w.mean(0)) ** 2).sum())
+
+
 def _mean_pose(real: np.ndarray, conf: np.ndarray) -> np.ndarray:
     """The clip's mean keypoints ``[67, 2]`` over the frames that have each point."""
     ok = (conf > 0)[..., None]
@@ -287,6 +303,7 @@ def evaluate(model: Performer, clips: list[Any], max_seconds: float | None = Non
                                                                                         else ())}
     nyq_real = 0.0
     kp_sum = {"model": [0.0, 0.0], "still_pose": [0.0, 0.0]}
+    amp_sum = {"model": [0.0, 0], "ground_truth": [0.0, 0]}  # squared wrist displacement, frames
     sync: dict[str, list[SyncCounts]] = {"model": [], "still_pose": [], "ground_truth": []}
     n_frames = 0
     per_clip = []
@@ -369,6 +386,13 @@ def evaluate(model: Performer, clips: list[Any], max_seconds: float | None = Non
             kp_sum[name][0] += a
             kp_sum[name][1] += b
             rec["rows"].setdefault(name, {})["kp_dist"] = a / b if b else None
+        for name, kp in (("model", pred_kp), ("ground_truth", real_kp)):
+            if kp is None:
+                continue
+            sq = arm_displacement_sq(kp)
+            amp_sum[name][0] += sq
+            amp_sum[name][1] += len(kp)
+            rec["rows"].setdefault(name, {})["arm_amplitude"] = float(np.sqrt(sq / max(len(kp), 1)))
         notes = _clip_notes(clip)
         if notes:
             onsets = onset_frames(notes, clip.fps, n)
@@ -399,6 +423,11 @@ def evaluate(model: Performer, clips: list[Any], max_seconds: float | None = Non
     if "renderer_only" in images:
         rows["renderer_only"] = images["renderer_only"].result(n_frames, nyq_real, True)
     rows["ground_truth"] = RowResult(sync=pool_sync(sync["ground_truth"]))
+    for name in ("model", "ground_truth"):
+        if amp_sum[name][1]:
+            rows[name].arm_amplitude = float(np.sqrt(amp_sum[name][0] / amp_sum[name][1]))
+    if kp_sum["still_pose"][1]:
+        rows["still_pose"].arm_amplitude = 0.0
     rows = {k: rows[k] for k in ROW_NAMES if k in rows}
     return EvalResult(rows=rows, frames=n_frames, clips=len(per_clip), seconds=time.perf_counter() - t0,
                       kp_only=kp_only, per_clip=per_clip)
@@ -456,7 +485,7 @@ def _cell(x: Any, nd: int) -> str:
 def result_table(res: EvalResult | dict[str, Any]) -> str:
     """A compact text table of an evaluation's rows (``-`` where a row has no value)."""
     rows = res.to_dict()["rows"] if isinstance(res, EvalResult) else res["rows"]
-    head = ("", "PSNR", "SSIM", "moving PSNR", "checker", "kp error", "sync F1", "lag", "sync C")
+    head = ("", "PSNR", "SSIM", "moving PSNR", "checker", "kp error", "arm amp", "sync F1", "lag", "sync C")
     lines = [head]
     for name in ROW_NAMES:
         if name not in rows:
@@ -465,7 +494,8 @@ def result_table(res: EvalResult | dict[str, Any]) -> str:
         s = r.get("sync") or {}
         lines.append((ROW_LABELS[name], _cell(r.get("psnr"), 2), _cell(r.get("ssim"), 3),
                       _cell(r.get("psnr_moving"), 2), _cell(r.get("checkerboard"), 2), _cell(r.get("kp_dist"), 4),
-                      _cell(s.get("f1"), 3), _cell(s.get("best_lag"), 0), _cell(s.get("c"), 3)))
+                      _cell(r.get("arm_amplitude"), 4), _cell(s.get("f1"), 3), _cell(s.get("best_lag"), 0),
+                      _cell(s.get("c"), 3)))
     widths = [max(len(ln[i]) for ln in lines) for i in range(len(head))]
     out = []
     for ln in lines:
@@ -502,8 +532,10 @@ def held_out_clips(data: str | Path, split: str, instrument: str) -> list[Any]:
 def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "test",
                         max_seconds: float | None = None, device: str = "cpu",
                         strip: str | Path | None = None, renderer_only: bool = True,
-                        progress: bool = True) -> EvalResult:
+                        progress: bool = True, kp_only: bool = False) -> EvalResult:
     """Load a Performer checkpoint and :func:`evaluate` it on a dataset's held-out split."""
     model = Performer.load(checkpoint)
+    if kp_only and strip is not None:
+        raise ValueError("a strip shows frames; --keypoints-only makes none (drop one of the two)")
     return evaluate(model, held_out_clips(data, split, model.cfg.instrument), max_seconds, device, strip=strip,
-                    renderer_only=renderer_only, progress=progress)
+                    renderer_only=renderer_only, progress=progress, kp_only=kp_only)

@@ -11,23 +11,49 @@ STU. Training losses: Eq. 2 (L2 on coordinates) + Eq. 3 (L1 on DLT heatmaps), se
 Table II ablations: ``avg_condition=False`` (the baseline without the mean pose: no
 mean-pose input and absolute coordinates, initialised at the frame centre) and
 ``dlt_loss=False`` (Eq. 2 only).
+
+**Beyond the paper** (``encoder="streaming"``, ``motion_heads=True``; the ``realtime``
+preset): motion that follows the music.
+
+* The motion encoder is :class:`~letsplay.models.streaming_encoder.StreamingAudioEncoder`:
+  each CQT column read once, spectral flux for onsets, history in carried state.
+* **Motion heads** read the LSTM: a note-onset logit (trained against the notes played),
+  and an explicit *direction state* ``q`` (the probability of a down-bow) that flips on
+  onsets, ``q <- q (1 - p) + (1 - q) p`` with ``p`` the onset probability -- a bow
+  reverses at every note, so its direction is the parity of the onsets heard, which an
+  LSTM trained on positions alone never learns. A *travel state* ``s`` in 0..1 (the bow's
+  contact point) integrates a learnt speed in the direction ``q`` gives. Two regression
+  heads and a sounding logit complete :data:`MOTION_CHANNELS`. The keypoints are read from
+  the LSTM *and* these, so the arm follows the direction and travel states.
+* Losses (:meth:`KeypointPredictor.loss`): besides Eqs. 2-3, a velocity term (frame-to-frame
+  motion, so hedging toward the mean pose costs) and the motion targets where the data
+  has them (:mod:`letsplay.models.motion_targets`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from letsplay.models import losses
 from letsplay.models.blocks import AudioEncoder, act, kaiming_init
 from letsplay.models.skeleton import N_KEYPOINTS, HeatmapLayout, dlt_heatmap, heatmap_channels, mean_pose
-from letsplay.models.spec import AudioSpec
+from letsplay.models.spec import AudioSpec, VideoSpec
 from letsplay.models.state import State
 from letsplay.models.stepping import unroll
+from letsplay.models.streaming_encoder import StreamingAudioEncoder, StreamingEncoderState
+
+# What KeypointOutput.motion holds, channel by channel (targets: letsplay.models.motion_targets):
+# onset logit, direction state q (P(down-bow)), travel state s (bow contact point, 0 frog .. 1 tip),
+# two instrument-specific regressions (cello: string played, stop; trombone: slide position,
+# loudness), and the sounding logit.
+MOTION_CHANNELS = ("onset", "direction", "travel", "aux_a", "aux_b", "sounding")
+ONSET_POS_WEIGHT = 4.0  # the onset BCE's weight on frames with an onset (a missed onset flips the bow late)
 
 
 @dataclass(frozen=True)
@@ -43,22 +69,36 @@ class KeypointConfig:
     heatmap: HeatmapLayout = "sum"  # DLT channels: "sum" (paper), "parts" (7) or "keypoints" (67)
     heatmap_radius: float = 1.0  # DLT tent radius in heatmap pixels (paper: 1)
     heatmap_alpha: float = 1.0  # DLT intensity alpha (paper: 1)
+    encoder: Literal["window", "streaming"] = "window"  # the paper's window 1D-CNN, or the streaming encoder
+    stream_channels: int = 64  # streaming encoder: column features
+    stream_layers: int = 4  # streaming encoder: temporal layers (receptive field 2**layers frames)
+    motion_heads: bool = False  # onset head, direction and travel states, motion regressions
+    velocity_weight: float = 0.0  # loss: frame-to-frame keypoint motion (L2), relative to Eq. 2
+    motion_weight: float = 0.0  # loss: the motion targets (BCE / L1), relative to Eq. 2
 
     def __post_init__(self) -> None:
         heatmap_channels(self.heatmap)  # validates the layout
         if self.heatmap_radius <= 0:
             raise ValueError(f"KeypointConfig.heatmap_radius must be > 0, got {self.heatmap_radius}")
+        if self.encoder not in ("window", "streaming"):
+            raise ValueError(f"KeypointConfig.encoder must be 'window' or 'streaming', got {self.encoder!r}")
+        if self.velocity_weight < 0 or self.motion_weight < 0:
+            raise ValueError("KeypointConfig: loss weights must be >= 0")
 
 
 @dataclass(frozen=True)
 class KeypointState(State):
     lstm_h: Tensor  # [B, hidden]
     lstm_c: Tensor  # [B, hidden]
+    enc: StreamingEncoderState | None = None  # the streaming encoder's history
+    direction: Tensor | None = None  # [B, 1] motion heads: P(down-bow), flips on onsets
+    travel: Tensor | None = None  # [B, 1] motion heads: bow contact point - 0.5 (so a fresh state is zeros)
 
 
 class KeypointOutput(NamedTuple):
     keypoints: Tensor  # [B, 67, 2] normalised (x, y)  (sequence: [B, T, 67, 2])
     heatmap: Tensor | None  # [B, C, H, W] DLT of the keypoints (sequence: [B, T, C, H, W]); None: not asked for
+    motion: Tensor | None = None  # [B, 6] the MOTION_CHANNELS (motion heads only)
 
 
 class KeypointPredictor(nn.Module):
@@ -68,16 +108,27 @@ class KeypointPredictor(nn.Module):
     """
 
     def __init__(self, cfg: KeypointConfig, audio: AudioSpec, size: tuple[int, int],
-                 instrument: str = "cello") -> None:
+                 instrument: str = "cello", video: VideoSpec | None = None) -> None:
         super().__init__()
         self.cfg, self.audio, self.size = cfg, audio, size
-        self.motion = AudioEncoder(audio, cfg.audio_channels, cfg.audio_layers, cfg.audio_features)
+        self.video = video or VideoSpec()
+        if cfg.encoder == "streaming":
+            self.motion = StreamingAudioEncoder(audio, self.video, cfg.stream_channels, cfg.audio_features,
+                                                cfg.stream_layers)
+        else:
+            self.motion = AudioEncoder(audio, cfg.audio_channels, cfg.audio_layers, cfg.audio_features)
         lstm_in = cfg.audio_features
         if cfg.avg_condition:
             self.pose = nn.Sequential(nn.Linear(2 * N_KEYPOINTS, cfg.pose_features), act())
             lstm_in += cfg.pose_features
         self.lstm = nn.LSTMCell(lstm_in, cfg.hidden)
-        self.fc = nn.Linear(cfg.hidden, 2 * N_KEYPOINTS)
+        fc_in = cfg.hidden
+        if cfg.motion_heads:
+            # onset, aux_a, aux_b, sounding from the LSTM (and the frame's audio feature)
+            self.heads = nn.Linear(cfg.hidden + cfg.audio_features, 4)
+            self.speed = nn.Sequential(nn.Linear(cfg.hidden + 2, 32), act(), nn.Linear(32, 1))
+            fc_in += len(MOTION_CHANNELS)
+        self.fc = nn.Linear(fc_in, 2 * N_KEYPOINTS)
         kaiming_init(self)
         nn.init.zeros_(self.fc.weight)  # start at the mean pose (or the centre) exactly
         nn.init.zeros_(self.fc.bias)
@@ -97,7 +148,19 @@ class KeypointPredictor(nn.Module):
 
     def init_state(self, batch: int = 1, device: torch.device | str | None = None) -> KeypointState:
         z = torch.zeros(batch, self.cfg.hidden, device=device)
-        return KeypointState(lstm_h=z, lstm_c=z.clone())
+        enc = self.motion.init_state(batch, device) if self.cfg.encoder == "streaming" else None
+        heads = self.cfg.motion_heads
+        return KeypointState(lstm_h=z, lstm_c=z.clone(), enc=enc,
+                             # before the first note: an up-bow, so the first onset starts a down-bow
+                             direction=torch.zeros(batch, 1, device=device) if heads else None,
+                             travel=torch.zeros(batch, 1, device=device) if heads else None)  # mid-bow
+
+    def reset_where(self, state: KeypointState, reset: Tensor) -> KeypointState:
+        """``state`` with the rows where ``reset [B]`` is true back at the initial state."""
+        init = self.init_state(reset.shape[0], reset.device).to_dict()
+        cur = state.to_dict()
+        return KeypointState.from_dict({k: torch.where(reset.reshape(-1, *[1] * (v.dim() - 1)), init[k], v)
+                                        for k, v in cur.items()})
 
     def heatmap(self, keypoints: Tensor, alpha: float | Tensor | None = None) -> Tensor:
         """DLT (Eq. 1) at this stage's size, layout and radius: ``[..., 67, 2] -> [..., C, H, W]``."""
@@ -109,30 +172,74 @@ class KeypointPredictor(nn.Module):
              ) -> tuple[KeypointOutput, KeypointState]:
         """One frame; ``with_heatmap=False`` skips the DLT (``heatmap`` is None), for
         training KHP alone, whose loss makes its own heatmaps."""
-        B, F, T = window.shape  # [B, n_bins, window_columns]
-        feat = self.motion(window)  # [B, audio_features]
+        enc = None
+        if self.cfg.encoder == "streaming":
+            feat, enc = self.motion.step(window, state.enc)
+        else:
+            feat = self.motion(window)  # [B, audio_features]
+        return self._after_encoder(feat, state, enc, with_heatmap)
+
+    def _after_encoder(self, audio_feat: Tensor, state: KeypointState, enc: StreamingEncoderState | None,
+                       with_heatmap: bool, teacher: Tensor | None = None) -> tuple[KeypointOutput, KeypointState]:
+        B = audio_feat.shape[0]
+        feat = audio_feat
         if self.cfg.avg_condition:
             pose = self.pose(self.mean_pose.reshape(1, -1)).expand(B, -1)  # [B, pose_features]
             feat = torch.cat([feat, pose], dim=1)
         h, c = self.lstm(feat, (state.lstm_h, state.lstm_c))
-        out = self.fc(h).reshape(B, N_KEYPOINTS, 2)
+        motion = direction = travel = None
+        z = h
+        if self.cfg.motion_heads:
+            onset, aux_a, aux_b, sounding = self.heads(torch.cat([h, audio_feat], dim=1)).split(1, dim=1)
+            p = torch.sigmoid(onset)
+            if teacher is not None:  # training: the real onsets drive the states where given (not NaN)
+                p = torch.where(torch.isnan(teacher[:, None]), p, teacher[:, None])
+            q = state.direction
+            direction = q * (1 - p) + (1 - q) * p  # flips with the onset probability
+            prev = state.travel + 0.5  # the state holds travel - 0.5: a fresh state is all zeros
+            speed = F.softplus(self.speed(torch.cat([h, direction, prev], dim=1)))  # travel per second
+            travel = (prev + (2 * direction - 1) * speed / self.video.fps).clamp(0.0, 1.0)
+            motion = torch.cat([onset, direction, travel, aux_a, aux_b, sounding], dim=1)  # [B, 6]
+            z = torch.cat([h, motion], dim=1)
+        out = self.fc(z).reshape(B, N_KEYPOINTS, 2)
         base = self.mean_pose if self.cfg.avg_condition else torch.full_like(self.mean_pose, 0.5)
         kp = base + out  # [B, 67, 2]
-        return KeypointOutput(kp, self.heatmap(kp) if with_heatmap else None), KeypointState(lstm_h=h, lstm_c=c)
+        return (KeypointOutput(kp, self.heatmap(kp) if with_heatmap else None, motion),
+                KeypointState(lstm_h=h, lstm_c=c, enc=enc, direction=direction,
+                              travel=None if travel is None else travel - 0.5))
 
-    def forward(self, windows: Tensor, state: KeypointState | None = None, with_heatmap: bool = True
-                ) -> tuple[KeypointOutput, KeypointState]:
+    def forward(self, windows: Tensor, state: KeypointState | None = None, with_heatmap: bool = True,
+                teacher: Tensor | None = None) -> tuple[KeypointOutput, KeypointState]:
         """A sequence: ``windows [B, T, n_bins, window]`` -> outputs stacked on dim 1.
-        Exactly a loop of :meth:`step` from ``state`` (fresh when ``None``)."""
+        Exactly a loop of :meth:`step` from ``state`` (fresh when ``None``).
+
+        ``teacher`` ``[B, T]`` (training, motion heads): onset probabilities that drive the
+        direction and travel states instead of the onset head's, NaN where the head's are
+        used -- so the keypoint output learns what a correct direction means while the onset
+        head is still learning to find onsets."""
         state = self.init_state(windows.shape[0], windows.device) if state is None else state
-        return unroll(lambda w, s: self.step(w, s, with_heatmap), state, (windows,))
+        if self.cfg.encoder != "streaming":
+            if teacher is not None:
+                raise ValueError("teacher onsets drive the motion heads' states; this KHP has no motion heads")
+            return unroll(lambda w, s: self.step(w, s, with_heatmap), state, (windows,))
+        feats, enc = self.motion.sequence(windows, state.enc)  # every frame's audio feature at once
+        if teacher is not None and not self.cfg.motion_heads:
+            raise ValueError("teacher onsets drive the motion heads' states; this KHP has no motion heads")
+        out, last = unroll(lambda f, tt, s: self._after_encoder(f, s, None, with_heatmap, tt), state,
+                           (feats, teacher))
+        return out, KeypointState(lstm_h=last.lstm_h, lstm_c=last.lstm_c, enc=enc, direction=last.direction,
+                                  travel=last.travel)
 
-    def loss(self, pred: Tensor, real: Tensor, confidence: Tensor | None = None) -> dict[str, Tensor]:
-        """Eq. 2 (+ Eq. 3 unless ``dlt_loss=False``) for keypoints ``[..., 67, 2]``.
+    def loss(self, pred: Tensor, real: Tensor, confidence: Tensor | None = None, *,
+             motion: Tensor | None = None, motion_real: Tensor | None = None,
+             motion_mask: Tensor | None = None) -> dict[str, Tensor]:
+        """Eq. 2 (+ Eq. 3 unless ``dlt_loss=False``) for keypoints ``[..., 67, 2]``, plus the
+        velocity term (sequences ``[B, T, 67, 2]``, ``velocity_weight``) and the motion
+        targets (``motion`` / ``motion_real`` / ``motion_mask`` ``[B, T, 6]``, ``motion_weight``).
 
-        ``confidence`` ``[..., 67]`` (0 = keypoint missing in the data) weights both terms;
-        the real heatmap is the DLT of the real keypoints with it as alpha.
-        Returns ``{"kp_coord": .., ["kp_vis": ..,] "kp": total}``.
+        ``confidence`` ``[..., 67]`` (0 = keypoint missing in the data) weights every
+        keypoint term; the real heatmap is the DLT of the real keypoints with it as alpha.
+        Returns ``{"kp_coord": .., ["kp_vis": ..,] ["kp_vel": ..,] ["kp_motion": ..,] "kp": total}``.
         """
         out = {"kp_coord": losses.keypoint_l2(pred, real, confidence)}
         total = out["kp_coord"]
@@ -140,6 +247,31 @@ class KeypointPredictor(nn.Module):
             alpha = self.cfg.heatmap_alpha if confidence is None else confidence * self.cfg.heatmap_alpha
             out["kp_vis"] = losses.heatmap_l1(self.heatmap(pred, alpha), self.heatmap(real, alpha))
             total = total + self.cfg.dlt_loss_weight * out["kp_vis"]
+        if self.cfg.velocity_weight > 0 and pred.dim() == 4 and pred.shape[1] > 1:
+            conf = None if confidence is None else confidence[:, 1:] * confidence[:, :-1]
+            out["kp_vel"] = losses.keypoint_l2(pred[:, 1:] - pred[:, :-1], real[:, 1:] - real[:, :-1], conf)
+            total = total + self.cfg.velocity_weight * out["kp_vel"]
+        if self.cfg.motion_weight > 0 and motion is not None and motion_real is not None:
+            out["kp_motion"] = motion_loss(motion, motion_real, motion_mask)
+            total = total + self.cfg.motion_weight * out["kp_motion"]
         out["kp"] = total
         return out
+
+
+def motion_loss(pred: Tensor, real: Tensor, mask: Tensor | None = None) -> Tensor:
+    """The motion heads' loss over :data:`MOTION_CHANNELS` ``[..., 6]``: BCE for the onset
+    and sounding logits and for the direction probability, L1 for travel and the two
+    regressions; each channel averaged over its unmasked frames, then summed."""
+    mask = torch.ones_like(real) if mask is None else mask
+    per = torch.stack([  # onsets are ~1 frame in 10: weighted up so missing one costs more than a false one
+        F.binary_cross_entropy_with_logits(pred[..., 0], real[..., 0], reduction="none",
+                                           pos_weight=pred.new_tensor(ONSET_POS_WEIGHT)),
+        F.binary_cross_entropy(pred[..., 1].clamp(1e-5, 1 - 1e-5), real[..., 1], reduction="none"),
+        (pred[..., 2] - real[..., 2]).abs(),
+        (pred[..., 3] - real[..., 3]).abs(),
+        (pred[..., 4] - real[..., 4]).abs(),
+        F.binary_cross_entropy_with_logits(pred[..., 5], real[..., 5], reduction="none"),
+    ], dim=-1)
+    per_channel = (per * mask).flatten(0, -2).sum(0) / mask.flatten(0, -2).sum(0).clamp_min(1.0)
+    return per_channel.sum()
 

@@ -126,7 +126,7 @@ class Performer(nn.Module):
         super().__init__()
         self.cfg = cfg
         size = cfg.work_size
-        self.khp = (KeypointPredictor(cfg.khp, cfg.audio, size, cfg.instrument) if cfg.use_khp else None)
+        self.khp = (KeypointPredictor(cfg.khp, cfg.audio, size, cfg.instrument, cfg.video) if cfg.use_khp else None)
         self.cvg = CoarseVideoGenerator(cfg.cvg, cfg.audio, size) if cfg.use_cvg else None
         self.stu = StructuredTemporalUNet(
             cfg.stu, cfg.audio, size, coarse=cfg.use_cvg,

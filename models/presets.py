@@ -31,13 +31,20 @@ from letsplay.models.stu import STUConfig
 
 PRESETS: tuple[str, ...] = ("tiny", "realtime", "paper")
 
+# KHP that follows the music (tiny and realtime; the paper preset keeps the paper's KP):
+# the streaming audio encoder, the onset / direction / travel motion heads, and the
+# velocity and motion-target losses.
+_MOTION_KHP: dict[str, object] = {"encoder": "streaming", "motion_heads": True, "velocity_weight": 20.0,
+                                  "motion_weight": 0.05}
+
 
 def _tiny(audio: AudioSpec, video: VideoSpec | None, instrument: str) -> PerformerConfig:
     video = video or VideoSpec(height=32, width=32)
     return PerformerConfig(
         audio=audio, video=video, instrument=instrument, preset="tiny",
         khp=KeypointConfig(audio_channels=16, audio_layers=2, audio_features=32, pose_features=8,
-                           hidden=32, heatmap="parts", heatmap_radius=1.0),
+                           hidden=32, heatmap="parts", heatmap_radius=1.0, **_MOTION_KHP,
+                           stream_channels=16, stream_layers=2),
         cvg=CoarseConfig(scale=1, audio_channels=16, audio_layers=2, audio_features=32, hidden=32,
                          vgg_width_div=16, enc_channels=8, z_dim=4, dec_channels=16),
         stu=STUConfig(base_channels=8, max_channels=32, depth=2, convs_per_level=1, gcn_hidden=8,
@@ -50,7 +57,8 @@ def _realtime(audio: AudioSpec, video: VideoSpec | None, instrument: str) -> Per
     return PerformerConfig(
         audio=audio, video=video, instrument=instrument, preset="realtime",
         khp=KeypointConfig(audio_channels=64, audio_layers=3, audio_features=128, pose_features=32,
-                           hidden=128, heatmap="parts", heatmap_radius=2.0),
+                           hidden=128, heatmap="parts", heatmap_radius=2.0, **_MOTION_KHP,
+                           stream_channels=64, stream_layers=4),
         cvg=CoarseConfig(scale=2, audio_channels=64, audio_layers=3, audio_features=128, hidden=128,
                          vgg_width_div=4, enc_channels=64, z_dim=16, dec_channels=128),
         stu=STUConfig(base_channels=8, max_channels=128, depth=4, convs_per_level=2, gcn_hidden=32,
@@ -103,6 +111,9 @@ ABLATIONS: dict[str, Callable[[PerformerConfig], PerformerConfig]] = {
     "no_gru": lambda c: _stu(c, use_gru=False),  # I (e) w/o CNN-GRU
     "kp_no_avg": lambda c: _khp(c, avg_condition=False),  # II without the avg condition
     "kp_no_dlt": lambda c: _khp(c, dlt_loss=False),  # II without the DLT loss
+    # the paper's KP inside a preset that follows the music: its window encoder, no motion heads
+    "kp_paper": lambda c: _khp(c, encoder="window", motion_heads=False, velocity_weight=0.0, motion_weight=0.0),
+    "kp_no_motion": lambda c: _khp(c, motion_heads=False, motion_weight=0.0),  # streaming encoder, no motion heads
 }
 
 

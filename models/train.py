@@ -132,6 +132,7 @@ class TrainConfig(DictConfig):
     max_clips: int | None = None  # use at most this many training clips (smoke runs)
     kp_lanes: bool = True  # kp stage: clips read start to end, LSTM state carried between chunks (TBPTT)
     teacher_keypoints: float = 0.0  # stu stage: share of sequences whose heatmaps come from the real keypoints
+    teacher_onsets: float = 0.5  # kp stage, motion heads: share of clips whose direction state the real onsets drive
 
     def __post_init__(self) -> None:
         if self.stage not in STAGE_CHOICES:
@@ -148,6 +149,8 @@ class TrainConfig(DictConfig):
             raise ValueError(f"lr and lr_final must be > 0, got {self.lr} and {self.lr_final}")
         if self.max_clips is not None and self.max_clips < 1:
             raise ValueError(f"max_clips must be >= 1 (or None: all clips), got {self.max_clips}")
+        if not 0.0 <= self.teacher_onsets <= 1.0:
+            raise ValueError(f"teacher_onsets is a share of the clips, 0..1; got {self.teacher_onsets}")
         if not 0.0 <= self.teacher_keypoints <= 1.0:
             raise ValueError(f"teacher_keypoints is a share of the sequences, 0..1; got {self.teacher_keypoints}")
 
@@ -474,6 +477,7 @@ class Trainer:
         self.noise = torch.Generator().manual_seed(cfg.seed + 1)
         self.plan = schedule(cfg)
         self.dataset.with_frames = any(stage != "kp" for stage, _, _ in self.plan)  # KHP learns from audio alone
+        self.dataset.with_motion = self.model.khp is not None and self.model.khp.cfg.motion_heads
         self.opts = self._make_optimizers()
         self.use_amp = cfg.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
@@ -482,6 +486,7 @@ class Trainer:
         use_lanes = cfg.kp_lanes and self.model.khp is not None and any(st == "kp" for st, _, _ in self.plan)
         self.lanes = Lanes(self.dataset, cfg.batch, cfg.seq_len, cfg.seed, self.dist) if use_lanes else None
         self.kp_state: Any = None  # KHP state carried between the lanes' chunks
+        self._teacher: Tensor | None = None  # lanes whose direction state the real onsets drive
         self._writer: Any = None
 
     # ---- optimizers: one per trained part, so a stage's Adam moments are its own
@@ -510,6 +515,7 @@ class Trainer:
         _check_ranks_agree(self.model, self.dist, self.step)
         kp_state = None if self.kp_state is None else {
             k: _gather_rows(v, self.dist) for k, v in self.kp_state.to_dict().items()}
+        teacher = None if self._teacher is None else _gather_rows(self._teacher.float().to(self.device), self.dist)
         if not self.dist.main:
             return None
         from safetensors.torch import save_file
@@ -529,6 +535,8 @@ class Trainer:
         if kp_state is not None:  # the global batch's lanes, in lane order
             for k, v in kp_state.items():
                 tensors[f"lanes.{k}"] = v.detach().to("cpu").contiguous().clone()
+        if teacher is not None:
+            tensors["lanes_teacher"] = teacher.to("cpu").contiguous().clone()
         opt_meta = {name: _flatten_optim(name, o, tensors) for name, o in self.opts.items()}
         meta = {
             "step": self.step, "train_config": self.cfg.to_dict(), "schedule": self.plan,
@@ -603,6 +611,8 @@ class Trainer:
             lane_t = {k[6:]: v[self.dist.rank::self.dist.world].to(self.device)  # this rank's lanes
                       for k, v in tensors.items() if k.startswith("lanes.")}
             self.kp_state = KeypointState.from_dict(lane_t) if lane_t else None
+            if "lanes_teacher" in tensors:
+                self._teacher = tensors["lanes_teacher"][self.dist.rank::self.dist.world] > 0.5
         log.info("resumed from %s (step %d)", folder, self.step)
 
     # ---- one step of each stage
@@ -686,14 +696,24 @@ class Trainer:
             kp_real, conf = batch["keypoints"].to(self.device), batch["confidence"].to(self.device)
             state = None
             if "reset" in batch and self.kp_state is not None:  # lanes: go on from the lane's last chunk
-                keep = (~batch["reset"]).to(self.device, windows.dtype)[:, None]
-                state = KeypointState(lstm_h=self.kp_state.lstm_h * keep, lstm_c=self.kp_state.lstm_c * keep)
+                state = m.khp.reset_where(self.kp_state, batch["reset"].to(self.device))
+            teacher = None
+            if m.khp.cfg.motion_heads and "motion" in batch and self.cfg.teacher_onsets > 0:
+                # lanes keep their teacher for a whole clip (a clip's direction state is one history)
+                forced = self._teacher_lanes(batch).to(self.device)
+                real_on = batch["motion"][..., 0].to(self.device)
+                real_on = torch.where(batch["motion_mask"][..., 0].to(self.device) > 0, real_on, float("nan"))
+                teacher = torch.where(forced[:, None], real_on, torch.full_like(real_on, float("nan")))
             with self._autocast():
-                out, st = m.khp(windows, state, with_heatmap=False)  # the loss makes its own heatmaps
-                lk = m.khp.loss(out.keypoints.float(), kp_real, conf)
+                out, st = m.khp(windows, state, with_heatmap=False, teacher=teacher)  # the loss makes its heatmaps
+                motion = {}
+                if out.motion is not None and "motion" in batch:
+                    motion = {"motion": out.motion.float(), "motion_real": batch["motion"].to(self.device),
+                              "motion_mask": batch["motion_mask"].to(self.device)}
+                lk = m.khp.loss(out.keypoints.float(), kp_real, conf, **motion)
             self._update("kp", lk["kp"], self._gen_params("kp"))
             if "reset" in batch:
-                self.kp_state = KeypointState(lstm_h=st.lstm_h.detach().float(), lstm_c=st.lstm_c.detach().float())
+                self.kp_state = st.map(lambda t: t.detach().float())
             logs = lk
         elif stage == "cvg":
             real = batch["frames"].to(self.device)
@@ -738,6 +758,19 @@ class Trainer:
         return {k: float(v.detach()) for k, v in logs.items()}
 
     # ---- the loop
+    def _teacher_lanes(self, batch: dict[str, Any]) -> Tensor:
+        """[B] bool: which sequences' direction states the real onsets drive (``teacher_onsets``
+        of them, drawn again when a lane starts a clip; fresh draws without lanes)."""
+        B, d = len(batch["motion"]), self.dist
+        # drawn for the global batch, this rank's rows taken: the same as one process would draw
+        draw = (torch.rand(B * d.world, generator=self.noise) < self.cfg.teacher_onsets)[d.rank::d.world]
+        if "reset" not in batch:
+            return draw
+        if self._teacher is None or len(self._teacher) != B:
+            self._teacher = draw
+        self._teacher = torch.where(batch["reset"], draw, self._teacher)
+        return self._teacher
+
     def _stage_at(self, step: int) -> tuple[str, int, int]:
         for s in self.plan:
             if s[1] <= step < s[2]:

@@ -17,6 +17,7 @@ cache holds fp32 only).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -96,3 +97,15 @@ def export_cached(ckpt: Path) -> Path:
     return out
 
 
+def performer_instrument(ref: PerformerRef) -> str | None:
+    """The instrument a performer plays, read from its metadata only (None if unreadable:
+    loading it then says what is wrong)."""
+    try:
+        if ref.kind == "export":
+            return json.loads((Path(ref.path) / "manifest.json").read_text()).get("instrument")
+        from safetensors import safe_open
+
+        with safe_open(str(ref.path), "pt") as f:
+            return (f.metadata() or {}).get("instrument")
+    except Exception:  # noqa: BLE001 - only a consistency check; the real load reports errors
+        return None

@@ -110,3 +110,24 @@ def test_sub_urmp_source_resized(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="seq_len"):
         PerformanceDataset(clips, seq_len=100)
     assert fmt.SPLITS == ("train", "val", "test")
+
+
+def test_a_longer_lookahead_recomputes_a_cached_cqt_that_is_too_short(ds_root: Path, tmp_path: Path) -> None:
+    """The last frame of a clip with 100 ms of lookahead reads columns past the clip's end;
+    a CQT cached for no lookahead is too short for it and is made again, not failed on."""
+    clips = open_sources(ds_root)
+    ds0 = PerformanceDataset(clips, seq_len=8, stride=8, cache_dir=tmp_path / "cache")
+    n0 = ds0.clip_cqt(0).shape[-1]
+    ahead = PerformanceDataset(clips, seq_len=8, stride=8, cache_dir=tmp_path / "cache",
+                               video_spec=VideoSpec(lookahead_ms=100.0))
+    ahead.with_frames = False
+    last = (clips[0].n_frames - 8) // 8
+    item = ahead.item(0, last * 8)  # the clip's last full window
+    assert ahead.clip_cqt(0).shape[-1] > n0 and item["cqt"].shape == (8, 84, 87)
+    # the motion targets come with it: onsets from the notes, the bow from the physics
+    ahead.with_motion = True
+    item = ahead.item(0, 0, clips[0].n_frames)
+    assert item["motion"].shape == (clips[0].n_frames, 6) and item["motion_mask"][:, [0, 1, 2, 5]].min() == 1.0
+    on = np.flatnonzero(item["motion"][:, 0].numpy())
+    want = sorted({int(np.ceil(n[0] * clips[0].fps - 1e-6)) for n in clips[0].notes()} & set(range(clips[0].n_frames)))
+    assert on.tolist() == want

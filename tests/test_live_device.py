@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 from helpers import music_signal
-from pulse import pulse_available, start_pulse
+
+from benchmarks.pulse import pulse_available, start_pulse
 
 pytestmark = pytest.mark.skipif(not pulse_available(), reason="PulseAudio (pulseaudio, pactl, paplay) not installed")
 

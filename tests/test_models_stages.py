@@ -85,10 +85,12 @@ def test_khp_step_equals_forward() -> None:
     state = khp.init_state(B)
     for t in range(T):
         o, state = khp.step(w[:, t], state)
-        _assert_close(o, (seq.keypoints[:, t], seq.heatmap[:, t]))
+        _assert_close(o, (seq.keypoints[:, t], seq.heatmap[:, t], seq.motion[:, t]))
     assert seq.keypoints.shape == (B, T, 67, 2)
     assert seq.heatmap.shape == (B, T, 7, *cfg.work_size)
-    assert set(state.to_dict()) == {"lstm_h", "lstm_c"}
+    assert set(state.to_dict()) == {"lstm_h", "lstm_c", "enc.history", "direction", "travel"}
+    paper = KeypointPredictor(preset("paper").khp, cfg.audio, cfg.work_size)  # the paper's KP: LSTM state only
+    assert set(paper.init_state(1).to_dict()) == {"lstm_h", "lstm_c"}
 
 
 def test_khp_starts_at_mean_pose_and_set_mean_pose() -> None:
@@ -221,7 +223,8 @@ def test_performer_state_names_round_trip() -> None:
     model = _model(preset("tiny"))
     state = model.init_state(3)
     d = state.to_dict()
-    assert set(d) == {"khp.lstm_h", "khp.lstm_c", "cvg.lstm_h", "cvg.lstm_c", "cvg.prev_frame", "stu.gru_h"}
+    assert set(d) == {"khp.lstm_h", "khp.lstm_c", "khp.enc.history", "khp.direction", "khp.travel",
+                      "cvg.lstm_h", "cvg.lstm_c", "cvg.prev_frame", "stu.gru_h"}
     back = PerformerState.from_dict(d)
     assert all(torch.equal(d[k], v) for k, v in back.to_dict().items())
     w = _windows(preset("tiny"), b=3, t=1)[:, 0]
@@ -239,7 +242,7 @@ def test_performer_state_names_round_trip() -> None:
         PerformerState.from_dict({**d, "stu.other": d["stu.gru_h"]})
     # an ablated model's state lacks the ablated parts' names
     no_cvg = _model(ablate(preset("tiny"), "no_cvg")).init_state(1).to_dict()
-    assert set(no_cvg) == {"khp.lstm_h", "khp.lstm_c", "stu.gru_h"}
+    assert set(no_cvg) == {"khp.lstm_h", "khp.lstm_c", "khp.enc.history", "khp.direction", "khp.travel", "stu.gru_h"}
     # state is frozen: a step cannot mutate it in place
     with pytest.raises(dataclasses.FrozenInstanceError):
         state.stu = None  # type: ignore[misc]
@@ -315,7 +318,7 @@ def test_end_to_end_losses_reach_all_stages() -> None:
     losses.frame_l1(out.frame, _real(cfg)[0]).backward()
     assert _reached(model) == {"khp", "cvg", "stu"}
     g = _grads(model.khp)
-    assert g["motion.convs.0.weight"] and g["lstm.weight_ih"]
+    assert g["motion.columns.0.weight"] and g["lstm.weight_ih"]
 
 
 def test_dlt_loss_switch() -> None:

@@ -35,8 +35,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 from helpers import music_signal
-from pulse import pulse_available, start_pulse
 
+from benchmarks.pulse import pulse_available, start_pulse
 from letsplay.models.spec import AudioSpec, VideoSpec
 from letsplay.realtime import sources
 from letsplay.realtime.backends import TorchBackend

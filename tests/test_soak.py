@@ -1,6 +1,15 @@
 """A short soak in CI (the long one is `python -m benchmarks.soak --minutes 10`): several
 minutes of audio through the engine into an mp4 keep memory flat and A/V aligned."""
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.pulse import pulse_available
 from benchmarks.soak import run
 
 
@@ -15,3 +24,24 @@ def test_short_soak_memory_flat_and_av_aligned(tmp_path):
     assert rec["frames"] == 5400
     assert abs(rec["av_duration_diff_ms"]) < 1000 / 30
     assert abs(rec["video_seconds"] - 180.0) < 1e-6
+
+
+@pytest.mark.skipif(not pulse_available(), reason="PulseAudio (pulseaudio, pactl, paplay) not installed")
+def test_live_soak_runs_a_real_device_and_accounts_for_every_frame(tiny_ckpt, tmp_path):
+    """The live soak benchmark, briefly: music played into a real (PulseAudio null-sink)
+    device, captured live, recorded; every frame slot is either in the mp4 or a counted drop."""
+    out = tmp_path / "soak.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PULSE")}
+    r = subprocess.run([sys.executable, "-m", "benchmarks.soak_live", "--minutes", "0.3", "--interval", "6",
+                        "--performer", str(tiny_ckpt), "--out", str(tmp_path / "run"), "--json", str(out),
+                        "--plot", str(tmp_path / "soak.png")],
+                       capture_output=True, text=True, timeout=240, env=env, cwd=Path(__file__).parent.parent)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert len(res["per_minute"]) == 3 and not res["interrupted"] and res["errors"] == 0
+    assert res["frames"] > 0 and all(row["rss_mb"] > 0 for row in res["per_minute"])
+    assert res["per_minute"][-1]["input_level_dbfs"] > -60  # the music really arrived through the device
+    rec = res["recording"]
+    assert rec["frames"] == res["frames"] and rec["gap_frames"] == res["dropped"] and rec["out_of_order"] == 0
+    assert abs(rec["frames"] + rec["gap_frames"] - rec["frames_expected"]) <= 2
+    assert (tmp_path / "soak.png").stat().st_size > 0

@@ -110,6 +110,7 @@ def test_kp_lanes_read_clips_from_the_start_and_resume_exactly(dataset: Path, tm
     first = Trainer(mcfg, cfg, dataset, tmp_path / "b", progress=False).run(stop_at=2)
     rest = Trainer(mcfg, cfg, dataset, tmp_path / "b", progress=False).run(resume=True)
     assert _losses(first.history + rest.history) == _losses(full.history)
+    assert {"kp_motion", "kp_vel"} <= set(full.history[-1])  # the motion heads learn from the notes and physics
 
 
 def test_stu_teacher_keypoints_draw_the_real_pose(dataset: Path, tmp_path: Path) -> None:

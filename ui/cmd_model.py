@@ -8,7 +8,8 @@ import json
 from typing import Any
 
 PRESET_NAMES = ("tiny", "realtime", "paper")  # models.presets.PRESETS, without importing torch here
-ABLATION_NAMES = ("no_cvg", "no_khp", "no_stu", "no_gcn", "no_gru", "kp_no_avg", "kp_no_dlt")
+ABLATION_NAMES = ("no_cvg", "no_khp", "no_stu", "no_gcn", "no_gru", "kp_no_avg", "kp_no_dlt", "kp_paper",
+                  "kp_no_motion")
 INSTRUMENT_NAMES = ("cello", "trombone")
 
 

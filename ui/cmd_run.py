@@ -64,12 +64,12 @@ def _open(args: argparse.Namespace):
     import dataclasses
 
     from letsplay.realtime.backends import BackendOptions, describe, open_backend
-    from letsplay.realtime.performers import resolve_performer
+    from letsplay.realtime.performers import performer_instrument, resolve_performer
 
     _check_settings(args)
     ref = resolve_performer(args.performer, args.instrument)
     if args.instrument and args.performer:
-        plays = _performer_instrument(ref)
+        plays = performer_instrument(ref)
         if plays is not None and plays != args.instrument:
             raise ValueError(f"--performer {args.performer} plays the {plays}, not the {args.instrument} asked for "
                              f"with --instrument; drop one of the two")
@@ -99,20 +99,6 @@ def _check_settings(args: argparse.Namespace) -> None:
     threads = getattr(args, "threads", None)
     if threads is not None and threads < 1:
         raise ValueError(f"--threads must be at least 1 (leave it out for the default), got {threads}")
-
-
-def _performer_instrument(ref) -> str | None:
-    """The instrument a performer plays, read from its metadata only (None if unreadable:
-    loading it then says what is wrong)."""
-    try:
-        if ref.kind == "export":
-            return json.loads((Path(ref.path) / "manifest.json").read_text()).get("instrument")
-        from safetensors import safe_open
-
-        with safe_open(str(ref.path), "pt") as f:
-            return (f.metadata() or {}).get("instrument")
-    except Exception:  # noqa: BLE001 - only a consistency check; the real load reports errors
-        return None
 
 
 def _same_file(a: Path, b: str | os.PathLike[str] | None) -> bool:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import os
 from pathlib import Path
+
+from letsplay.ui.cmd_run import MAX_LOOKAHEAD_MS
 
 PRESET_NAMES = ("tiny", "realtime", "paper")
 INSTRUMENT_NAMES = ("cello", "trombone")
@@ -58,6 +62,10 @@ def _add_train(p: argparse.ArgumentParser) -> None:
                         "e2e (all stages together: end-to-end fine-tuning, usually with --init)")
     p.add_argument("--init", help="start from the weights of this Performer checkpoint (default: a fresh "
                                   "initialisation from --seed)")
+    p.add_argument("--lookahead", type=float, default=None, metavar="MS",
+                   help="future audio each frame sees, 0..2000 ms: the model learns to move as far ahead of the "
+                        "sound (a player's hands lead the note); render and live then use it by default "
+                        "(default: the preset's, 0)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out exactly where its last checkpoint stopped (the same options "
                         "are required)")
@@ -98,6 +106,8 @@ def _check_train_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--fractions are shares of --steps: >= 0 and not all 0, got {list(args.fractions)}")
     if not 0.0 <= args.teacher_keypoints <= 1.0:
         raise ValueError(f"--teacher-keypoints is a share of the sequences, 0..1; got {args.teacher_keypoints}")
+    if args.lookahead is not None and not (math.isfinite(args.lookahead) and 0 <= args.lookahead <= MAX_LOOKAHEAD_MS):
+        raise ValueError(f"--lookahead must be 0..{MAX_LOOKAHEAD_MS:g} ms of future audio, got {args.lookahead:g}")
     if args.resume and args.overwrite:
         raise ValueError("--resume continues the run in --out and --overwrite starts it over; choose one")
     if args.init is not None and not Path(args.init).is_file():
@@ -112,6 +122,8 @@ def _run_train(args: argparse.Namespace) -> int:
     tc = _train_config(args, args.stage)
     instrument = resolve_instrument(args.data, args.instrument)
     cfg = preset(args.preset, instrument=instrument)
+    if args.lookahead is not None:
+        cfg = dataclasses.replace(cfg, video=dataclasses.replace(cfg.video, lookahead_ms=float(args.lookahead)))
     if args.ablation:
         cfg = ablate(cfg, args.ablation)
     check_out_folder(args.out, tc, None if args.init else cfg, resume=args.resume, overwrite=args.overwrite)
@@ -133,6 +145,9 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-seconds", type=float, help="evaluate at most this many seconds per clip")
     p.add_argument("--json", help="write every row's metrics (and per-clip figures) here")
     p.add_argument("--strip", help="write a PNG strip of generated vs ground-truth frames here")
+    p.add_argument("--keypoints-only", action="store_true",
+                   help="run the keypoint stage alone: keypoint error, arm amplitude and sync beside the still "
+                        "pose and the real motion, no frames (minutes instead of tens of minutes; default: all rows)")
     p.add_argument("--no-renderer-only", action="store_true",
                    help="skip the renderer-only row (the generator fed the real keypoints; it costs as much "
                         "as the model's own pass)")
@@ -145,15 +160,16 @@ def _run_eval(args: argparse.Namespace) -> int:
 
     _threads(args)
     res = evaluate_checkpoint(args.checkpoint, args.data, split=args.split, max_seconds=args.max_seconds,
-                              device=args.device, strip=args.strip, renderer_only=not args.no_renderer_only)
+                              device=args.device, strip=args.strip, renderer_only=not args.no_renderer_only,
+                              kp_only=args.keypoints_only)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(res.to_dict(), indent=1) + "\n")
     print(f"{res.clips} clips, {res.frames} frames, {res.seconds:.0f} s")
     print(result_table(res))
     print("moving PSNR: over the pixels that differ from the clip's still picture; checker: 2-pixel-period "
-          "energy / the real frames' (1 = as much); sync C: 0 = chance, 1 = every motion event on an onset; "
-          "lag: frames the motion comes after the onsets")
+          "energy / the real frames' (1 = as much); arm amp: RMS travel of the right (bowing / slide) wrist; "
+          "sync C: 0 = chance, 1 = every motion event on an onset; lag: frames the motion comes after the onsets")
     return 0
 
 

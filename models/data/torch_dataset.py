@@ -165,6 +165,7 @@ class PerformanceDataset(Dataset):
         self.epoch = 0
         self.with_frames = True  # False: items carry no "frames" (keypoint training needs none)
         self.with_parts = False  # True: items carry "parts", the part-label maps (format-2 clips)
+        self.with_motion = False  # True: items carry "motion" / "motion_mask", KHP's motion targets
         self.index: list[tuple[int, int]] = []
         for ci, c in enumerate(self.clips):
             for s in range(0, c.n_frames - seq_len + 1, self.stride):
@@ -177,6 +178,7 @@ class PerformanceDataset(Dataset):
         self._first: dict[int, np.ndarray] = {}  # frame 0 of each clip (its size, without frames)
         self._inst: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._parts: dict[int, np.ndarray | None] = {}  # the last clip's maps only (they are large)
+        self._motion: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def __len__(self) -> int:
         return len(self.index)
@@ -194,22 +196,23 @@ class PerformanceDataset(Dataset):
         """The whole clip's CQT, [n_bins, n_columns] float32."""
         if ci in self._cqts:
             return self._cqts[ci]
+        from letsplay.models.features import frame_column
+
         clip = self.clips[ci]
+        v = self._video_for(clip)
+        last_col = frame_column(clip.n_frames - 1, self.audio_spec, v)  # a lookahead reads past the clip's end
         path = None
         if self.cache_dir is not None:
             key = hashlib.sha1(f"{clip.cache_key}|{self.audio_spec.to_json()}".encode()).hexdigest()[:20]
             path = self.cache_dir / f"cqt-{key}.npy"
             if path.is_file():
                 t = torch.from_numpy(np.load(path))
-                self._cqts[ci] = t
-                return t
-        from letsplay.models.features import frame_column
-
+                if t.shape[-1] > last_col:  # long enough (one made for a shorter lookahead is not)
+                    self._cqts[ci] = t
+                    return t
         if self._cqt_mod is None:
             self._cqt_mod = _cqt_module(self.audio_spec)
         audio = clip.audio(self.audio_spec)
-        v = self._video_for(clip)
-        last_col = frame_column(clip.n_frames - 1, self.audio_spec, v)
         need = last_col * self.audio_spec.hop + self._cqt_mod.ahead + 1  # samples for the last frame's column
         if len(audio) < need:  # audio after the clip's end is silence
             audio = np.concatenate([audio, np.zeros(need - len(audio), np.float32)])
@@ -246,6 +249,25 @@ class PerformanceDataset(Dataset):
                         pts[:n, k], conf[:n, k] = got.points[:n, j], got.confidence[:n, j]
             self._inst[ci] = (pts, conf)
         return self._inst[ci]
+
+    def _motion_targets(self, ci: int) -> tuple[np.ndarray, np.ndarray]:
+        """(values [T, 6], mask [T, 6]): :func:`letsplay.models.motion_targets.motion_targets`
+        from the clip's notes and physics, where it has them."""
+        if ci not in self._motion:
+            from letsplay.models.motion_targets import motion_targets
+
+            clip = self.clips[ci]
+            notes = motion = None
+            try:
+                notes = clip.notes()
+            except (AttributeError, OSError, ValueError, KeyError):
+                notes = None
+            try:
+                motion = clip.motion()
+            except (AttributeError, OSError, ValueError, KeyError):
+                motion = None
+            self._motion[ci] = motion_targets(clip.instrument, notes, motion, clip.n_frames, float(clip.fps))
+        return self._motion[ci]
 
     def _part_maps(self, ci: int) -> np.ndarray | None:
         if ci not in self._parts:
@@ -294,6 +316,10 @@ class PerformanceDataset(Dataset):
             "instrument_points": torch.from_numpy(np.ascontiguousarray(ip, np.float32)),
             "instrument_confidence": torch.from_numpy(np.ascontiguousarray(ic, np.float32)),
         }
+        if self.with_motion:
+            mv, mm = self._motion_targets(ci)
+            item["motion"] = torch.from_numpy(np.ascontiguousarray(mv[s:s + T]))
+            item["motion_mask"] = torch.from_numpy(np.ascontiguousarray(mm[s:s + T]))
         if self.with_parts:
             maps = self._part_maps(ci)
             if maps is None or len(maps) < s + T:

@@ -63,7 +63,8 @@ class BackendOptions:
     reduced-precision variant an export lists (int8, fp16), which means onnxruntime.
     ``threads``: onnxruntime intra-op threads. ``cuda_graph``: the torch step captured into
     a CUDA graph (torch on CUDA only). ``allow_fallback``: accept the provider onnxruntime
-    falls back to. ``pipeline``: True / False, or None for ``--pipeline auto``.
+    falls back to. ``pipeline``: True / False (the default: the fused step), or None for
+    ``--pipeline auto`` (what the CLI defaults to).
     ``torch_dtype`` (fp32, fp16 on CUDA, bf16) and ``trt_precision`` (fp16 or fp32): the
     torch backend's compute dtype and the native TensorRT engine's precision.
     """

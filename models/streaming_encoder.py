@@ -1,0 +1,117 @@
+"""The streaming audio encoder: each CQT column is read once, history lives in carried state.
+
+The paper's encoder (:class:`letsplay.models.blocks.AudioEncoder`) re-reads the whole
+87-column window every frame, so each column is encoded about 15 times and the model
+has no memory beyond the window. This one is causal and stateful:
+
+1. **Column stage** (pointwise over columns): for each of the frame's newest ``chunk``
+   columns, the compressed magnitude ``x = log1p(|CQT|)`` and its spectral flux
+   ``relu(x_c - x_{c-1})`` (84 + 84 values; the flux is what makes note onsets stand out,
+   repeated notes included) go through two 1x1 convolutions. ``chunk`` is the most
+   columns one frame can bring: ``ceil(column_rate / fps)`` (6 at 44.1 kHz, hop 256,
+   30 fps, where a frame brings 5 or 6), so at most one column in twenty is read by two
+   frames.
+2. **Frame feature**: the chunk's column features, in time order, through one linear
+   layer -- onset timing inside the frame is kept.
+3. **Temporal stage**: causal dilated convolutions over frames (kernel 2, dilations
+   1, 2, 4, ...; residual), whose past inputs are the carried state ``history``. With
+   4 layers a frame feature sees the last 16 frames (0.53 s), the window the paper reads.
+
+:meth:`StreamingAudioEncoder.step` runs one frame; :meth:`StreamingAudioEncoder.sequence`
+runs a whole sequence at once (the column stage batched over frames, the temporal stage
+as dilated convolutions over the sequence) and equals a loop of ``step`` for any split
+of the sequence into parts, the state carried between them (tested).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from letsplay.models.blocks import LEAK, act
+from letsplay.models.spec import AudioSpec, VideoSpec
+from letsplay.models.state import State
+
+
+def chunk_columns(audio: AudioSpec, video: VideoSpec) -> int:
+    """The most new CQT columns one video frame can bring: ``ceil(column_rate / fps)``."""
+    return max(1, math.ceil(audio.column_rate / video.fps - 1e-9))
+
+
+@dataclass(frozen=True)
+class StreamingEncoderState(State):
+    history: Tensor  # [B, features, sum(dilations)]: each temporal layer's last inputs, layer after layer
+
+
+class StreamingAudioEncoder(nn.Module):
+    """CQT columns -> one feature vector per video frame, causal, state carried.
+
+    ``channels``: column features; ``features``: frame features (the output size);
+    ``layers``: temporal layers (dilations 1, 2, 4, ... 2**(layers - 1)).
+    """
+
+    def __init__(self, audio: AudioSpec, video: VideoSpec, channels: int, features: int, layers: int) -> None:
+        super().__init__()
+        if layers < 0:
+            raise ValueError(f"StreamingAudioEncoder needs >= 0 temporal layers, got {layers}")
+        self.log1p = audio.scaling == "magnitude"
+        self.n_bins = audio.n_bins
+        self.chunk = chunk_columns(audio, video)
+        if audio.window_columns < self.chunk + 1:
+            raise ValueError(f"the CQT window ({audio.window_columns} columns) must hold a frame's "
+                             f"{self.chunk} newest columns and the one before them")
+        self.columns = nn.Sequential(nn.Conv1d(2 * audio.n_bins, channels, 1), act(),
+                                     nn.Conv1d(channels, channels, 1), act())
+        self.frame = nn.Sequential(nn.Linear(channels * self.chunk, features), act())
+        self.dilations = tuple(2 ** i for i in range(layers))
+        self.temporal = nn.ModuleList(nn.Conv1d(features, features, 2, dilation=d) for d in self.dilations)
+        self.features = features
+
+    @property
+    def history_len(self) -> int:
+        return sum(self.dilations)
+
+    def init_state(self, batch: int = 1, device: torch.device | str | None = None) -> StreamingEncoderState:
+        return StreamingEncoderState(history=torch.zeros(batch, self.features, self.history_len, device=device))
+
+    def _frame_features(self, window: Tensor) -> Tensor:
+        """[N, n_bins, >= chunk + 1] -> [N, features]: column and frame stages of the newest columns."""
+        x = window[..., -(self.chunk + 1):]
+        x = torch.log1p(x.clamp_min(0.0)) if self.log1p else x
+        flux = torch.relu(x[..., 1:] - x[..., :-1])
+        cols = self.columns(torch.cat([x[..., 1:], flux], dim=1))  # [N, channels, chunk]
+        return self.frame(cols.flatten(1))
+
+    def step(self, window: Tensor, state: StreamingEncoderState) -> tuple[Tensor, StreamingEncoderState]:
+        """One frame: ``window [B, n_bins, W]`` (its last column the frame's newest) -> ``[B, features]``."""
+        f = self._frame_features(window)
+        hist, new, o = state.history, [], 0
+        for conv, d in zip(self.temporal, self.dilations, strict=True):
+            past = hist[..., o: o + d]  # this layer's last d inputs, oldest first
+            y = F.leaky_relu(F.conv1d(torch.stack([past[..., 0], f], dim=-1), conv.weight, conv.bias), LEAK)
+            new.append(torch.cat([past[..., 1:], f[..., None]], dim=-1))
+            f = f + y[..., 0]
+            o += d
+        hist = torch.cat(new, dim=-1) if new else hist
+        return f, StreamingEncoderState(history=hist)
+
+    def sequence(self, windows: Tensor, state: StreamingEncoderState | None = None
+                 ) -> tuple[Tensor, StreamingEncoderState]:
+        """A sequence: ``windows [B, T, n_bins, W]`` -> ``[B, T, features]`` and the state
+        after it; equal to a loop of :meth:`step` (the whole sequence in a few big ops)."""
+        B, T = windows.shape[:2]
+        state = self.init_state(B, windows.device) if state is None else state
+        f = self._frame_features(windows.reshape(B * T, *windows.shape[2:])).reshape(B, T, -1).transpose(1, 2)
+        hist, new, o = state.history, [], 0  # f: [B, features, T]
+        for conv, d in zip(self.temporal, self.dilations, strict=True):
+            x = torch.cat([hist[..., o: o + d], f], dim=-1)  # [B, features, d + T]
+            y = F.leaky_relu(conv(x), LEAK)  # [B, features, T]: output t reads x[t] and x[t + d]
+            new.append(x[..., -d:])
+            f = f + y
+            o += d
+        hist = torch.cat(new, dim=-1) if new else hist
+        return f.transpose(1, 2), StreamingEncoderState(history=hist)

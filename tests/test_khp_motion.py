@@ -1,0 +1,179 @@
+"""KHP that follows the music: the streaming audio encoder, the motion heads and their targets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from letsplay.models.data.performer_motion import plan_bow
+from letsplay.models.data.scores import Note
+from letsplay.models.keypoints import MOTION_CHANNELS, KeypointPredictor, motion_loss
+from letsplay.models.motion_targets import bow_direction, motion_targets, onset_frames
+from letsplay.models.presets import ablate, preset
+from letsplay.models.spec import VideoSpec
+from letsplay.models.streaming_encoder import StreamingAudioEncoder, chunk_columns
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _windows(B: int, T: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(B, T, 84, 87, generator=g) * 4
+
+
+@pytest.mark.parametrize("name", ["tiny", "realtime"])
+def test_streaming_encoder_equals_offline_for_any_chunking(name: str) -> None:
+    cfg = preset(name)
+    torch.manual_seed(1)
+    enc = StreamingAudioEncoder(cfg.audio, cfg.video, cfg.khp.stream_channels, cfg.khp.audio_features,
+                                cfg.khp.stream_layers)
+    w = _windows(2, 41)
+    with torch.no_grad():
+        offline, last = enc.sequence(w)
+        rng = np.random.default_rng(0)
+        for _ in range(4):  # random splits of the sequence into parts, state carried between them
+            cuts = sorted(set(rng.integers(1, 41, size=rng.integers(1, 6)).tolist()))
+            parts, st = [], enc.init_state(2)
+            for a, b in zip([0, *cuts], [*cuts, 41], strict=True):
+                f, st = enc.sequence(w[:, a:b], st)
+                parts.append(f)
+            assert torch.allclose(torch.cat(parts, 1), offline, atol=1e-5)
+            assert torch.allclose(st.history, last.history, atol=1e-5)
+        st, steps = enc.init_state(2), []
+        for t in range(41):  # frame by frame, as the engine runs it
+            f, st = enc.step(w[:, t], st)
+            steps.append(f)
+    assert torch.allclose(torch.stack(steps, 1), offline, atol=1e-5)
+    assert offline.abs().mean() > 0.01  # a real output, not zeros
+
+
+def test_streaming_encoder_reads_only_the_newest_columns() -> None:
+    """Each frame reads its chunk of newest columns (and the one before, for the flux):
+    older columns of the window cannot change the output -- they were read by earlier frames."""
+    cfg = preset("tiny")
+    enc = StreamingAudioEncoder(cfg.audio, cfg.video, 16, 32, 2)
+    assert enc.chunk == chunk_columns(cfg.audio, cfg.video) == 6  # 172.3 columns/s at 30 fps
+    w = _windows(1, 1)[:, 0]
+    w2 = w.clone()
+    w2[..., : -enc.chunk - 1] = 0.0
+    st = enc.init_state(1)
+    with torch.no_grad():
+        assert torch.equal(enc.step(w, st)[0], enc.step(w2, st)[0])
+        w2[..., -1] += 1.0
+        assert not torch.equal(enc.step(w, st)[0], enc.step(w2, st)[0])
+    assert chunk_columns(cfg.audio, VideoSpec(fps=60.0)) == 3
+
+
+def test_khp_with_motion_heads_step_equals_forward_and_sizes() -> None:
+    cfg = preset("realtime")
+    torch.manual_seed(0)
+    khp = KeypointPredictor(cfg.khp, cfg.audio, cfg.work_size, cfg.instrument, cfg.video)
+    torch.nn.init.normal_(khp.fc.weight, std=0.01)
+    w = _windows(2, 20)
+    with torch.no_grad():
+        seq, last = khp(w, with_heatmap=False)
+        st = khp.init_state(2)
+        for t in range(20):
+            o, st = khp.step(w[:, t], st, with_heatmap=False)
+            assert torch.allclose(o.keypoints, seq.keypoints[:, t], atol=1e-5)
+            assert torch.allclose(o.motion, seq.motion[:, t], atol=1e-5)
+    for k, v in st.to_dict().items():
+        assert torch.allclose(v, last.to_dict()[k], atol=1e-5), k
+    assert seq.motion.shape == (2, 20, len(MOTION_CHANNELS))
+    assert ((seq.motion[..., 1] >= 0) & (seq.motion[..., 1] <= 1)).all()  # direction is a probability
+    assert ((seq.motion[..., 2] >= 0) & (seq.motion[..., 2] <= 1)).all()  # travel stays on the bow
+
+
+def _khp_hearing(onset_logit: float) -> KeypointPredictor:
+    """A tiny KHP whose onset head says ``onset_logit`` on every frame."""
+    cfg = preset("tiny")
+    khp = KeypointPredictor(cfg.khp, cfg.audio, cfg.work_size, cfg.instrument, cfg.video)
+    with torch.no_grad():
+        khp.heads.weight.zero_()
+        khp.heads.bias.copy_(torch.tensor([onset_logit, 0.0, 0.0, 0.0]))
+    return khp
+
+
+def test_direction_state_flips_on_onsets() -> None:
+    khp = _khp_hearing(30.0)  # an onset every frame
+    w = _windows(1, 6)
+    with torch.no_grad():
+        out, _ = khp(w, with_heatmap=False)
+        q = out.motion[0, :, 1]
+        assert torch.allclose(q, torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0, 0.0]), atol=1e-6)
+        out, _ = _khp_hearing(-30.0)(w, with_heatmap=False)  # no onset: the direction holds
+        assert torch.allclose(out.motion[0, :, 1], torch.zeros(6), atol=1e-6)
+
+
+def test_reset_where_restarts_only_those_rows() -> None:
+    cfg = preset("tiny")
+    khp = KeypointPredictor(cfg.khp, cfg.audio, cfg.work_size, cfg.instrument, cfg.video)
+    with torch.no_grad():
+        _, st = khp(_windows(3, 5), with_heatmap=False)
+    r = khp.reset_where(st, torch.tensor([True, False, True]))
+    init = khp.init_state(3).to_dict()
+    for k, v in r.to_dict().items():
+        assert torch.equal(v[[0, 2]], init[k][[0, 2]]), k
+        assert torch.equal(v[1], st.to_dict()[k][1]), k
+
+
+def test_motion_targets_from_notes_and_physics() -> None:
+    notes = [(0.10, 0.4, 48, 90), (0.50, 0.3, 50, 80), (1.00, 0.5, 50, 70)]
+    fps = 30.0
+    on = onset_frames(np.array([n[0] for n in notes]), 45, fps)
+    assert np.flatnonzero(on).tolist() == [3, 15, 30]  # 0.1 s is in (2/30, 3/30]; 0.5 in (14/30, 15/30]
+    ns = [Note(*n) for n in notes]
+    d = bow_direction(ns, 45, fps)
+    assert d[:3].tolist() == [0, 0, 0] and d[3] == 1 and d[14] == 1 and d[15] == 0 and d[30] == 1
+    assert plan_bow(ns)[1].tolist() == [1.0, -1.0, 1.0]
+    motion = {"bow_position": np.linspace(8.0, 50.0, 45), "bow_string": np.full(45, 3.0),
+              "stop_fraction": np.full(45, 0.25), "bowing": np.ones(45, bool)}
+    v, m = motion_targets("cello", notes, motion, 45, fps)
+    assert m.min() == 1.0
+    assert v[0, 2] == 0.0 and v[-1, 2] == 1.0 and np.allclose(v[:, 3], 1.0) and np.allclose(v[:, 4], 0.25)
+    tv, tm = motion_targets("trombone", notes, {"slide_position": np.full(45, 4.0), "loudness": np.full(45, 0.5),
+                                                "playing": np.zeros(45, bool)}, 45, fps)
+    assert tm[:, 1].max() == 0 and tm[:, 2].max() == 0  # no bow: direction and travel do not count
+    assert np.allclose(tv[:, 3], 0.5) and np.allclose(tv[:, 4], 0.5) and tv[:, 5].max() == 0
+    nv, nm = motion_targets("cello", None, None, 45, fps)  # a prepared video: nothing to learn from
+    assert nm.max() == 0 and nv.max() == 0
+
+
+def test_motion_loss_counts_only_unmasked_channels() -> None:
+    real = torch.zeros(2, 4, 6)
+    pred = torch.zeros(2, 4, 6)
+    pred[..., 1] = 0.5
+    mask = torch.zeros(2, 4, 6)
+    assert motion_loss(pred, real, mask).item() == 0.0
+    mask[..., 2] = 1.0
+    pred[..., 2] = 0.25
+    assert motion_loss(pred, real, mask).item() == pytest.approx(0.25)
+    mask[..., 1] = 1.0
+    assert motion_loss(pred, real, mask).item() == pytest.approx(0.25 + np.log(2), rel=1e-4)
+
+
+def test_paper_kp_stays_available() -> None:
+    rt = preset("realtime")
+    assert rt.khp.encoder == "streaming" and rt.khp.motion_heads
+    paper = ablate(rt, "kp_paper").khp
+    assert paper.encoder == "window" and not paper.motion_heads and paper.avg_condition and paper.dlt_loss
+    assert preset("paper").khp.encoder == "window" and not preset("paper").khp.motion_heads
+    khp = KeypointPredictor(paper, rt.audio, rt.work_size)
+    out, st = khp(_windows(1, 3))
+    assert out.motion is None and set(st.to_dict()) == {"lstm_h", "lstm_c"}
+
+
+def test_teacher_onsets_drive_the_direction_state_where_given() -> None:
+    cfg = preset("tiny")
+    khp = _khp_hearing(-30.0)  # the head hears no onset
+    w = _windows(2, 4)
+    with torch.no_grad():
+        teacher = torch.tensor([[1.0, 0.0, 1.0, 1.0], [float("nan")] * 4])  # row 0 forced, row 1 the head's
+        out, _ = khp(w, with_heatmap=False, teacher=teacher)
+    assert out.motion[0, :, 1].tolist() == pytest.approx([1.0, 1.0, 0.0, 1.0], abs=1e-6)
+    assert out.motion[1, :, 1].tolist() == pytest.approx([0.0] * 4, abs=1e-6)
+    assert (out.motion[..., 0] < -20).all()  # the head's own onset logits are still what it outputs
+    paper = KeypointPredictor(ablate(cfg, "kp_paper").khp, cfg.audio, cfg.work_size)
+    with pytest.raises(ValueError, match="no motion heads"):
+        paper(w, teacher=teacher)
