@@ -18,10 +18,10 @@ preset): motion that follows the music.
 * The motion encoder is :class:`~letsplay.models.streaming_encoder.StreamingAudioEncoder`:
   each CQT column read once, spectral flux for onsets, history in carried state.
 * **Motion heads** read the LSTM: a note-onset logit (trained against the notes played),
-  and an explicit *direction state* ``q`` (the probability of a down-bow) that flips on
-  onsets, ``q <- q (1 - p) + (1 - q) p`` with ``p`` the onset probability -- a bow
-  reverses at every note, so its direction is the parity of the onsets heard, which an
-  LSTM trained on positions alone never learns. A *travel state* ``s`` in 0..1 (the bow's
+  and an explicit *direction state* ``q`` (1 down-bow, 0 up-bow) that flips where the
+  onset probability rises through 1/2 -- a bow reverses at every note, so its direction
+  is the parity of the onsets heard, which an LSTM trained on positions alone never
+  learns. The flip is exact (0 / 1) in use and straight-through in training. A *travel state* ``s`` in 0..1 (the bow's
   contact point) integrates a learnt speed in the direction ``q`` gives. Two regression
   heads and a sounding logit complete :data:`MOTION_CHANNELS`. The keypoints are read from
   the LSTM *and* these, so the arm follows the direction and travel states.
@@ -72,6 +72,7 @@ class KeypointConfig:
     encoder: Literal["window", "streaming"] = "window"  # the paper's window 1D-CNN, or the streaming encoder
     stream_channels: int = 64  # streaming encoder: column features
     stream_layers: int = 4  # streaming encoder: temporal layers (receptive field 2**layers frames)
+    stream_flux: Literal["plain", "max"] = "plain"  # streaming encoder: onset flux against the bin or its max
     motion_heads: bool = False  # onset head, direction and travel states, motion regressions
     velocity_weight: float = 0.0  # loss: frame-to-frame keypoint motion (L2), relative to Eq. 2
     motion_weight: float = 0.0  # loss: the motion targets (BCE / L1), relative to Eq. 2
@@ -82,6 +83,8 @@ class KeypointConfig:
             raise ValueError(f"KeypointConfig.heatmap_radius must be > 0, got {self.heatmap_radius}")
         if self.encoder not in ("window", "streaming"):
             raise ValueError(f"KeypointConfig.encoder must be 'window' or 'streaming', got {self.encoder!r}")
+        if self.stream_flux not in ("plain", "max"):
+            raise ValueError(f"KeypointConfig.stream_flux must be 'plain' or 'max', got {self.stream_flux!r}")
         if self.velocity_weight < 0 or self.motion_weight < 0:
             raise ValueError("KeypointConfig: loss weights must be >= 0")
 
@@ -91,7 +94,8 @@ class KeypointState(State):
     lstm_h: Tensor  # [B, hidden]
     lstm_c: Tensor  # [B, hidden]
     enc: StreamingEncoderState | None = None  # the streaming encoder's history
-    direction: Tensor | None = None  # [B, 1] motion heads: P(down-bow), flips on onsets
+    direction: Tensor | None = None  # [B, 1] motion heads: 1 down-bow / 0 up-bow, flips on onsets
+    onset_prev: Tensor | None = None  # [B, 1] motion heads: the previous frame's onset probability
     travel: Tensor | None = None  # [B, 1] motion heads: bow contact point - 0.5 (so a fresh state is zeros)
 
 
@@ -114,7 +118,7 @@ class KeypointPredictor(nn.Module):
         self.video = video or VideoSpec()
         if cfg.encoder == "streaming":
             self.motion = StreamingAudioEncoder(audio, self.video, cfg.stream_channels, cfg.audio_features,
-                                                cfg.stream_layers)
+                                                cfg.stream_layers, cfg.stream_flux)
         else:
             self.motion = AudioEncoder(audio, cfg.audio_channels, cfg.audio_layers, cfg.audio_features)
         lstm_in = cfg.audio_features
@@ -153,6 +157,7 @@ class KeypointPredictor(nn.Module):
         return KeypointState(lstm_h=z, lstm_c=z.clone(), enc=enc,
                              # before the first note: an up-bow, so the first onset starts a down-bow
                              direction=torch.zeros(batch, 1, device=device) if heads else None,
+                             onset_prev=torch.zeros(batch, 1, device=device) if heads else None,
                              travel=torch.zeros(batch, 1, device=device) if heads else None)  # mid-bow
 
     def reset_where(self, state: KeypointState, reset: Tensor) -> KeypointState:
@@ -192,10 +197,15 @@ class KeypointPredictor(nn.Module):
         if self.cfg.motion_heads:
             onset, aux_a, aux_b, sounding = self.heads(torch.cat([h, audio_feat], dim=1)).split(1, dim=1)
             p = torch.sigmoid(onset)
+            # an onset is where the probability rises through 1/2 (one flip for a detection that
+            # spans two frames); gradients pass through the soft form p (1 - p_prev) (straight-through)
+            soft = p * (1 - state.onset_prev)
+            hard = ((p > 0.5) & (state.onset_prev <= 0.5)).to(p.dtype)
+            flip = hard + (soft - soft.detach())  # exactly `hard` in value
             if teacher is not None:  # training: the real onsets drive the states where given (not NaN)
-                p = torch.where(torch.isnan(teacher[:, None]), p, teacher[:, None])
+                flip = torch.where(torch.isnan(teacher[:, None]), flip, teacher[:, None])
             q = state.direction
-            direction = q * (1 - p) + (1 - q) * p  # flips with the onset probability
+            direction = q + flip - 2 * q * flip  # q xor flip: the bow reverses at every onset
             prev = state.travel + 0.5  # the state holds travel - 0.5: a fresh state is all zeros
             speed = F.softplus(self.speed(torch.cat([h, direction, prev], dim=1)))  # travel per second
             travel = (prev + (2 * direction - 1) * speed / self.video.fps).clamp(0.0, 1.0)
@@ -206,6 +216,7 @@ class KeypointPredictor(nn.Module):
         kp = base + out  # [B, 67, 2]
         return (KeypointOutput(kp, self.heatmap(kp) if with_heatmap else None, motion),
                 KeypointState(lstm_h=h, lstm_c=c, enc=enc, direction=direction,
+                              onset_prev=None if motion is None else p,
                               travel=None if travel is None else travel - 0.5))
 
     def forward(self, windows: Tensor, state: KeypointState | None = None, with_heatmap: bool = True,
@@ -228,7 +239,7 @@ class KeypointPredictor(nn.Module):
         out, last = unroll(lambda f, tt, s: self._after_encoder(f, s, None, with_heatmap, tt), state,
                            (feats, teacher))
         return out, KeypointState(lstm_h=last.lstm_h, lstm_c=last.lstm_c, enc=enc, direction=last.direction,
-                                  travel=last.travel)
+                                  onset_prev=last.onset_prev, travel=last.travel)
 
     def loss(self, pred: Tensor, real: Tensor, confidence: Tensor | None = None, *,
              motion: Tensor | None = None, motion_real: Tensor | None = None,
@@ -260,13 +271,13 @@ class KeypointPredictor(nn.Module):
 
 def motion_loss(pred: Tensor, real: Tensor, mask: Tensor | None = None) -> Tensor:
     """The motion heads' loss over :data:`MOTION_CHANNELS` ``[..., 6]``: BCE for the onset
-    and sounding logits and for the direction probability, L1 for travel and the two
-    regressions; each channel averaged over its unmasked frames, then summed."""
+    and sounding logits, L1 for the direction state (0 / 1: the share of frames it is wrong),
+    travel and the two regressions; each channel averaged over its unmasked frames, then summed."""
     mask = torch.ones_like(real) if mask is None else mask
     per = torch.stack([  # onsets are ~1 frame in 10: weighted up so missing one costs more than a false one
         F.binary_cross_entropy_with_logits(pred[..., 0], real[..., 0], reduction="none",
                                            pos_weight=pred.new_tensor(ONSET_POS_WEIGHT)),
-        F.binary_cross_entropy(pred[..., 1].clamp(1e-5, 1 - 1e-5), real[..., 1], reduction="none"),
+        (pred[..., 1] - real[..., 1]).abs(),
         (pred[..., 2] - real[..., 2]).abs(),
         (pred[..., 3] - real[..., 3]).abs(),
         (pred[..., 4] - real[..., 4]).abs(),

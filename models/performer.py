@@ -30,6 +30,7 @@ Ablations (paper Tables I and II) are config fields: ``use_cvg`` (I a), ``use_kh
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -255,22 +256,42 @@ class Performer(nn.Module):
 
 
 def combine_stages(base: Performer, stages: dict[str, Performer]) -> Performer:
-    """``base`` with the named stages' weights taken from other Performers of the same
-    config, e.g. ``{"cvg": cvg_run}``: stages trained in separate runs (in parallel) put
-    together before the STU stage. Refuses models of other configs or missing stages."""
+    """``base`` with the named stages' weights taken from other Performers, e.g.
+    ``{"cvg": cvg_run}``: stages trained in separate runs (in parallel) put together before
+    the STU stage, or a retrained KHP put into a finished performer.
+
+    The sources must have the base's config, except a ``khp`` source, which may bring its
+    own KHP config and lookahead (a KHP retrained with another encoder, motion heads or
+    lookahead) as long as its heatmaps are the ones the base's STU reads (same layout,
+    radius and alpha). The result is a new Performer; refuses other mixes and missing stages."""
+    cfg = base.cfg
+    khp_src = stages.get("khp")
+    if khp_src is not None and khp_src.cfg != cfg:
+        k = khp_src.cfg
+        video = dataclasses.replace(cfg.video, lookahead_ms=k.video.lookahead_ms)
+        mixed = dataclasses.replace(cfg, khp=k.khp, video=video)
+        hm = ("heatmap", "heatmap_radius", "heatmap_alpha")
+        if mixed == k and all(getattr(k.khp, f) == getattr(cfg.khp, f) for f in hm):
+            cfg = mixed
+    out = Performer(cfg) if cfg != base.cfg else base
+    if out is not base:
+        for name, mine in out.stages().items():
+            if name != "khp":
+                mine.load_state_dict(getattr(base, name).state_dict())
     for name, other in stages.items():
         if name not in ("khp", "cvg", "stu"):
             raise ValueError(f"unknown stage {name!r}; choose khp, cvg or stu")
-        if other.cfg != base.cfg:
+        if other.cfg != out.cfg:
             raise CheckpointError(f"the {name} source has another configuration than the base "
                                   f"(preset {other.cfg.preset!r} vs {base.cfg.preset!r}, instrument "
                                   f"{other.cfg.instrument!r} vs {base.cfg.instrument!r}); train both from the same "
-                                  f"preset, instrument and specs")
-        mine, theirs = getattr(base, name), getattr(other, name)
+                                  f"preset, instrument and specs (a KHP may differ in its own settings and "
+                                  f"lookahead, but must draw the heatmaps the base's STU reads)")
+        mine, theirs = getattr(out, name), getattr(other, name)
         if mine is None or theirs is None:
             raise CheckpointError(f"stage {name} is missing in {'the base' if mine is None else 'its source'}")
         mine.load_state_dict(theirs.state_dict())
-    return base
+    return out
 
 
 def _metadata(cfg: PerformerConfig) -> dict[str, str]:

@@ -7,7 +7,9 @@ has no memory beyond the window. This one is causal and stateful:
 1. **Column stage** (pointwise over columns): for each of the frame's newest ``chunk``
    columns, the compressed magnitude ``x = log1p(|CQT|)`` and its spectral flux
    ``relu(x_c - x_{c-1})`` (84 + 84 values; the flux is what makes note onsets stand out,
-   repeated notes included) go through two 1x1 convolutions. ``chunk`` is the most
+   repeated notes included) go through two 1x1 convolutions. ``flux="max"`` takes the
+   previous column's maximum over each bin and its two neighbours instead (SuperFlux,
+   Boeck & Widmer 2013): a vibrato moving energy by a bin is then not an onset. ``chunk`` is the most
    columns one frame can bring: ``ceil(column_rate / fps)`` (6 at 44.1 kHz, hop 256,
    30 fps, where a frame brings 5 or 6), so at most one column in twenty is read by two
    frames.
@@ -54,8 +56,12 @@ class StreamingAudioEncoder(nn.Module):
     ``layers``: temporal layers (dilations 1, 2, 4, ... 2**(layers - 1)).
     """
 
-    def __init__(self, audio: AudioSpec, video: VideoSpec, channels: int, features: int, layers: int) -> None:
+    def __init__(self, audio: AudioSpec, video: VideoSpec, channels: int, features: int, layers: int,
+                 flux: str = "plain") -> None:
         super().__init__()
+        if flux not in ("plain", "max"):
+            raise ValueError(f"StreamingAudioEncoder flux must be 'plain' or 'max', got {flux!r}")
+        self.flux = flux
         if layers < 0:
             raise ValueError(f"StreamingAudioEncoder needs >= 0 temporal layers, got {layers}")
         self.log1p = audio.scaling == "magnitude"
@@ -78,12 +84,20 @@ class StreamingAudioEncoder(nn.Module):
     def init_state(self, batch: int = 1, device: torch.device | str | None = None) -> StreamingEncoderState:
         return StreamingEncoderState(history=torch.zeros(batch, self.features, self.history_len, device=device))
 
-    def _frame_features(self, window: Tensor) -> Tensor:
-        """[N, n_bins, >= chunk + 1] -> [N, features]: column and frame stages of the newest columns."""
+    def columns_and_flux(self, window: Tensor) -> tuple[Tensor, Tensor]:
+        """The frame's newest ``chunk`` columns, compressed, and their spectral flux:
+        ``[N, n_bins, >= chunk + 1] -> ([N, n_bins, chunk], [N, n_bins, chunk])``."""
         x = window[..., -(self.chunk + 1):]
         x = torch.log1p(x.clamp_min(0.0)) if self.log1p else x
-        flux = torch.relu(x[..., 1:] - x[..., :-1])
-        cols = self.columns(torch.cat([x[..., 1:], flux], dim=1))  # [N, channels, chunk]
+        before = x[..., :-1]
+        if self.flux == "max":  # against the louder neighbour bin: a vibrato's pitch wobble is no onset
+            before = F.max_pool1d(before.transpose(1, 2), 3, stride=1, padding=1).transpose(1, 2)
+        return x[..., 1:], torch.relu(x[..., 1:] - before)
+
+    def _frame_features(self, window: Tensor) -> Tensor:
+        """[N, n_bins, >= chunk + 1] -> [N, features]: column and frame stages of the newest columns."""
+        x, flux = self.columns_and_flux(window)
+        cols = self.columns(torch.cat([x, flux], dim=1))  # [N, channels, chunk]
         return self.frame(cols.flatten(1))
 
     def step(self, window: Tensor, state: StreamingEncoderState) -> tuple[Tensor, StreamingEncoderState]:

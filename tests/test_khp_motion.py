@@ -8,7 +8,7 @@ import torch
 
 from letsplay.models.data.performer_motion import plan_bow
 from letsplay.models.data.scores import Note
-from letsplay.models.keypoints import MOTION_CHANNELS, KeypointPredictor, motion_loss
+from letsplay.models.keypoints import MOTION_CHANNELS, ONSET_POS_WEIGHT, KeypointPredictor, motion_loss
 from letsplay.models.motion_targets import bow_direction, motion_targets, onset_frames
 from letsplay.models.presets import ablate, preset
 from letsplay.models.spec import VideoSpec
@@ -81,7 +81,7 @@ def test_khp_with_motion_heads_step_equals_forward_and_sizes() -> None:
     for k, v in st.to_dict().items():
         assert torch.allclose(v, last.to_dict()[k], atol=1e-5), k
     assert seq.motion.shape == (2, 20, len(MOTION_CHANNELS))
-    assert ((seq.motion[..., 1] >= 0) & (seq.motion[..., 1] <= 1)).all()  # direction is a probability
+    assert set(seq.motion[..., 1].unique().tolist()) <= {0.0, 1.0}  # the direction is exact in use
     assert ((seq.motion[..., 2] >= 0) & (seq.motion[..., 2] <= 1)).all()  # travel stays on the bow
 
 
@@ -96,14 +96,29 @@ def _khp_hearing(onset_logit: float) -> KeypointPredictor:
 
 
 def test_direction_state_flips_on_onsets() -> None:
-    khp = _khp_hearing(30.0)  # an onset every frame
-    w = _windows(1, 6)
+    """The bow direction flips where the onset probability rises through 1/2 -- once per
+    onset, also when a detection spans two frames -- and holds otherwise."""
+    cfg = preset("tiny")
+    khp = KeypointPredictor(cfg.khp, cfg.audio, cfg.work_size, cfg.instrument, cfg.video)
+    F = cfg.khp.audio_features
     with torch.no_grad():
-        out, _ = khp(w, with_heatmap=False)
-        q = out.motion[0, :, 1]
-        assert torch.allclose(q, torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0, 0.0]), atol=1e-6)
-        out, _ = _khp_hearing(-30.0)(w, with_heatmap=False)  # no onset: the direction holds
-        assert torch.allclose(out.motion[0, :, 1], torch.zeros(6), atol=1e-6)
+        khp.heads.weight.zero_()
+        khp.heads.weight[0, cfg.khp.hidden] = 100.0  # the onset logit reads the first audio feature
+        khp.heads.bias.copy_(torch.tensor([-50.0, 0.0, 0.0, 0.0]))
+        heard = [1, 0, 1, 1, 0, 0, 1, 0]  # onsets at 0, 2 (held over frame 3) and 6
+        st, q = khp.init_state(1), []
+        for h in heard:
+            feat = torch.zeros(1, F)
+            feat[0, 0] = float(h)
+            out, st = khp._after_encoder(feat, st, None, False)
+            q.append(out.motion[0, 1].item())
+    assert q == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0]
+    with torch.no_grad():
+        out, _ = _khp_hearing(30.0)(_windows(1, 4), with_heatmap=False)  # always "onset": one flip only
+    assert out.motion[0, :, 1].tolist() == [1.0, 1.0, 1.0, 1.0]
+    with torch.no_grad():
+        out, _ = _khp_hearing(-30.0)(_windows(1, 4), with_heatmap=False)  # no onset: the direction holds
+    assert out.motion[0, :, 1].tolist() == [0.0] * 4
 
 
 def test_reset_where_restarts_only_those_rows() -> None:
@@ -150,7 +165,13 @@ def test_motion_loss_counts_only_unmasked_channels() -> None:
     pred[..., 2] = 0.25
     assert motion_loss(pred, real, mask).item() == pytest.approx(0.25)
     mask[..., 1] = 1.0
-    assert motion_loss(pred, real, mask).item() == pytest.approx(0.25 + np.log(2), rel=1e-4)
+    assert motion_loss(pred, real, mask).item() == pytest.approx(0.25 + 0.5, rel=1e-4)
+    only_onset = torch.zeros(2, 4, 6)
+    only_onset[..., 0] = 1.0
+    hit, miss = torch.zeros(2, 4, 6), torch.zeros(2, 4, 6)
+    miss[..., 0] = 1.0  # logit 0 where a real onset is: as unsure as on the frames without one
+    assert motion_loss(hit, miss, only_onset).item() == pytest.approx(ONSET_POS_WEIGHT * np.log(2), rel=1e-5)
+    assert motion_loss(hit, hit, only_onset).item() == pytest.approx(np.log(2), rel=1e-5)
 
 
 def test_paper_kp_stays_available() -> None:
@@ -177,3 +198,20 @@ def test_teacher_onsets_drive_the_direction_state_where_given() -> None:
     paper = KeypointPredictor(ablate(cfg, "kp_paper").khp, cfg.audio, cfg.work_size)
     with pytest.raises(ValueError, match="no motion heads"):
         paper(w, teacher=teacher)
+
+
+def test_max_flux_hears_an_onset_but_not_a_vibrato() -> None:
+    """SuperFlux: energy that moves to the neighbouring bin (a vibrato's wobble) gives no
+    flux against the previous column's neighbourhood maximum; a new note does."""
+    cfg = preset("tiny")
+    enc = {f: StreamingAudioEncoder(cfg.audio, cfg.video, 16, 32, 2, flux=f) for f in ("plain", "max")}
+    w = torch.zeros(1, 84, 87)
+    w[0, 40, :-1] = 5.0
+    wobble, note = w.clone(), w.clone()
+    wobble[0, 40, -1], wobble[0, 41, -1] = 0.0, 5.0  # the tone moved up one bin
+    note[0, 60, -1] = 5.0  # a new tone
+    for name, window in (("wobble", wobble), ("note", note)):
+        for f, e in enc.items():
+            flux = e.columns_and_flux(window)[1]
+            assert (flux.sum().item() > 0) == (name == "note" or f == "plain"), (name, f)
+            assert flux[..., :-1].abs().max() == 0  # the steady columns before: no flux

@@ -81,3 +81,44 @@ def test_combine_takes_each_stage_from_its_run(tmp_path: Path, capsys: pytest.Ca
     assert main(["model", "combine", str(out), "--stage", f"cvg={tmp_path / 'tb.safetensors'}",
                  "--out", str(tmp_path / "x.safetensors")]) == 2
     assert "another configuration" in capsys.readouterr().err
+
+
+def test_combine_puts_a_retrained_khp_into_a_finished_performer(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """A KHP retrained with its own settings and lookahead (here the paper's KP replaced by
+    the streaming one, 100 ms ahead) goes into a performer whose CVG and STU stay; a KHP
+    whose heatmaps the STU cannot read is refused."""
+    import dataclasses
+
+    import torch
+
+    from letsplay.models.performer import Performer
+    from letsplay.models.presets import ablate
+
+    torch.manual_seed(0)
+    old_cfg = ablate(preset("tiny"), "kp_paper")
+    old = Performer(dataclasses.replace(old_cfg, preset="tiny"))
+    old.save(tmp_path / "old.safetensors")
+    new_cfg = preset("tiny")
+    new = Performer(dataclasses.replace(new_cfg, video=dataclasses.replace(new_cfg.video, lookahead_ms=100.0)))
+    new.save(tmp_path / "khp.safetensors")
+    out = tmp_path / "both.safetensors"
+    assert main(["model", "combine", str(tmp_path / "old.safetensors"), "--stage",
+                 f"khp={tmp_path / 'khp.safetensors'}", "--out", str(out), "--fp16"]) == 0
+    from safetensors import safe_open
+
+    with safe_open(str(out), "pt") as f:  # stored in half precision, as the shipped performers are
+        assert f.get_tensor("khp.fc.weight").dtype == torch.float16
+    both = Performer.load(out)
+    assert both.cfg.khp == new.cfg.khp and both.cfg.video.lookahead_ms == 100.0
+    assert both.cfg.cvg == old.cfg.cvg and both.cfg.stu == old.cfg.stu
+    for name, want in (("khp", new), ("cvg", old), ("stu", old)):
+        mine, theirs = getattr(both, name).state_dict(), getattr(want, name).state_dict()
+        assert all(torch.equal(mine[k], theirs[k].half().float()) for k in mine)
+    other_hm = preset("tiny")
+    Performer(dataclasses.replace(other_hm, khp=dataclasses.replace(other_hm.khp, heatmap="sum"))).save(
+        tmp_path / "sum.safetensors")
+    capsys.readouterr()
+    assert main(["model", "combine", str(tmp_path / "old.safetensors"), "--stage",
+                 f"khp={tmp_path / 'sum.safetensors'}", "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert "heatmaps the base's STU reads" in capsys.readouterr().err

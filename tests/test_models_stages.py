@@ -88,7 +88,7 @@ def test_khp_step_equals_forward() -> None:
         _assert_close(o, (seq.keypoints[:, t], seq.heatmap[:, t], seq.motion[:, t]))
     assert seq.keypoints.shape == (B, T, 67, 2)
     assert seq.heatmap.shape == (B, T, 7, *cfg.work_size)
-    assert set(state.to_dict()) == {"lstm_h", "lstm_c", "enc.history", "direction", "travel"}
+    assert set(state.to_dict()) == {"lstm_h", "lstm_c", "enc.history", "direction", "onset_prev", "travel"}
     paper = KeypointPredictor(preset("paper").khp, cfg.audio, cfg.work_size)  # the paper's KP: LSTM state only
     assert set(paper.init_state(1).to_dict()) == {"lstm_h", "lstm_c"}
 
@@ -223,7 +223,7 @@ def test_performer_state_names_round_trip() -> None:
     model = _model(preset("tiny"))
     state = model.init_state(3)
     d = state.to_dict()
-    assert set(d) == {"khp.lstm_h", "khp.lstm_c", "khp.enc.history", "khp.direction", "khp.travel",
+    assert set(d) == {"khp.lstm_h", "khp.lstm_c", "khp.enc.history", "khp.direction", "khp.onset_prev", "khp.travel",
                       "cvg.lstm_h", "cvg.lstm_c", "cvg.prev_frame", "stu.gru_h"}
     back = PerformerState.from_dict(d)
     assert all(torch.equal(d[k], v) for k, v in back.to_dict().items())
@@ -242,7 +242,8 @@ def test_performer_state_names_round_trip() -> None:
         PerformerState.from_dict({**d, "stu.other": d["stu.gru_h"]})
     # an ablated model's state lacks the ablated parts' names
     no_cvg = _model(ablate(preset("tiny"), "no_cvg")).init_state(1).to_dict()
-    assert set(no_cvg) == {"khp.lstm_h", "khp.lstm_c", "khp.enc.history", "khp.direction", "khp.travel", "stu.gru_h"}
+    assert set(no_cvg) == {"khp.lstm_h", "khp.lstm_c", "khp.enc.history", "khp.direction", "khp.onset_prev",
+                           "khp.travel", "stu.gru_h"}
     # state is frozen: a step cannot mutate it in place
     with pytest.raises(dataclasses.FrozenInstanceError):
         state.stu = None  # type: ignore[misc]

@@ -32,7 +32,7 @@ def test_live_soak_runs_a_real_device_and_accounts_for_every_frame(tiny_ckpt, tm
     device, captured live, recorded; every frame slot is either in the mp4 or a counted drop."""
     out = tmp_path / "soak.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PULSE")}
-    r = subprocess.run([sys.executable, "-m", "benchmarks.soak_live", "--minutes", "0.3", "--interval", "6",
+    r = subprocess.run([sys.executable, "-m", "benchmarks.soak_live", "--minutes", "0.2", "--interval", "4",
                         "--performer", str(tiny_ckpt), "--out", str(tmp_path / "run"), "--json", str(out),
                         "--plot", str(tmp_path / "soak.png")],
                        capture_output=True, text=True, timeout=240, env=env, cwd=Path(__file__).parent.parent)

@@ -55,6 +55,9 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     comb.add_argument("--stage", action="append", required=True, metavar="STAGE=PATH",
                       help="a stage (khp, cvg, stu) and the checkpoint to take it from; repeat for several")
     comb.add_argument("--out", required=True, help="output .safetensors path")
+    comb.add_argument("--fp16", action="store_true",
+                      help="store the weights as float16: half the file, loaded back into float32 (how the shipped "
+                           "performers are stored; default float32)")
     comb.set_defaults(_model_run=_run_combine)
 
 
@@ -128,6 +131,8 @@ def _run_init(args: argparse.Namespace) -> int:
 
 
 def _run_combine(args: argparse.Namespace) -> int:
+    import torch
+
     from letsplay.models.performer import Performer, combine_stages
 
     stages, paths = {}, {}
@@ -137,7 +142,7 @@ def _run_combine(args: argparse.Namespace) -> int:
             raise ValueError(f"--stage wants STAGE=PATH (e.g. cvg=runs/cvg/performer.safetensors), got {spec!r}")
         stages[name], paths[name] = Performer.load(path), path
     model = combine_stages(Performer.load(args.base), stages)
-    model.save(args.out)
+    model.save(args.out, dtype=torch.float16 if args.fp16 else None)
     taken = ", ".join(f"{k} from {v}" for k, v in paths.items())
     print(f"wrote {args.out}: {taken}, the rest from {args.base}")
     return 0
