@@ -245,6 +245,9 @@ def resolve_device(device: str | int | None, kind: str = "input") -> int | None:
 # --------------------------------------------------------------------------- microphone
 
 
+STALL_S = 2.0  # an input stream that delivers nothing for this long is treated as lost
+
+
 class MicSource(AudioSource):
     """Live capture through sounddevice; the callback only copies into a ring."""
 
@@ -269,11 +272,13 @@ class MicSource(AudioSource):
         self._stopping = False
         self._next_try = 0.0
         self._outage = OutageLog(log)
+        self._last_audio = time.monotonic()  # the audio thread's last delivery
         self._out_pos = 0  # clock: samples delivered at sample_rate
         self.device_name = "?"
 
     # the audio thread -------------------------------------------------------------
     def _callback(self, indata, frames, time_info, status) -> None:  # noqa: ARG002
+        self._last_audio = time.monotonic()
         if status and status.input_overflow:
             self.stats.device_overflows += 1
         s = self._scratch[:frames]
@@ -326,6 +331,7 @@ class MicSource(AudioSource):
         self._stream = sd.InputStream(device=dev, channels=ch, samplerate=rate, dtype="float32",
                                       blocksize=self.blocksize, latency="low",
                                       callback=self._callback, finished_callback=self._finished)
+        self._last_audio = time.monotonic()
         self._stream.start()
         self._lost = False
         log.info("capturing from %r (%d ch, %d Hz)", self.device_name, ch, rate)
@@ -373,8 +379,11 @@ class MicSource(AudioSource):
         self._outage.recovered(f"input device {self.device_name!r} is back")
 
     def read(self, timeout: float = 0.05) -> tuple[np.ndarray, int]:
-        if self._stream is not None and not self._stream.active and not self._stopping:
-            self._lost = True  # stopped without us asking: the device is gone
+        if self._stream is not None and not self._stopping:
+            if not self._stream.active:
+                self._lost = True  # stopped without us asking: the device is gone
+            elif time.monotonic() - self._last_audio > STALL_S:
+                self._lost = True  # "running" but silent for seconds: a sound server died under it
         if self._lost:
             if not self._lost_reported:
                 self._lost_reported = True

@@ -160,6 +160,12 @@ class FakeSoundDevice:
     def plug(self) -> None:
         self.plugged = True
 
+    def freeze(self) -> None:
+        """The open streams stay "active" but deliver nothing (a sound server that died
+        without PortAudio noticing)."""
+        for s in self.streams:
+            s.frozen = True
+
 
 class FakeStream:
     def __init__(self, dev: FakeSoundDevice, samplerate, channels, callback, finished_callback, blocksize=256,
@@ -168,6 +174,7 @@ class FakeStream:
         self.rate, self.channels = int(samplerate), channels
         self.callback, self.finished = callback, finished_callback
         self.block = 1024
+        self.frozen = False
         self._run = False
         self._thread: threading.Thread | None = None
         self.t = 0
@@ -189,7 +196,7 @@ class FakeStream:
             if due > 0:
                 time.sleep(due)
             x = 0.3 * np.sin(2 * np.pi * 440 * (self.t + np.arange(self.block)) / self.rate).astype(np.float32)
-            if self._run:
+            if self._run and not self.frozen:
                 self.callback(np.repeat(x[:, None], self.channels, axis=1), self.block, None, status)
             self.t += self.block
 
@@ -266,6 +273,29 @@ def test_mic_unplugged_and_back_engine_keeps_running(performer, monkeypatch, cap
     assert [r.levelno for r in mine if "is gone" in r.message] == [logging.WARNING]
     assert [r.levelno for r in mine if "is back" in r.message] == [logging.WARNING]
     assert len([r for r in mine if "still unavailable" in r.message]) <= 1
+
+
+def test_an_input_that_goes_silent_while_active_is_lost_and_reopened(performer, monkeypatch):
+    """A stream PortAudio still calls active but that delivers nothing (its sound server died
+    unnoticed) is treated as lost after STALL_S seconds, reopened, and capture resumes."""
+    fake = FakeSoundDevice(48000)
+    monkeypatch.setattr(sources, "_sounddevice", lambda: fake)
+    frames: list[FrameOut] = []
+    src = MicSource(SR, reopen_s=0.0)
+    eng = Engine(TorchBackend(performer), performer.cfg.audio, performer.cfg.video, src,
+                 [CallbackSink(frames.append)], EngineConfig(realtime=True))
+    eng.start()
+    try:
+        _wait(lambda: len(frames) >= 15, 60, "frames from the microphone")
+        fake.freeze()
+        assert fake.streams[-1].active
+        _wait(lambda: src.stats.lost == 1, sources.STALL_S + 10, "the silent stream to count as lost")
+        n = len(frames)
+        _wait(lambda: src.stats.reopened >= 1 and len(frames) >= n + 15, 60, "capture to resume")
+        assert len(fake.streams) >= 2 and not fake.streams[-1].frozen
+    finally:
+        eng.stop()
+    assert eng.error is None
 
 
 def test_outage_log_says_it_once_then_once_a_minute_with_a_count(caplog):
