@@ -223,19 +223,26 @@ def _wait(cond, timeout: float, what: str) -> None:
         time.sleep(0.02)
 
 
-def test_mic_unplugged_and_back_engine_keeps_running(performer, monkeypatch, caplog):
-    """A 48 kHz USB microphone (fake, see FakeSoundDevice) is unplugged mid-stream: the live
-    engine keeps running and reports ``device_lost``; MicSource retries (here at every
-    read: ~50 failed reopens) without its ring growing; plugged back, capture resumes at
-    the device's rate, ``device_lost`` clears, frames come again, all counted."""
+def _live_on_fake_mic(performer, monkeypatch):
+    """A live engine capturing from a fake 48 kHz USB microphone, started: (fake, source,
+    engine, the frames it has made so far)."""
     fake = FakeSoundDevice(48000)
     monkeypatch.setattr(sources, "_sounddevice", lambda: fake)
-    caplog.set_level(logging.INFO)
     frames: list[FrameOut] = []
     src = MicSource(SR, reopen_s=0.0)
     eng = Engine(TorchBackend(performer), performer.cfg.audio, performer.cfg.video, src,
                  [CallbackSink(frames.append)], EngineConfig(realtime=True))
     eng.start()
+    return fake, src, eng, frames
+
+
+def test_mic_unplugged_and_back_engine_keeps_running(performer, monkeypatch, caplog):
+    """A 48 kHz USB microphone (fake, see FakeSoundDevice) is unplugged mid-stream: the live
+    engine keeps running and reports ``device_lost``; MicSource retries (here at every
+    read: ~50 failed reopens) without its ring growing; plugged back, capture resumes at
+    the device's rate, ``device_lost`` clears, frames come again, all counted."""
+    caplog.set_level(logging.INFO)
+    fake, src, eng, frames = _live_on_fake_mic(performer, monkeypatch)
     try:
         _wait(lambda: len(frames) >= 15, 60, "frames from the microphone")
         assert src._resampler is not None  # 48 kHz captured, resampled to 44.1 kHz
@@ -278,13 +285,7 @@ def test_mic_unplugged_and_back_engine_keeps_running(performer, monkeypatch, cap
 def test_an_input_that_goes_silent_while_active_is_lost_and_reopened(performer, monkeypatch):
     """A stream PortAudio still calls active but that delivers nothing (its sound server died
     unnoticed) is treated as lost after STALL_S seconds, reopened, and capture resumes."""
-    fake = FakeSoundDevice(48000)
-    monkeypatch.setattr(sources, "_sounddevice", lambda: fake)
-    frames: list[FrameOut] = []
-    src = MicSource(SR, reopen_s=0.0)
-    eng = Engine(TorchBackend(performer), performer.cfg.audio, performer.cfg.video, src,
-                 [CallbackSink(frames.append)], EngineConfig(realtime=True))
-    eng.start()
+    fake, src, eng, frames = _live_on_fake_mic(performer, monkeypatch)
     try:
         _wait(lambda: len(frames) >= 15, 60, "frames from the microphone")
         fake.freeze()
