@@ -14,48 +14,16 @@ step budget by :attr:`TrainConfig.stage_fractions`):
 Adam, learning rate 1e-3 decaying exponentially to 1.25e-4 over each stage (IV-A: "from
 0.001 gradually decreasing to 0.000125"); Kaiming init is done by the modules.
 
-Checkpoints (every ``ckpt_every`` steps and at the end), written atomically: a folder
-``OUT/checkpoints/step-NNNNNNN/`` is filled under a temporary name and renamed into place,
-holding
-
-* ``performer.safetensors`` -- :meth:`Performer.save` (usable by everything that loads a
-  Performer), also copied (temp + rename) to ``OUT/performer.safetensors``;
-* ``train_state.safetensors`` -- the optimizer state tensors flattened
-  (``opt.<name>.<param index>.<key>``), the discriminator (``disc.*``), the RNG states
-  (``rng.torch``, ``rng.noise``, ``rng.cuda.<i>`` byte tensors) and, as JSON metadata
-  (``train_state``), the step, the TrainConfig, the stage schedule, the optimizers'
-  param groups, the numpy / python RNG states, the data epoch and position, the
-  GradScaler state and the SHA-256 of the performer file it belongs with.
-
 ``resume=True`` continues from the newest complete checkpoint exactly: the same batches,
 noise and updates, so the loss sequence equals an uninterrupted run's (tested on CPU).
 
-The out folder is never silently reused (:func:`check_out_folder`, before anything is
-written): one that holds a run needs ``resume`` (with the run's settings; the refusal lists
-each difference) or ``overwrite`` (the run's own files, :data:`RUN_FILES`, are deleted;
-others stay); a non-empty folder that holds no run is refused either way.
-
 Devices: CPU; CUDA with mixed precision (``torch.autocast`` fp16 + ``GradScaler``); several
-processes under ``torchrun`` (``WORLD_SIZE > 1``; nccl on GPUs, gloo on CPUs). ``batch`` is
-per rank; the ranks together train on exactly the batch one process with ``batch * world``
-would: rank ``r`` gets sequences ``r, r + world, ...`` of each global batch (the
-``DistributedSampler``'s shards of one seeded permutation; the KP lanes are dealt the same
-way, every rank keeping the bookkeeping of all of them), the CVG noise is drawn for the
-global batch and sliced alike, gradients are averaged with ``all_reduce`` before each
-update (explicit, because the stages are trained one at a time through the Performer's
-step), and the logged losses are the ranks' mean. Losses that are means over equal-size
-per-sequence parts (the frame and heatmap L1s, the perceptual and adversarial losses)
-then equal one process's up to float rounding (tested: 2 CPU ranks x 2 vs 1 x 4); the
-confidence-weighted keypoint L2 does where the ranks' confidence sums are equal (all
-synthetic data), and the discriminator's mismatched-audio pairs are rolled within each
-rank's batch, so the ``stu`` stage's Eq. 6 term pairs other sequences than one process
-does. Rank 0's weights are broadcast at the start; at each checkpoint the ranks compare
-weight digests (a difference is an error) and gather the lanes' KHP states; only rank 0
-writes checkpoints and logs.
+processes under ``torchrun`` (``WORLD_SIZE > 1``; nccl on GPUs, gloo on CPUs), training on
+exactly the global batch one process would (:mod:`letsplay.models.train_dist`).
 
-The batches and KP lanes are in :mod:`letsplay.models.train_data`, the training state's
-serialisation (RNG, optimizers, the newest checkpoint) in :mod:`letsplay.models.train_checkpoint`;
-what other modules import from there is re-exported here.
+The batches and KP lanes are in :mod:`letsplay.models.train_data`; the run folder, its
+checks and the checkpoints' layout and serialisation in
+:mod:`letsplay.models.train_checkpoint`.
 """
 
 from __future__ import annotations
@@ -64,9 +32,7 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import random
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,16 +50,27 @@ from letsplay.models.discriminator import mismatched as mismatched_audio
 from letsplay.models.keypoints import KeypointState
 from letsplay.models.performer import Performer, PerformerConfig
 from letsplay.models.train_checkpoint import (
-    STATE_FORMAT,
-    STATE_VERSION,
-    _file_sha256,
     _flatten_optim,
-    _rng_json,
-    _set_rng_json,
     _unflatten_optim,
+    check_out_folder,
+    clear_run,
+    is_run_folder,
     latest_checkpoint,
+    module_tensors,
+    read_checkpoint,
+    restore_rng,
+    write_checkpoint,
 )
 from letsplay.models.train_data import Batches, Lanes, training_mean_pose
+from letsplay.models.train_dist import (
+    barrier,
+    broadcast_module,
+    check_ranks_agree,
+    gather_rows,
+    init_distributed,
+    mean_over_ranks,
+    sync_grads,
+)
 
 log = logging.getLogger(__name__)
 
@@ -179,254 +156,6 @@ def lr_at(cfg: TrainConfig, step: int, start: int, end: int) -> float:
     return cfg.lr * (cfg.lr_final / cfg.lr) ** p
 
 
-# --------------------------------------------------------------------------- distributed
-
-
-@dataclass(frozen=True)
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device: str | None) -> tuple[Dist, torch.device]:
-    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; one process otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
-        import torch.distributed as dist
-
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if cuda else "gloo")
-        d = Dist(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local)
-        if cuda:
-            torch.cuda.set_device(local)
-            return d, torch.device("cuda", local)
-        return d, torch.device("cpu")
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return Dist(), torch.device(device)
-
-
-def finish_distributed() -> None:
-    """Wait for every rank, then close the process group (no-op for one process)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-
-
-def _barrier(d: Dist) -> None:
-    if d.world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
-def _sync_grads(params: list[nn.Parameter], d: Dist) -> None:
-    """Average gradients over ranks (no-op for one process)."""
-    if d.world == 1:
-        return
-    import torch.distributed as dist
-
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= d.world
-    i = 0
-    for g in grads:
-        g.copy_(flat[i:i + g.numel()].view_as(g))
-        i += g.numel()
-
-
-def _broadcast_module(module: nn.Module, d: Dist) -> None:
-    """Rank 0's parameters and buffers on every rank (no-op for one process)."""
-    if d.world == 1:
-        return
-    import torch.distributed as dist
-
-    with torch.no_grad():
-        for t in [*module.parameters(), *module.buffers()]:
-            dist.broadcast(t.data, src=0)
-
-
-def _mean_over_ranks(rec: dict[str, float], d: Dist, device: torch.device) -> dict[str, float]:
-    """The ranks' mean of each logged loss: the global batch's value (no-op for one process)."""
-    if d.world == 1 or not rec:
-        return rec
-    import torch.distributed as dist
-
-    keys = sorted(rec)
-    t = torch.tensor([rec[k] for k in keys], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    t /= d.world
-    return dict(zip(keys, t.tolist(), strict=True))
-
-
-def _gather_rows(t: Tensor, d: Dist) -> Tensor:
-    """``[b, ...]`` rows of every rank as the global batch ``[b * world, ...]``, row
-    ``k * world + rank`` from rank ``rank``'s row ``k`` (the order the samplers shard in)."""
-    if d.world == 1:
-        return t
-    import torch.distributed as dist
-
-    parts = [torch.empty_like(t) for _ in range(d.world)]
-    dist.all_gather(parts, t.contiguous())
-    return torch.stack(parts, 1).flatten(0, 1)
-
-
-def _weights_digest(module: nn.Module) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for k, v in module.state_dict().items():
-        h.update(k.encode())
-        h.update(v.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def _check_ranks_agree(module: nn.Module, d: Dist, step: int) -> None:
-    """Raise if the ranks' weights differ (they must stay bit-identical: same start, same
-    averaged gradients, same updates)."""
-    if d.world == 1:
-        return
-    import torch.distributed as dist
-
-    digests: list[Any] = [None] * d.world
-    dist.all_gather_object(digests, _weights_digest(module))
-    if len(set(digests)) != 1:
-        raise RuntimeError(f"step {step}: the ranks' weights differ (digests {digests}); distributed training "
-                           f"went out of step")
-
-
-# --------------------------------------------------------------------------- the run folder
-
-# Everything the trainer writes into its --out folder (and all that --overwrite deletes).
-RUN_FILES = ("performer.safetensors", ".performer.safetensors.tmp", "metrics.jsonl", "train_config.json",
-             "checkpoints", "tb")
-
-
-def is_run_folder(out: str | Path) -> bool:
-    """Whether ``out`` holds a letsplay training run (its ``train_config.json`` or checkpoints)."""
-    out = Path(out)
-    ck = out / "checkpoints"
-    return (out / "train_config.json").is_file() or (ck.is_dir() and any(ck.glob("step-*")))
-
-
-def _run_settings(out: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None, Path] | None:
-    """(train config, model config, where read) of the run in ``out``: its newest checkpoint's,
-    else its ``train_config.json``'s; None when it has neither."""
-    try:
-        ck = latest_checkpoint(out)
-        if ck is not None:
-            from safetensors import safe_open
-
-            with safe_open(str(ck / "train_state.safetensors"), framework="pt") as f:
-                meta = json.loads((f.metadata() or {})["train_state"])
-            return meta.get("train_config"), meta.get("model_config"), ck
-        path = out / "train_config.json"
-        if path.is_file():
-            d = json.loads(path.read_text())
-            return d.get("train"), d.get("model"), path
-    except Exception as e:  # noqa: BLE001 - a damaged run: say so in words
-        raise ValueError(f"{out}: cannot read the run's settings ({e}); use --overwrite to start it over") from e
-    return None
-
-
-def _differences(old: Any, new: Any, name: str = "") -> list[str]:
-    """``name: run X, now Y`` for each leaf that differs between two JSON-like configs."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        out: list[str] = []
-        for k in sorted(set(old) | set(new)):
-            out += _differences(old.get(k), new.get(k), f"{name}.{k}" if name else str(k))
-        return out
-    return [] if old == new else [f"{name}: run {old!r}, now {new!r}"]
-
-
-def check_out_folder(out: str | Path, cfg: TrainConfig, model_cfg: PerformerConfig | None = None, *,
-                     resume: bool = False, overwrite: bool = False) -> None:
-    """Refuse an ``out`` folder the run would damage; reads only, writes nothing.
-
-    * empty or absent: fine (``resume`` then starts a fresh run);
-    * not empty and not a letsplay run (no ``train_config.json``, no checkpoints): refused,
-      even with ``overwrite`` (it is someone else's folder);
-    * a run: refused unless ``resume`` (its settings -- ``cfg`` and, when given, ``model_cfg``
-      -- must equal the run's; the message lists each difference) or ``overwrite`` (the
-      caller then deletes the run's files, :func:`clear_run`).
-    """
-    out = Path(out)
-    if resume and overwrite:
-        raise ValueError("--resume continues the run in --out and --overwrite starts it over; choose one")
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; give a folder for the run")
-    if not out.is_dir() or not any(out.iterdir()):
-        return
-    if not is_run_folder(out):
-        raise ValueError(f"--out {out} is not empty and holds no letsplay training run (no train_config.json, "
-                         f"no checkpoints/); choose a new or empty folder")
-    if overwrite:
-        return
-    if not resume:
-        raise ValueError(f"--out {out} already holds a training run; add --resume to continue it, --overwrite "
-                         f"to start over (deleting its checkpoints, performer.safetensors and metrics), or "
-                         f"choose a new folder")
-    prev = _run_settings(out)
-    if prev is None:
-        return
-    old_train, old_model, where = prev
-    diffs = [] if old_train is None else _differences(old_train, json.loads(json.dumps(cfg.to_dict())))
-    if model_cfg is not None and old_model is not None:
-        diffs += _differences(old_model, json.loads(json.dumps(model_cfg.to_dict())), "model")
-    if diffs:
-        shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
-        raise ValueError(f"--resume with other training settings than the run in {out} ({where.name}): {shown}. "
-                         f"Use the run's options, --overwrite to start over, or a new --out")
-
-
-def clear_run(out: str | Path) -> None:
-    """Delete the files a training run wrote into ``out`` (:data:`RUN_FILES`); nothing else."""
-    out = Path(out)
-    for name in RUN_FILES:
-        path = out / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
-    log.info("cleared the earlier run in %s", out)
-
-
-def dataset_instruments(data: str | Path) -> list[str]:
-    """The instruments of a dataset's training clips, sorted."""
-    from letsplay.models.data.torch_dataset import open_sources
-
-    return sorted({c.instrument for c in open_sources(data, split="train")})
-
-
-def resolve_instrument(data: str | Path, instrument: str | None = None) -> str:
-    """``instrument`` if the dataset's training clips hold it; None: the dataset's own one
-    (refused, with the list, when it holds several)."""
-    held = dataset_instruments(data)
-    if not held:
-        raise ValueError(f"{data} has no training clips (split 'train'); make a dataset with 'letsplay data synth' "
-                         f"or 'letsplay data prepare'")
-    if instrument is None:
-        if len(held) > 1:
-            raise ValueError(f"{data} holds several instruments ({', '.join(held)}); choose one with --instrument")
-        return held[0]
-    if instrument not in held:
-        raise ValueError(f"{data} holds no training clips of {instrument!r}, only of {', '.join(held)}; "
-                         f"choose --instrument {held[0]} or another dataset")
-    return instrument
-
-
 # --------------------------------------------------------------------------- the trainer
 
 
@@ -470,8 +199,8 @@ class Trainer:
                 self.model.khp.set_mean_pose(pose)
         self.model.to(self.device)
         self.disc = AudioVideoDiscriminator(cfg.disc, self.model.cfg.audio).to(self.device)
-        _broadcast_module(self.model, self.dist)  # equal by construction (same seed); made certain
-        _broadcast_module(self.disc, self.dist)
+        broadcast_module(self.model, self.dist)  # equal by construction (same seed); made certain
+        broadcast_module(self.disc, self.dist)
         self.perc = losses.PerceptualLoss(cfg.vgg_weights, width_div=cfg.perc_width_div).to(self.device)
         self.perc.requires_grad_(False)
         self.noise = torch.Generator().manual_seed(cfg.seed + 1)
@@ -512,71 +241,30 @@ class Trainer:
     def save_checkpoint(self) -> Path | None:
         """Write a checkpoint (rank 0; every rank must call it: under ``torchrun`` the ranks
         first check that their weights agree and gather the lanes' KHP states)."""
-        _check_ranks_agree(self.model, self.dist, self.step)
+        check_ranks_agree(self.model, self.dist, self.step)
         kp_state = None if self.kp_state is None else {
-            k: _gather_rows(v, self.dist) for k, v in self.kp_state.to_dict().items()}
-        teacher = None if self._teacher is None else _gather_rows(self._teacher.float().to(self.device), self.dist)
+            k: gather_rows(v, self.dist) for k, v in self.kp_state.to_dict().items()}
+        teacher = None if self._teacher is None else gather_rows(self._teacher.float().to(self.device), self.dist)
         if not self.dist.main:
             return None
-        from safetensors.torch import save_file
-
-        root = self.out / "checkpoints"
-        final = root / f"step-{self.step:07d}"
-        tmp = root / f"step-{self.step:07d}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        self.model.save(tmp / "performer.safetensors")
-        tensors: dict[str, Tensor] = {"rng.torch": torch.get_rng_state(), "rng.noise": self.noise.get_state()}
-        if torch.cuda.is_available():
-            for i, s in enumerate(torch.cuda.get_rng_state_all()):
-                tensors[f"rng.cuda.{i}"] = s
-        for k, v in self.disc.state_dict().items():
-            tensors[f"disc.{k}"] = v.detach().to("cpu").contiguous().clone()
+        tensors = module_tensors("disc", self.disc)
         if kp_state is not None:  # the global batch's lanes, in lane order
-            for k, v in kp_state.items():
-                tensors[f"lanes.{k}"] = v.detach().to("cpu").contiguous().clone()
+            tensors.update({f"lanes.{k}": v.detach().to("cpu").contiguous().clone() for k, v in kp_state.items()})
         if teacher is not None:
             tensors["lanes_teacher"] = teacher.to("cpu").contiguous().clone()
-        opt_meta = {name: _flatten_optim(name, o, tensors) for name, o in self.opts.items()}
         meta = {
             "step": self.step, "train_config": self.cfg.to_dict(), "schedule": self.plan,
-            "model_config": self.model.cfg.to_dict(), "optimizers": opt_meta, "rng": _rng_json(),
+            "model_config": self.model.cfg.to_dict(),
+            "optimizers": {name: _flatten_optim(name, o, tensors) for name, o in self.opts.items()},
             "data": {"epoch": self.batches.epoch, "position": self.batches.position,
                      "per_epoch": self.batches.per_epoch, "world": self.dist.world,
                      "lanes": None if self.lanes is None else self.lanes.state()},
             "scaler": self.scaler.state_dict() if self.use_amp else None,
-            "performer_sha256": _file_sha256(tmp / "performer.safetensors"),
         }
-        save_file(tensors, str(tmp / "train_state.safetensors"),
-                  metadata={"format": STATE_FORMAT, "format_version": str(STATE_VERSION),
-                            "train_state": json.dumps(meta)})
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        latest = self.out / "performer.safetensors"
-        part = self.out / ".performer.safetensors.tmp"
-        shutil.copyfile(final / "performer.safetensors", part)
-        os.replace(part, latest)
-        done = sorted(p for p in root.glob("step-*") if not p.name.endswith(".tmp"))
-        for old in done[: max(0, len(done) - self.cfg.keep_checkpoints)]:
-            shutil.rmtree(old, ignore_errors=True)
-        log.info("checkpoint at step %d: %s", self.step, final)
-        return final
+        return write_checkpoint(self.out, self.step, self.model, tensors, meta, self.noise, self.cfg.keep_checkpoints)
 
     def load_checkpoint(self, folder: Path) -> None:
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        st = folder / "train_state.safetensors"
-        with safe_open(str(st), framework="pt") as f:
-            fmeta = f.metadata() or {}
-        if fmeta.get("format") != STATE_FORMAT:
-            raise ValueError(f"{st}: not a letsplay training state")
-        meta = json.loads(fmeta["train_state"])
-        pf = folder / "performer.safetensors"
-        if _file_sha256(pf) != meta["performer_sha256"]:
-            raise ValueError(f"{folder}: performer.safetensors does not belong to train_state.safetensors "
-                             f"(digest differs); delete the folder to resume from the one before")
+        meta, tensors, pf = read_checkpoint(folder)
         if TrainConfig.from_dict(meta["train_config"]) != self.cfg:
             old = TrainConfig.from_dict(meta["train_config"])
             diff = [f.name for f in dataclasses.fields(self.cfg) if getattr(old, f.name) != getattr(self.cfg, f.name)]
@@ -589,17 +277,10 @@ class Trainer:
         if model.cfg != self.model.cfg:
             raise ValueError(f"{pf}: the checkpoint's model config differs from the requested preset/instrument")
         self.model.load_state_dict(model.state_dict())
-        tensors = load_file(str(st))
         self.disc.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("disc.")})
         for name, o in self.opts.items():
             _unflatten_optim(name, o, meta["optimizers"][name], tensors, self.device)
-        torch.set_rng_state(tensors["rng.torch"])
-        self.noise.set_state(tensors["rng.noise"])
-        if torch.cuda.is_available():
-            cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
-            if len(cuda) == torch.cuda.device_count():
-                torch.cuda.set_rng_state_all(cuda)
-        _set_rng_json(meta["rng"])
+        restore_rng(meta, tensors, self.noise)
         if meta.get("scaler") and self.use_amp:
             self.scaler.load_state_dict(meta["scaler"])
         self.step = int(meta["step"])
@@ -632,7 +313,7 @@ class Trainer:
         opt = self.opts[name]
         opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        _sync_grads(params, self.dist)
+        sync_grads(params, self.dist)
         if self.cfg.grad_clip > 0:
             self.scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
@@ -809,7 +490,7 @@ class Trainer:
         The out folder is checked first (:func:`check_out_folder`): a folder holding a run
         needs ``resume`` (same settings) or ``overwrite`` (its run's files are deleted)."""
         check_out_folder(self.out, self.cfg, self.model.cfg, resume=resume, overwrite=overwrite)
-        _barrier(self.dist)  # every rank has looked before rank 0 deletes or writes anything
+        barrier(self.dist)  # every rank has looked before rank 0 deletes or writes anything
         if overwrite and self.dist.main and is_run_folder(self.out):
             clear_run(self.out)
         if resume:
@@ -818,7 +499,7 @@ class Trainer:
                 log.warning("--resume: no checkpoint in %s, starting fresh", self.out)
             else:
                 self.load_checkpoint(ck)
-        _barrier(self.dist)  # every rank has read the run before rank 0 rewrites its logs
+        barrier(self.dist)  # every rank has read the run before rank 0 rewrites its logs
         self._open_logs()
         if self.dist.main:
             (self.out / "train_config.json").write_text(json.dumps(
@@ -845,7 +526,7 @@ class Trainer:
                     for g in o.param_groups:
                         g["lr"] = lr
                 data = self.lanes if (stage == "kp" and self.lanes is not None) else self.batches
-                rec = _mean_over_ranks(self.train_step(stage, data.next()), self.dist, self.device)
+                rec = mean_over_ranks(self.train_step(stage, data.next()), self.dist, self.device)
                 if not all(math.isfinite(v) for v in rec.values()):
                     raise FloatingPointError(f"step {self.step} ({stage}): non-finite loss {rec}; "
                                              f"lower the learning rate or check the data")
@@ -862,7 +543,7 @@ class Trainer:
             bar.close()
             if self._writer is not None:
                 self._writer.close()
-        _barrier(self.dist)  # rank 0's last checkpoint is written when any rank returns
+        barrier(self.dist)  # rank 0's last checkpoint is written when any rank returns
         wall = time.perf_counter() - t0
         return TrainResult(self.step, wall, (self.step - first) / max(wall, 1e-9), history,
                            self.out / "performer.safetensors")

@@ -1,15 +1,17 @@
 """Training batches: the deterministic, resumable :class:`Batches` of the ``cvg`` / ``stu`` /
 ``e2e`` stages, the stateful :class:`Lanes` of the ``kp`` stage (truncated backpropagation
-through time) and :func:`training_mean_pose` (the paper's avg condition).
+through time), :func:`training_mean_pose` (the paper's avg condition) and the dataset's
+instrument (:func:`resolve_instrument`).
 
 Their positions are training state (saved in checkpoints, see
 :mod:`letsplay.models.train_checkpoint`); under ``torchrun`` each rank reads its share of the
-global batch (:class:`letsplay.models.train.Dist`).
+global batch (:class:`letsplay.models.train_dist.Dist`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -17,7 +19,7 @@ import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from letsplay.models.train import Dist
+    from letsplay.models.train_dist import Dist
 
 
 class _ResumableSampler(torch.utils.data.Sampler):
@@ -167,3 +169,27 @@ class Lanes:
         out = _collate(items)
         out["reset"] = torch.tensor(reset)
         return out
+
+
+def dataset_instruments(data: str | Path) -> list[str]:
+    """The instruments of a dataset's training clips, sorted."""
+    from letsplay.models.data.torch_dataset import open_sources
+
+    return sorted({c.instrument for c in open_sources(data, split="train")})
+
+
+def resolve_instrument(data: str | Path, instrument: str | None = None) -> str:
+    """``instrument`` if the dataset's training clips hold it; None: the dataset's own one
+    (refused, with the list, when it holds several)."""
+    held = dataset_instruments(data)
+    if not held:
+        raise ValueError(f"{data} has no training clips (split 'train'); make a dataset with 'letsplay data synth' "
+                         f"or 'letsplay data prepare'")
+    if instrument is None:
+        if len(held) > 1:
+            raise ValueError(f"{data} holds several instruments ({', '.join(held)}); choose one with --instrument")
+        return held[0]
+    if instrument not in held:
+        raise ValueError(f"{data} holds no training clips of {instrument!r}, only of {', '.join(held)}; "
+                         f"choose --instrument {held[0]} or another dataset")
+    return instrument

@@ -143,7 +143,7 @@ def test_two_ranks_resume_exactly(ddp: Path) -> None:
 
 
 if __name__ == "__main__":  # one torchrun worker: DATA OUT BATCH
-    from letsplay.models.train import finish_distributed
+    from letsplay.models.train_dist import finish_distributed
 
     data, out, batch = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
     _train(data, str(out / "full"), batch)

@@ -17,7 +17,8 @@ from helpers import synth_tiny
 from letsplay.models.evaluate import evaluate, held_out_clips
 from letsplay.models.performer import Performer
 from letsplay.models.presets import preset
-from letsplay.models.train import TrainConfig, Trainer, latest_checkpoint, lr_at, schedule
+from letsplay.models.train import TrainConfig, Trainer, lr_at, schedule
+from letsplay.models.train_checkpoint import latest_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -144,8 +145,8 @@ def test_rank_shards_partition_the_one_process_batch(dataset: Path) -> None:
     sampler's batches across epochs and for the KP lanes, also when lanes move on to new
     clips -- so 2 ranks x batch 2 read exactly the sequences of 1 process x batch 4."""
     from letsplay.models.data.torch_dataset import PerformanceDataset, open_sources
-    from letsplay.models.train import Dist
     from letsplay.models.train_data import Batches, Lanes
+    from letsplay.models.train_dist import Dist
 
     mcfg = preset("tiny", "cello")
     clips = open_sources(dataset, split="train")

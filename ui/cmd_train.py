@@ -116,7 +116,10 @@ def _check_train_args(args: argparse.Namespace) -> None:
 
 def _run_train(args: argparse.Namespace) -> int:
     from letsplay.models.presets import ablate, preset
-    from letsplay.models.train import check_out_folder, finish_distributed, resolve_instrument, train
+    from letsplay.models.train import train
+    from letsplay.models.train_checkpoint import check_out_folder
+    from letsplay.models.train_data import resolve_instrument
+    from letsplay.models.train_dist import finish_distributed
 
     _check_train_args(args)
     tc = _train_config(args, args.stage)
