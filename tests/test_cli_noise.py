@@ -111,7 +111,7 @@ def test_mediapipe_starts_without_protobuf_or_tflite_lines():
     # (not imported here: its import prints the protobuf line into this process's excepthook)
     code = ("import numpy as np, sys, logging\n"
             "logging.basicConfig()\n"
-            "from letsplay.models.data.readers import MediaPipePose\n"
+            "from letsplay.models.data.prepare import MediaPipePose\n"
             "m = MediaPipePose(static=False)\n"
             "for _ in range(3): kp, conf = m(np.zeros((96, 96, 3), np.uint8))\n"
             "m.close()\n"

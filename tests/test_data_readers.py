@@ -12,15 +12,13 @@ import numpy as np
 import pytest
 
 from letsplay.models.data import dataset_format as fmt
+from letsplay.models.data.prepare import mediapipe_available, prepare_videos, read_video_audio
 from letsplay.models.data.readers import (
     COCO18_TO_BODY25,
-    mediapipe_available,
     open_dataset,
     open_sub_urmp,
-    prepare_videos,
     read_openpose_folder,
     read_openpose_frame,
-    read_video_audio,
 )
 from letsplay.models.spec import AudioSpec
 from letsplay.ui.cli import main

@@ -151,7 +151,7 @@ def _split_minutes(clips: list[dict]) -> dict[str, float]:
 def _run_prepare(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from letsplay.models.data.readers import prepare_videos
+    from letsplay.models.data.prepare import prepare_videos
 
     bar = tqdm(total=len(args.videos), unit="video", desc="prepare", dynamic_ncols=True)
 

@@ -8,7 +8,8 @@
 * :mod:`.performer_render` -- drawing the performer from its keypoints (OpenCV)
 * :mod:`.dataset_format` -- the on-disk format (docs/dataset-format.md)
 * :mod:`.synth_dataset` -- ``letsplay data synth``: plan, render, resume
-* :mod:`.readers` -- letsplay datasets, Sub-URMP, OpenPose JSON, videos (``letsplay data prepare``)
+* :mod:`.readers` -- letsplay datasets, Sub-URMP, OpenPose JSON
+* :mod:`.prepare` -- plain videos -> a dataset (``letsplay data prepare``), keypoints from OpenPose or MediaPipe
 * :mod:`.torch_dataset` -- training sequences (frames, CQT windows, keypoints)
 * :mod:`.preview` -- a PNG grid of frames with keypoints
 
