@@ -52,6 +52,12 @@ def tiny_ckpt(performer, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def cello_set(tmp_path_factory):
+    """Two 3 s cello clips (format 2: instrument points and part maps)."""
+    return synth_tiny(tmp_path_factory.mktemp("tiny-set") / "cello", "cello", 0.1, 3.0, 2.0)
+
+
+@pytest.fixture(scope="session")
 def trombone_set(tmp_path_factory):
     """Four 1.5 s trombone clips (45 frames each: enough for 4 lanes of 3-frame chunks)."""
     return synth_tiny(tmp_path_factory.mktemp("tiny-set") / "trombone", "trombone", 0.1, 1.5, 1.0)

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import synth_tiny
 
 from letsplay.models.ablation import ablation_markdown
 from letsplay.models.data.performer_motion import Body, perform
@@ -177,8 +176,8 @@ def test_moving_pixels() -> None:
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return synth_tiny(tmp_path_factory.mktemp("synth") / "cello", "cello", 0.1, 3.0, 2.0)
+def dataset(cello_set: Path) -> Path:
+    return cello_set
 
 
 def test_evaluate_rows(dataset: Path, performer, tmp_path: Path) -> None:

@@ -1,0 +1,172 @@
+"""The layered warp: its transforms are exact, it reproduces the reference at the rest pose,
+moves layers with their keypoints, and on real synthetic clips draws the performer's new
+pose better than the still picture does."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from letsplay.models.evaluate import moving_mask, still_picture
+from letsplay.models.warp import (
+    LABELS,
+    SLIDE_OUTER,
+    LayeredWarp,
+    bone_inverse,
+    fit_cello_sway,
+    reference_from_clip,
+    rotation_inverse,
+    similarity_inverse,
+    split_slide,
+    upper_body_angle,
+)
+
+
+def _apply(T: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return (T[..., :2] @ x[..., None])[..., 0] + T[..., 2]
+
+
+def test_similarity_recovers_a_planted_transform():
+    g = torch.Generator().manual_seed(0)
+    ref = torch.rand(12, 2, generator=g) * 200
+    ang, s, t = 0.4, 1.3, torch.tensor([7.0, -3.0])
+    R = torch.tensor([[math.cos(ang), -math.sin(ang)], [math.sin(ang), math.cos(ang)]])
+    cur = (s * ref @ R.T + t)[None]  # the frame: the reference turned, scaled and shifted
+    T = similarity_inverse(ref, cur)
+    assert torch.allclose(_apply(T[:, None], cur), ref[None], atol=1e-3)
+
+
+def test_bone_turns_and_stretches_along_the_bone_only():
+    ref = torch.tensor([[[10.0, 10.0], [10.0, 50.0]]])  # 40 px, pointing down
+    cur = torch.tensor([[[100.0, 100.0], [120.0, 100.0]]])  # 20 px, pointing right
+    T = bone_inverse(ref[0], cur)
+    ends = _apply(T[:, None], cur)
+    assert torch.allclose(ends, ref, atol=1e-4)
+    side = torch.tensor([[[110.0, 106.0]]])  # mid-bone, 6 px to one side
+    back = _apply(T[:, None], side)[0, 0]
+    assert abs(float(back[1]) - 30.0) < 1e-4  # mid-bone in the reference
+    assert abs(abs(float(back[0]) - 10.0) - 6.0) < 1e-4  # still 6 px from the bone: width kept
+
+
+def test_rotation_keeps_its_centre_and_turns_back():
+    c = torch.tensor([50.0, 200.0])
+    T = rotation_inverse(c, torch.tensor([0.3]))
+    assert torch.allclose(_apply(T, c[None]), c[None], atol=1e-5)
+    p = c + torch.tensor([0.0, -100.0])
+    turned = c + torch.tensor([[math.cos(0.3), -math.sin(0.3)], [math.sin(0.3), math.cos(0.3)]]) @ (p - c)
+    assert torch.allclose(_apply(T, turned[None]), p[None], atol=1e-4)
+
+
+def _toy(instrument="trombone", H=64, W=64):
+    """A reference with three layers drawn as blocks, its keypoints inside them."""
+    g = torch.Generator().manual_seed(1)
+    rgb, plate = torch.rand(3, H, W, generator=g), torch.rand(3, H, W, generator=g)
+    labels = torch.zeros(H, W, dtype=torch.long)
+    labels[10:30, 20:40] = LABELS["torso"]
+    labels[40:50, 10:30] = LABELS["right_hand"]
+    labels[30:40, 35:45] = LABELS["left_hand"]
+    kp = torch.rand(67, 2, generator=g) * 0.4 + 0.3
+    return LayeredWarp(instrument, (H, W)).set_reference(rgb, plate, labels, kp), rgb, plate, labels, kp
+
+
+def test_rest_pose_gives_back_the_reference_over_the_plate():
+    warp, rgb, plate, labels, kp = _toy()
+    out, cover = warp(kp[None])
+    inside = (labels > 0)[None]
+    expect = torch.where(inside, rgb, plate)
+    assert torch.allclose(out[0], expect, atol=1e-5)
+    assert cover.shape == (1, len(warp.rig), 64, 64)
+    assert torch.allclose(cover.sum(1)[0], inside[0].float(), atol=1e-5)
+
+
+def test_a_shifted_pose_moves_every_layer_by_whole_pixels():
+    warp, rgb, plate, labels, kp = _toy()
+    shift = torch.tensor([8 / 64, 4 / 64])
+    out, _ = warp((kp + shift)[None])
+    moved = torch.roll(labels, (4, 8), (0, 1)) > 0
+    want = torch.roll(rgb, (4, 8), (1, 2))
+    assert moved.sum() > 500
+    assert torch.allclose(out[0][:, moved], want[:, moved], atol=1e-4)
+    assert torch.allclose(out[0][:, ~moved], plate[:, ~moved], atol=1e-4)  # the plate stays
+
+
+def test_a_blank_warp_refuses_a_reference_of_another_size():
+    warp = LayeredWarp("trombone", (32, 32))
+    assert not warp.has_reference
+    with pytest.raises(ValueError, match="need"):
+        warp.set_reference(torch.zeros(3, 64, 64), torch.zeros(3, 32, 32), torch.zeros(32, 32), torch.zeros(67, 2))
+    with pytest.raises(ValueError, match="endpin"):
+        LayeredWarp("cello", (32, 32)).set_reference(torch.zeros(3, 32, 32), torch.zeros(3, 32, 32),
+                                                     torch.ones(32, 32), torch.zeros(67, 2))
+
+
+def test_the_warp_is_differentiable_in_the_keypoints():
+    warp, rgb, *_ = _toy()
+    kp = (warp.ref_kp / warp.scale + 0.01).clone().requires_grad_(True)
+    out, _ = warp(kp[None])
+    (out - rgb).abs().mean().backward()
+    assert kp.grad is not None and kp.grad.abs().sum() > 0
+
+
+def test_cello_sway_gain_is_recovered_and_turns_the_body_about_the_endpin():
+    T = 200
+    t = np.linspace(0, 6, T)
+    body = 0.05 * np.sin(t)
+    kp = np.zeros((T, 67, 2))
+    kp[:, 8] = [0.5, 0.7]
+    kp[:, 1] = kp[:, 8] + 0.3 * np.stack([np.cos(-np.pi / 2 + body), np.sin(-np.pi / 2 + body)], -1)
+    ip = np.zeros((T, 5, 2))
+    ip[:, 2] = [0.6, 0.95]
+    tau = -np.pi / 2 + 0.2 - 0.7 * body
+    ip[:, 4] = ip[:, 2] + 0.7 * np.stack([np.cos(tau), np.sin(tau)], -1)
+    gain = fit_cello_sway(kp, ip)
+    assert abs(gain + 0.7) < 1e-6
+    assert abs(float(upper_body_angle(torch.from_numpy(kp[0])) - (-np.pi / 2 + body[0]))) < 1e-9
+
+
+def test_the_slide_layer_splits_at_the_right_hand():
+    labels = np.zeros((32, 64), np.uint8)
+    labels[10:12, 4:60] = LABELS["slide"]
+    kp = np.zeros((67, 2))
+    kp[46] = [30.0, 11.0]  # the right hand's wrist, along the slide
+    ip = np.array([[4.0, 11.0], [10.0, 5.0], [60.0, 11.0]])  # mouthpiece, bell, crook
+    out = split_slide(labels, kp, ip)
+    assert (out[10, 4:27] == LABELS["slide"]).all()
+    assert (out[10, 29:60] == SLIDE_OUTER).all()
+
+
+# --------------------------------------------------------------------------- real clips
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
+    d = (a - b) ** 2
+    mse = d.mean() if mask is None else d.permute(1, 0, 2, 3)[:, mask].mean()
+    return float(10 * torch.log10(1 / mse.clamp_min(1e-10)))
+
+
+@pytest.mark.parametrize("which", ["cello", "trombone"])
+def test_real_clips_warp_beats_the_still_picture(which, cello_set, trombone_set):
+    """Reference from one clip, poses (the real keypoints) of another: the warp is closer to
+    the real frames than the other clip's still picture, on all pixels and on moving ones."""
+    from letsplay.models.data.torch_dataset import open_sources
+
+    clips = open_sources(cello_set if which == "cello" else trombone_set)
+    assert len(clips) >= 2
+    ref = reference_from_clip(clips[0])
+    warp = ref.warp()
+    other = clips[1]
+    kp, _ = other.keypoints()
+    real = torch.from_numpy(other.frames(0, other.n_frames)).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        fake, _ = warp(torch.from_numpy(kp).float())
+    still = still_picture(real)
+    moving = moving_mask(real, still)
+    warp_all, still_all = _psnr(fake, real), _psnr(still[None].expand_as(real), real)
+    warp_mov, still_mov = _psnr(fake, real, moving), _psnr(still[None].expand_as(real), real, moving)
+    print(f"{which}: warp {warp_all:.2f} dB (moving {warp_mov:.2f}), still picture {still_all:.2f} "
+          f"(moving {still_mov:.2f}), sway gain {ref.sway_gain:.3f}")
+    assert warp_mov > still_mov + 2.0
+    assert warp_all > still_all
