@@ -13,22 +13,22 @@ scored, the same frames for every row:
 * ``reference`` -- the reference frame itself, shown for every frame (the performer at rest);
 * ``plate`` -- the room alone.
 
-PSNR (dB, over the pooled squared error), SSIM (mean over frames) and PSNR over moving
-pixels (where the real frame differs from its clip's still picture by more than 0.05),
-as ``letsplay eval`` computes them.
+PSNR and SSIM are means over frames, PSNR over moving pixels (where the real frame differs
+from its clip's still picture by more than 0.05) is pooled per clip and averaged over
+clips: as ``letsplay eval`` computes them, with its functions.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
+from typing import Any
 
 import numpy as np
 import torch
 
-from letsplay.models.evaluate import held_out_clips, moving_mask, ssim, still_picture, write_strip
+from letsplay.models.evaluate import _psnr_of_mse, held_out_clips, moving_mask, psnr, ssim, still_picture, write_strip
 from letsplay.models.warp import reference_from_clip
 
 from .common import machine, markdown_table, progress_bar, write_json
@@ -36,8 +36,8 @@ from .common import machine, markdown_table, progress_bar, write_json
 ROWS = ("warp", "still_picture", "reference", "plate")
 
 
-def _acc() -> dict[str, float]:
-    return {"se": 0.0, "n": 0.0, "se_moving": 0.0, "n_moving": 0.0, "ssim": 0.0, "frames": 0.0}
+def _acc() -> dict[str, Any]:
+    return {"psnr": 0.0, "ssim": 0.0, "frames": 0, "moving": []}
 
 
 def measure(data: str, instrument: str | None = None, split: str = "test", stride: int = 5,
@@ -75,16 +75,14 @@ def measure(data: str, instrument: str | None = None, split: str = "test", strid
         warped += len(idx)
         pictures = {"warp": fake, "still_picture": still[None].expand_as(real),
                     "reference": ref_img[None].expand_as(real), "plate": plate[None].expand_as(real)}
+        m = moving[:, None].expand_as(real)
         for name, pic in pictures.items():
             a = acc[name]
-            se = (pic - real).pow(2)
-            a["se"] += float(se.sum())
-            a["n"] += se.numel()
-            m = moving[:, None].expand_as(se)
-            a["se_moving"] += float(se[m].sum())
-            a["n_moving"] += float(m.sum())
+            a["psnr"] += float(psnr(pic, real).sum())
             a["ssim"] += float(ssim(pic, real).sum())
             a["frames"] += len(idx)
+            if m.any():
+                a["moving"].append(_psnr_of_mse(float((pic - real).pow(2)[m].mean())))
         if strip is not None and len(shown_real) < 6:
             j = len(idx) // 2
             shown_real.append((real[j].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
@@ -94,16 +92,13 @@ def measure(data: str, instrument: str | None = None, split: str = "test", strid
     if strip is not None and shown_real:
         write_strip(strip, shown_real, shown_fake)
 
-    def db(se: float, n: float) -> float | None:
-        return None if n == 0 else 10 * math.log10(1 / max(se / n, 1e-10))
-
-    rows = {name: {"psnr": db(a["se"], a["n"]), "ssim": a["ssim"] / max(a["frames"], 1),
-                   "psnr_moving": db(a["se_moving"], a["n_moving"])} for name, a in acc.items()}
+    rows = {name: {"psnr": a["psnr"] / max(a["frames"], 1), "ssim": a["ssim"] / max(a["frames"], 1),
+                   "psnr_moving": float(np.mean(a["moving"])) if a["moving"] else None} for name, a in acc.items()}
     return {"instrument": instrument, "data": str(data), "split": split, "clips": len(clips),
             "frames_scored": int(acc["warp"]["frames"]), "stride": stride, "reference": ref.source,
             "sway_gain": ref.sway_gain, "reference_build_s": round(build_s, 1),
             "warp_ms_per_frame": round(1000 * warp_s / max(warped, 1), 2),
-            "moving_fraction": acc["warp"]["n_moving"] / max(acc["warp"]["n"], 1), "rows": rows}
+            "rows": rows}
 
 
 def main(argv: list[str] | None = None) -> int:

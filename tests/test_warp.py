@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from letsplay.models.evaluate import moving_mask, still_picture
+from letsplay.models.evaluate import _psnr_of_mse, moving_mask, psnr, still_picture
 from letsplay.models.warp import (
     LABELS,
     SLIDE_OUTER,
@@ -142,9 +142,10 @@ def test_the_slide_layer_splits_at_the_right_hand():
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
-    d = (a - b) ** 2
-    mse = d.mean() if mask is None else d.permute(1, 0, 2, 3)[:, mask].mean()
-    return float(10 * torch.log10(1 / mse.clamp_min(1e-10)))
+    """Mean per-frame PSNR, or (``mask``) PSNR pooled over the masked pixels, as ``letsplay eval``."""
+    if mask is None:
+        return float(psnr(a, b).mean())
+    return _psnr_of_mse(float((a - b).pow(2)[mask[:, None].expand_as(a)].mean()))
 
 
 @pytest.mark.parametrize("which", ["cello", "trombone"])
