@@ -209,23 +209,27 @@ class LayeredWarp(nn.Module):
         self.register_buffer("ref_kp", torch.zeros(67, 2))
         self.register_buffer("endpin", torch.zeros(2))
         self.register_buffer("sway_gain", torch.zeros(()))
+        self.register_buffer("reach", torch.zeros(H, W, dtype=torch.uint8))  # pixels a part can reach
         self.register_buffer("scale", torch.tensor([float(W), float(H)]), persistent=False)
         self.register_buffer("layer_ids", torch.tensor([lay.label for lay in self.rig], dtype=torch.uint8),
                              persistent=False)
-        ys, xs = torch.meshgrid(torch.arange(H, dtype=torch.float32) + 0.5,
-                                torch.arange(W, dtype=torch.float32) + 0.5, indexing="ij")
-        self.register_buffer("pix", torch.stack([xs, ys], -1), persistent=False)  # [H, W, 2] pixel centres
+        # a loaded reference rebuilds the lookup tables at once (not inside a traced forward)
+        self.register_load_state_dict_post_hook(_rebuild_tables)
 
     @torch.no_grad()
     def set_reference(self, ref_rgb: Tensor, plate: Tensor, ref_labels: Tensor, ref_keypoints: Tensor,
-                      endpin: Tensor | None = None, sway_gain: float = 0.0) -> LayeredWarp:
+                      endpin: Tensor | None = None, sway_gain: float = 0.0,
+                      reach: Tensor | None = None) -> LayeredWarp:
         """Take a reference: ``ref_rgb``, ``plate`` [3, H, W] in [0, 1], ``ref_labels``
         [H, W] layer ids (:data:`LABELS`, plus :data:`SLIDE_OUTER` for a trombone whose
         slide was split), ``ref_keypoints`` [67, 2] normalised, ``endpin`` [2] normalised
-        (the cello's body turns about it), ``sway_gain`` (:func:`fit_cello_sway`)."""
+        (the cello's body turns about it), ``sway_gain`` (:func:`fit_cello_sway`),
+        ``reach`` [H, W] bool: the pixels a part can reach (None: every pixel), outside
+        which the plate is shown without computing anything."""
         H, W = self.size
         for name, t, shape in (("reference", ref_rgb, (3, H, W)), ("plate", plate, (3, H, W)),
-                               ("part map", ref_labels, (H, W)), ("keypoints", ref_keypoints, (67, 2))):
+                               ("part map", ref_labels, (H, W)), ("keypoints", ref_keypoints, (67, 2)),
+                               ("reach", torch.ones(H, W) if reach is None else reach, (H, W))):
             if tuple(t.shape) != shape:
                 raise ValueError(f"the {name} is {tuple(t.shape)}; this performer's frames need {shape}")
         if self.instrument == "cello" and endpin is None:
@@ -236,6 +240,8 @@ class LayeredWarp(nn.Module):
         self.ref_kp.copy_(ref_keypoints.float() * self.scale)
         self.endpin.copy_((endpin.float() if endpin is not None else torch.zeros(2)) * self.scale)
         self.sway_gain.fill_(float(sway_gain))
+        self.reach.copy_(torch.ones(H, W, dtype=torch.uint8) if reach is None else reach.to(torch.uint8))
+        self._tables(self.plate.device)  # built now, so that a traced graph holds them as constants
         return self
 
     @property
@@ -263,24 +269,76 @@ class LayeredWarp(nn.Module):
                 out.append(rotation_inverse(self.endpin.to(cur.dtype), self.sway_gain.to(cur.dtype) * turn))
         return torch.stack(out, 1)
 
+    def _tables(self, device: torch.device) -> tuple[Tensor, ...]:
+        """What :meth:`forward` reads, derived from the reference and cached until it changes
+        (so that an exported graph holds them as constants): the flat indices of the pixels a
+        part can reach [N], their centres x, y [N], the plate there [1, 3, N], and the layers'
+        rank table [L * (H+2) * (W+2)]: ``l + 1`` where the reference's (zero-bordered) part
+        map holds layer ``l``'s part, else 0."""
+        key = tuple((t.data_ptr(), t._version) for t in (self.ref_labels, self.reach, self.plate)) + (device,)
+        dtype = torch.float32
+        if getattr(self, "_cache_key", None) != key:
+            H, W = self.size
+            with torch.no_grad():
+                reach = self.reach.bool() if bool(self.reach.any()) else torch.ones(H, W, dtype=torch.bool,
+                                                                                      device=self.reach.device)
+                idx = torch.nonzero(reach.reshape(-1))[:, 0].to(device)
+                x = (idx % W).to(dtype) + 0.5
+                y = torch.div(idx, W, rounding_mode="floor").to(dtype) + 0.5
+                padded = F.pad(self.ref_labels.long(), (1, 1, 1, 1))  # off the picture: no part
+                ids = self.layer_ids.long()[:, None, None]
+                rank = torch.arange(1, len(self.rig) + 1, device=padded.device)[:, None, None]
+                own = padded[None] == ids  # [L, H+2, W+2]
+                # a part's layer also holds the one-pixel background ring around it: its outline,
+                # which bilinear sampling blends into the part's edge in the reference
+                ring = F.max_pool2d(own.float()[:, None], 3, stride=1, padding=1)[:, 0] > 0
+                own = own | (ring & (padded == 0)[None])
+                table = (own * rank).to(dtype).reshape(-1).to(device)
+                plate = self.plate.to(device, dtype).reshape(1, 3, H * W)[:, :, idx]
+            self._cache = (idx, x, y, plate, table)
+            self._cache_key = key
+        return self._cache
+
     def forward(self, keypoints: Tensor) -> tuple[Tensor, Tensor]:
-        """Keypoints [B, 67, 2] (normalised) -> (frame [B, 3, H, W] in [0, 1], each layer's
-        coverage [B, L, H, W] in the frame, back to front)."""
+        """Keypoints [B, 67, 2] (normalised) -> (frame [B, 3, H, W] in [0, 1], the visible
+        layer's rank per pixel [B, H, W]: 0 for the plate, ``l + 1`` for layer ``l``).
+
+        Each pixel is drawn from the frontmost layer that covers it: for every layer the
+        pixel's reference position is computed (elementwise), the reference's part map is
+        read there (nearest), the last layer in drawing order whose own part is found wins,
+        and the reference picture is read once, bilinearly, at that layer's position. Only
+        the pixels some part can reach (``reach``, from the reference's clip) are computed;
+        the others, and pixels no layer covers, show the plate. One colour sample per pixel,
+        not one per layer: several times cheaper than compositing every layer."""
         B, L = keypoints.shape[0], len(self.rig)
         H, W = self.size
-        T = self.transforms(keypoints)  # [B, L, 2, 3]
-        pix = self.pix.to(T.dtype)
-        src = torch.einsum("blij,hwj->blhwi", T[..., :2], pix) + T[..., None, None, :, 2]  # [B, L, H, W, 2]
-        grid = src / self.scale.to(T.dtype) * 2 - 1  # grid_sample's [-1, 1], align_corners=False
-        masks = (self.ref_labels[None] == self.layer_ids[:, None, None]).to(self.ref_rgb.dtype)  # [L, H, W]
-        layers = torch.cat([self.ref_rgb[None] * masks[:, None], masks[:, None]], 1)  # premultiplied [L, 4, H, W]
-        layers = layers.to(grid.dtype).expand(B, L, 4, H, W).reshape(B * L, 4, H, W)
-        s = F.grid_sample(layers, grid.reshape(B * L, H, W, 2), mode="bilinear", padding_mode="zeros",
-                          align_corners=False).reshape(B, L, 4, H, W)
-        out = self.plate.to(s.dtype).expand(B, 3, H, W)
-        for k in range(L):  # back to front, premultiplied "over"
-            out = s[:, k, :3] + (1 - s[:, k, 3:]) * out
-        return out, s[:, :, 3]
+        dtype = keypoints.dtype  # positions and indices are computed in fp32 whatever the caller's dtype:
+        T = self.transforms(keypoints.float())  # fp16 holds whole numbers only up to 2048  [B, L, 2, 3]
+        idx, x, y, plate_n, table = self._tables(T.device)
+        c = T[..., None]  # [B, L, 2, 3, 1]
+        sx = c[:, :, 0, 0] * x + c[:, :, 0, 1] * y + c[:, :, 0, 2]  # [B, L, N] reference x, pixels
+        sy = c[:, :, 1, 0] * x + c[:, :, 1, 1] * y + c[:, :, 1, 2]
+        with torch.no_grad():  # which layer is in front: a discrete choice
+            ix = torch.floor(sx).clamp(-1, W) + 1  # the zero-bordered map's column
+            iy = torch.floor(sy).clamp(-1, H) + 1
+            off = torch.arange(L, device=T.device, dtype=T.dtype)[:, None] * float((H + 2) * (W + 2))
+            flat = (iy * float(W + 2) + ix + off).long()  # exact in fp32 below 2^24
+            top = table[flat].amax(1)  # [B, N]
+            front = (top - 1).clamp_min(0).long()[:, None]  # [B, 1, N]
+        gx = torch.gather(sx, 1, front) * (2.0 / W) - 1  # [B, 1, N], grid_sample's [-1, 1]
+        gy = torch.gather(sy, 1, front) * (2.0 / H) - 1
+        ref = self.ref_rgb.to(T.dtype).expand(B, 3, H, W)
+        rgb = F.grid_sample(ref, torch.stack([gx, gy], -1), mode="bilinear", padding_mode="border",
+                            align_corners=False)[:, :, 0]  # [B, 3, N]
+        val = torch.where(top[:, None] > 0, rgb, plate_n)
+        plate = self.plate.to(T.dtype).reshape(1, 3, H * W)
+        out = plate.expand(B, 3, H * W).scatter(2, idx.expand(B, 3, -1), val).reshape(B, 3, H, W)
+        rank = torch.zeros(B, H * W, dtype=T.dtype, device=T.device).scatter(1, idx.expand(B, -1), top)
+        return out.to(dtype), rank.reshape(B, H, W).to(dtype)
+
+
+def _rebuild_tables(module: LayeredWarp, _incompatible_keys) -> None:
+    module._tables(module.plate.device)
 
 
 def endpin_of(instrument: str, instrument_points: np.ndarray) -> np.ndarray | None:
@@ -305,13 +363,14 @@ class Reference:
     instrument_points: np.ndarray | None  # [K, 2] float32, normalised, or None
     sway_gain: float  # the cello body's turn per radian of upper-body turn
     source: str  # where it was taken from: "<clip id>#<frame>"
+    reach: np.ndarray | None = None  # [H, W] bool, the pixels a part can reach; None: all
 
     def warp(self) -> LayeredWarp:
         """A :class:`LayeredWarp` holding this reference."""
         H, W = self.labels.shape
         return LayeredWarp(self.instrument, (H, W)).set_reference(*self.tensors())
 
-    def tensors(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None, float]:
+    def tensors(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None, float, Tensor | None]:
         """The arguments of :meth:`LayeredWarp.set_reference`."""
         endpin = None
         if self.instrument_points is not None:
@@ -319,8 +378,9 @@ class Reference:
             endpin = None if e is None else torch.from_numpy(e)
         rgb = torch.from_numpy(self.rgb).permute(2, 0, 1).float() / 255
         plate = torch.from_numpy(self.plate).permute(2, 0, 1).float() / 255
+        reach = None if self.reach is None else torch.from_numpy(self.reach)
         return (rgb, plate, torch.from_numpy(self.labels), torch.from_numpy(self.keypoints), endpin,
-                self.sway_gain)
+                self.sway_gain, reach)
 
 
 def rest_frame(keypoints: np.ndarray, confidence: np.ndarray) -> int:
@@ -348,10 +408,21 @@ def room_plate(frames: np.ndarray, background: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def reference_from_clip(clip, size: tuple[int, int] | None = None, plate_stride: int = 2) -> Reference:
+def reach_of(foreground: np.ndarray, margin: int) -> np.ndarray:
+    """The pixels a part can reach: where ``foreground`` [T, H, W] ever holds, grown by
+    ``margin`` pixels every way (a square neighbourhood). -> [H, W] bool."""
+    seen = torch.from_numpy(np.ascontiguousarray(foreground.any(0)))[None, None].float()
+    grown = F.max_pool2d(seen, 2 * margin + 1, stride=1, padding=margin) if margin > 0 else seen
+    return grown[0, 0].numpy() > 0
+
+
+def reference_from_clip(clip, size: tuple[int, int] | None = None, plate_stride: int = 2,
+                        reach_margin: float = 0.06) -> Reference:
     """The reference of a synthetic clip (one with part maps; dataset format 2): its frame
     nearest the mean pose, the room as the per-pixel median of the frames where the part
     map says background (:func:`room_plate`), and (cello) the body's sway gain fitted over the clip.
+    The pixels a part can reach are those the performer covers in any of the clip's frames,
+    grown by ``reach_margin`` of the frame's width.
     ``size``: (height, width) to crop and resize to, like the training data."""
     from letsplay.models.data.torch_dataset import (
         _fit_frames,
@@ -391,5 +462,6 @@ def reference_from_clip(clip, size: tuple[int, int] | None = None, plate_stride:
     if clip.instrument == "trombone" and ref_ip is not None:
         ref_labels = split_slide(ref_labels, kp[r] * scale, ref_ip * scale)
     gain = fit_cello_sway(kp, ip.points) if clip.instrument == "cello" and ip is not None else 0.0
+    reach = reach_of(labels != LABELS["background"], int(round(reach_margin * w)))
     return Reference(clip.instrument, frames[r].copy(), plate, ref_labels.astype(np.uint8),
-                     kp[r].astype(np.float32), ref_ip, gain, f"{clip.id}#{r}")
+                     kp[r].astype(np.float32), ref_ip, gain, f"{clip.id}#{r}", reach)
