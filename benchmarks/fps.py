@@ -59,7 +59,7 @@ from .roof import fraction, frame_flops, gemm_gflops, roof
 
 log = logging.getLogger(__name__)
 
-STAGES = ("khp", "cvg", "stu")
+STAGES = ("khp", "cvg", "warp", "stu")
 
 BACKENDS: dict[str, str] = {  # name -> what it is
     "torch": "torch eager fp32, CPU",
@@ -129,10 +129,15 @@ def torch_stage_calls(model, batch: int) -> dict[str, Callable[[], None]]:
             _, states["cvg"] = model.cvg.step(window, states["cvg"])
         sync()
 
+    def warp() -> None:
+        with torch.inference_mode():
+            model.coarse_of(kp)
+        sync()
+
     def stu() -> None:
         with torch.inference_mode():
             c = coarse
-            if c is not None and tuple(c.shape[-2:]) != tuple(cfg.work_size):
+            if c is not None and not cfg.stu.residual and tuple(c.shape[-2:]) != tuple(cfg.work_size):
                 c = F.interpolate(c, size=cfg.work_size, mode="bilinear", align_corners=False)
             _, states["stu"] = model.stu.step(c, hm, kp, window, states["stu"])
         sync()
@@ -141,6 +146,8 @@ def torch_stage_calls(model, batch: int) -> dict[str, Callable[[], None]]:
         calls["khp"] = khp
     if model.cvg is not None:
         calls["cvg"] = cvg
+    if model.warp is not None:
+        calls["warp"] = warp
     calls["stu"] = stu
     return calls
 
@@ -616,7 +623,7 @@ def markdown(r: dict) -> str:
              + "".join(f"; {k} {v['gflops']:.0f} GFLOP/s" for k, v in r["roof"].items() if k != "cpu-fp32"),
              "",
              markdown_table(["preset", "streams", "backend", "device", "fps", "fps@p90", "e2e ms", "e2e p90",
-                             "cqt ms", "khp ms", "cvg ms", "stu ms", "of roof"], rows)]
+                             "cqt ms", "khp ms", "cvg ms", "warp ms", "stu ms", "of roof"], rows)]
     if r["speedups_vs_torch_eager"]:
         parts += ["", markdown_table(
             ["preset", "streams", "backend", "step ms", "torch eager step ms", "step speedup", "e2e speedup"],

@@ -11,8 +11,9 @@ pipelined pair is named ``MID + <name>``.
   input in; ``frame``, ``keypoints``, ``coarse``, ``heatmap`` (those the model has) and
   every state output out. The engine feeds the state outputs back
   (``stepping.feeds`` / ``stepping.next_state``).
-* ``khp.onnx``, ``cvg.onnx``, ``stu.onnx`` -- each stage alone, same naming (a host can
-  run them on different devices, or swap one).
+* ``khp.onnx``, ``cvg.onnx`` (or ``warp.onnx``: keypoints in, the warped reference out),
+  ``stu.onnx`` -- each stage alone, same naming (a host can run them on different devices,
+  or swap one).
 * ``front.onnx``, ``back.onnx`` -- the same step cut in two for a pipelined host (the
   engine's ``pipeline`` mode): ``front`` takes ``window`` and every state input and
   gives ``keypoints`` / ``coarse`` / ``heatmap``, every state output and the STU
@@ -168,6 +169,14 @@ def _stage_steps(p: Performer) -> dict[str, tuple[_FlatStep, list[str], list[str
         z = torch.zeros(1, cfg.cvg.z_dim)
         out["cvg"] = (_FlatStep(cvg_fn, names, 2, p.cvg), ["window", "z"], ["coarse"], [window, z])
         coarse, _ = p.cvg.step(window, st.cvg)
+    if p.warp is not None:  # the reference warped to the pose: keypoints in, coarse frame out, no state
+
+        class _Warp(nn.Module):
+            def forward(self, keypoints: Tensor) -> tuple[Tensor]:
+                return (p.coarse_of(keypoints),)
+
+        out["warp"] = (_Warp(), ["keypoints"], ["coarse"], [kp])
+        coarse = p.coarse_of(kp)
     names = list(st.stu.to_dict())
     cls_s = type(st.stu)
     ins = [n for n, t in (("coarse", coarse), ("heatmap", hm), ("keypoints", kp)) if t is not None]
@@ -177,7 +186,7 @@ def _stage_steps(p: Performer) -> dict[str, tuple[_FlatStep, list[str], list[str
         *xs, window, s = args
         given = dict(zip(ins, xs, strict=True))
         c = given.get("coarse")
-        if c is not None and tuple(c.shape[-2:]) != tuple(cfg.work_size):  # CVG's size -> the STU's
+        if c is not None and not cfg.stu.residual and tuple(c.shape[-2:]) != tuple(cfg.work_size):  # CVG's -> STU's
             c = F.interpolate(c, size=cfg.work_size, mode="bilinear", align_corners=False)
         f, new = p.stu.step(c, given.get("heatmap"), given.get("keypoints"), window, cls_s.from_dict(s))
         return [f], new.to_dict()
@@ -368,7 +377,8 @@ def export_onnx(performer: Performer, out_dir: str | Path, checkpoint_sha256: st
        outs + [state_out_name(n) for n in snames])
     if stages:
         for name, (mod, s_ins, s_outs, examples) in _stage_steps(p).items():
-            st = getattr(p.init_state(1), name).to_dict()
+            sub = getattr(p.init_state(1), name, None)  # the warp has no state
+            st = {} if sub is None else sub.to_dict()
             do(name, mod, [*examples, *st.values()], s_ins + [state_in_name(f"{name}.{n}") for n in st],
                s_outs + [state_out_name(f"{name}.{n}") for n in st])
     if pipeline:

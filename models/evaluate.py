@@ -213,7 +213,8 @@ def renderer_only_step(model: Performer, window: Tensor, keypoints: Tensor, conf
     frame ``[B, 3, H, W]`` in [-1, 1] and the new state. The heatmap is the model's DLT
     of the keypoints with alpha = confidence x the model's heatmap alpha (points the data
     lacks are not drawn); the STU's GCN gets the keypoints. KHP is not run (its state is
-    passed through); the CVG and the STU carry their state as in :meth:`Performer.step`."""
+    passed through); the CVG and the STU carry their state as in :meth:`Performer.step`; a
+    warp performer's coarse frame is its reference warped to the given keypoints."""
     if model.khp is None:
         raise ValueError("renderer_only_step needs a model with KHP (its heatmap feeds the STU)")
     coarse_up = cvg_state = None
@@ -221,6 +222,8 @@ def renderer_only_step(model: Performer, window: Tensor, keypoints: Tensor, conf
         coarse_up, cvg_state = model.cvg.step(window, state.cvg, z)
         if coarse_up.shape[-2:] != model.cfg.work_size:
             coarse_up = F.interpolate(coarse_up, size=model.cfg.work_size, mode="bilinear", align_corners=False)
+    elif model.warp is not None:  # the reference warped to the given pose (the residual STU's size)
+        coarse_up = model.coarse_of(keypoints)
     hm = model.khp.heatmap(keypoints, confidence * model.khp.cfg.heatmap_alpha)
     mid, stu_state = model.stu.encode(coarse_up, hm, window, state.stu)
     frame = model.stu.decode(mid, keypoints)

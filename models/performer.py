@@ -23,6 +23,11 @@ what to do: unreadable/truncated files, other formats or versions, edited metada
 tensors (digest), tensor names/shapes that do not fit the config, and -- when the caller
 passes them -- specs or a preset other than expected.
 
+``coarse="warp"`` (the ``warp`` variant of any preset, beyond the paper) replaces the
+CVG network by the performer's reference warped part by part to KHP's keypoints
+(:mod:`letsplay.models.warp`, no state, no weights: the reference is a buffer saved in the
+checkpoint), and the STU refines it with a residual at the video size.
+
 Ablations (paper Tables I and II) are config fields: ``use_cvg`` (I a), ``use_khp``
 (I b), ``stu.use_gru/use_gcn/use_audio`` (I c-e), ``khp.avg_condition`` and
 ``khp.dlt_loss`` (II); see ``models/presets.py`` for the named variants.
@@ -50,11 +55,13 @@ from letsplay.models.spec import AudioSpec, VideoSpec
 from letsplay.models.state import State, StateError
 from letsplay.models.stepping import unroll
 from letsplay.models.stu import StructuredTemporalUNet, STUConfig, STUMid, STUState
+from letsplay.models.warp import LayeredWarp, Reference
 
 log = logging.getLogger(__name__)
 
 FORMAT = "letsplay.performer"
 FORMAT_VERSION = 1
+COARSE_KINDS = ("cvg", "warp")
 
 
 class CheckpointError(ValueError):
@@ -69,6 +76,7 @@ class PerformerConfig(DictConfig):
     preset: str = "custom"  # the preset it was built from ("tiny", "realtime", "paper", ...)
     use_khp: bool = True  # keypoints + heatmap stage (Table I b: off)
     use_cvg: bool = True  # coarse video stage (Table I a: off)
+    coarse: str = "cvg"  # the coarse frame: "cvg" (the paper's, from audio) | "warp" (the reference, posed)
     end_to_end: bool = False  # let STU losses flow back into KHP and CVG (else their outputs are detached)
     khp: KeypointConfig = field(default_factory=KeypointConfig)
     cvg: CoarseConfig = field(default_factory=CoarseConfig)
@@ -87,6 +95,14 @@ class PerformerConfig(DictConfig):
         if self.stu.use_gcn and not self.use_khp:
             raise ValueError("PerformerConfig: stu.use_gcn needs KHP's keypoints; "
                              "set stu.use_gcn=False when use_khp=False")
+        if self.coarse not in COARSE_KINDS:
+            raise ValueError(f"unknown coarse frame {self.coarse!r}; choose one of {list(COARSE_KINDS)}")
+        if self.coarse == "warp" and not (self.use_khp and self.use_cvg):
+            raise ValueError("PerformerConfig: coarse='warp' moves the reference by KHP's keypoints; it needs "
+                             "use_khp and use_cvg")
+        if self.stu.residual != (self.coarse == "warp" and self.use_cvg):
+            raise ValueError("PerformerConfig: stu.residual goes with coarse='warp' (the STU corrects the warped "
+                             "reference); set both or neither")
 
     @property
     def work_size(self) -> tuple[int, int]:
@@ -104,7 +120,7 @@ class PerformerState(State):
 
 class PerformerOutput(NamedTuple):
     frame: Tensor  # [B, 3, H, W] final frame in [-1, 1]          (sequence: [B, T, ...])
-    coarse: Tensor | None  # [B, 3, h, w] CVG frame at its own size, [-1, 1]
+    coarse: Tensor | None  # [B, 3, h, w] CVG frame at its own size (warp: the video size), [-1, 1]
     keypoints: Tensor | None  # [B, 67, 2] normalised (x, y)
     heatmap: Tensor | None  # [B, C, h, w] DLT heatmap at the working size
 
@@ -128,11 +144,27 @@ class Performer(nn.Module):
         self.cfg = cfg
         size = cfg.work_size
         self.khp = (KeypointPredictor(cfg.khp, cfg.audio, size, cfg.instrument, cfg.video) if cfg.use_khp else None)
-        self.cvg = CoarseVideoGenerator(cfg.cvg, cfg.audio, size) if cfg.use_cvg else None
+        warp = cfg.use_cvg and cfg.coarse == "warp"
+        self.cvg = CoarseVideoGenerator(cfg.cvg, cfg.audio, size) if cfg.use_cvg and not warp else None
+        # the reference warped to the pose, at the video size; blank until set_reference or a checkpoint
+        self.warp = LayeredWarp(cfg.instrument, (cfg.video.height, cfg.video.width)) if warp else None
         self.stu = StructuredTemporalUNet(
             cfg.stu, cfg.audio, size, coarse=cfg.use_cvg,
             heatmap_channels=heatmap_channels(cfg.khp.heatmap) if cfg.use_khp else 0,
             keypoints=cfg.use_khp)
+
+    def set_reference(self, ref: Reference) -> None:
+        """Give a warp performer its reference (what it looks like): :func:`reference_from_clip`."""
+        if self.warp is None:
+            raise ValueError(f"this performer (coarse={self.cfg.coarse!r}) draws no reference")
+        if ref.instrument != self.cfg.instrument:
+            raise ValueError(f"the reference is a {ref.instrument}, this performer plays the {self.cfg.instrument}")
+        self.warp.set_reference(*(t.to(self.warp.plate.device) if isinstance(t, Tensor) else t
+                                  for t in ref.tensors()))
+
+    def coarse_of(self, keypoints: Tensor) -> Tensor:
+        """The warped reference for ``keypoints`` [B, 67, 2] -> [B, 3, H, W] in [-1, 1]."""
+        return self.warp(keypoints)[0] * 2.0 - 1.0
 
     def stages(self) -> dict[str, nn.Module]:
         """The stages present, by state prefix: ``{"khp": .., "cvg": .., "stu": ..}``."""
@@ -185,6 +217,8 @@ class Performer(nn.Module):
             coarse_up = coarse
             if coarse.shape[-2:] != self.cfg.work_size:
                 coarse_up = F.interpolate(coarse, size=self.cfg.work_size, mode="bilinear", align_corners=False)
+        elif self.warp is not None:  # the residual STU takes it at the video size
+            coarse = coarse_up = self.coarse_of(kp)
         stu_hm, stu_coarse = hm, coarse_up
         if not self.cfg.end_to_end:
             stu_hm, stu_coarse = (None if t is None else t.detach() for t in (hm, coarse_up))
@@ -278,6 +312,8 @@ def combine_stages(base: Performer, stages: dict[str, Performer]) -> Performer:
         for name, mine in out.stages().items():
             if name != "khp":
                 mine.load_state_dict(getattr(base, name).state_dict())
+        if base.warp is not None:
+            out.warp.load_state_dict(base.warp.state_dict())
     for name, other in stages.items():
         if name not in ("khp", "cvg", "stu"):
             raise ValueError(f"unknown stage {name!r}; choose khp, cvg or stu")

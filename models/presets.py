@@ -104,8 +104,10 @@ def _khp(cfg: PerformerConfig, **kw: object) -> PerformerConfig:
 
 # Paper Table I (a-e) and Table II variants.
 ABLATIONS: dict[str, Callable[[PerformerConfig], PerformerConfig]] = {
-    "no_cvg": lambda c: dataclasses.replace(c, use_cvg=False),  # I (a) w/o CVG
-    "no_khp": lambda c: dataclasses.replace(c, use_khp=False, stu=dataclasses.replace(c.stu, use_gcn=False)),  # I (b)
+    "no_cvg": lambda c: dataclasses.replace(c, use_cvg=False, coarse="cvg",
+                                            stu=dataclasses.replace(c.stu, residual=False)),  # I (a) w/o CVG
+    "no_khp": lambda c: dataclasses.replace(c, use_khp=False, coarse="cvg",
+                                            stu=dataclasses.replace(c.stu, use_gcn=False, residual=False)),  # I (b)
     "no_stu": lambda c: _stu(c, use_gru=False, use_gcn=False, use_audio=False),  # I (c) plain UNet
     "no_gcn": lambda c: _stu(c, use_gcn=False),  # I (d)
     "no_gru": lambda c: _stu(c, use_gru=False),  # I (e) w/o CNN-GRU
@@ -114,6 +116,11 @@ ABLATIONS: dict[str, Callable[[PerformerConfig], PerformerConfig]] = {
     # the paper's KP inside a preset that follows the music: its window encoder, no motion heads
     "kp_paper": lambda c: _khp(c, encoder="window", motion_heads=False, velocity_weight=0.0, motion_weight=0.0),
     "kp_no_motion": lambda c: _khp(c, motion_heads=False, motion_weight=0.0),  # streaming encoder, no motion heads
+    # beyond the paper: the coarse frame is the performer's reference warped to the pose, the STU a residual
+    "warp": lambda c: dataclasses.replace(c, coarse="warp", use_cvg=True,
+                                          stu=dataclasses.replace(c.stu, residual=True)),
+    # the paper's coarse frame, from audio and the previous frame
+    "cvg_audio": lambda c: dataclasses.replace(c, coarse="cvg", stu=dataclasses.replace(c.stu, residual=False)),
 }
 
 

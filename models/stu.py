@@ -18,6 +18,13 @@ Per frame t:
    [-1, 1] (tanh). ``out_upsample > 1`` ends in a PixelShuffle head, so the UNet can
    run at a fraction of the video size (the real-time preset works at 128 for 256 video).
 
+``residual=True`` (the warp presets): the coarse frame -- the performer's reference warped
+to the pose, :mod:`letsplay.models.warp` -- arrives at the *output* size; the encoder reads
+it area-downsampled to the working size, and the head's output is added to it (clamped to
+[-1, 1]) instead of being the frame. The head starts at zero, so an untrained STU passes
+the warp through: pixels that do not move are copied, never re-drawn, and training only
+has to learn corrections (holes, shading, thin parts).
+
 Table I ablations: ``use_gcn=False`` (d), ``use_gru=False`` (e), and all three of
 ``use_gru/use_gcn/use_audio`` off = a plain UNet (c, "w/o STU"). The Performer builds
 the STU without the coarse input for (a) "w/o CVG" and without heatmap/keypoints for
@@ -56,6 +63,7 @@ class STUConfig:
     audio_layers: int = 3  # audio encoder stride-2 conv layers
     audio_features: int = 128  # audio feature channels tiled at the bottleneck
     out_upsample: int = 1  # PixelShuffle factor of the head (output = working size * this)
+    residual: bool = False  # the coarse frame comes at the output size; the head adds a residual to it
 
     def __post_init__(self) -> None:
         if self.depth < 1 or self.out_upsample < 1 or self.base_channels < 1:
@@ -79,10 +87,12 @@ class STUMid(NamedTuple):
     skips: tuple[Tensor, ...]  # encoder levels 0 .. depth-1: [B, ch[i], H / 2**i, W / 2**i]
     fused: Tensor  # [B, cb, h, w] F^hat_t (F^hq_t without the GRU)
     audio: Tensor | None  # [B, audio_features]; None without the audio branch
+    base: Tensor | None = None  # residual STU: the coarse frame at the output size, [-1, 1]
 
     def tensors(self) -> list[Tensor]:
         """The tensors named by :attr:`StructuredTemporalUNet.mid_names`, in that order."""
-        return [*self.skips, self.fused, *([] if self.audio is None else [self.audio])]
+        return [*self.skips, self.fused, *([] if self.audio is None else [self.audio]),
+                *([] if self.base is None else [self.base])]
 
 
 # --------------------------------------------------------------------------- blocks
@@ -185,18 +195,27 @@ class StructuredTemporalUNet(nn.Module):
         s = cfg.out_upsample
         self.head = nn.Sequential(conv(ch[0], 3 * s * s), nn.PixelShuffle(s)) if s > 1 else conv(ch[0], 3)
         kaiming_init(self)
+        if cfg.residual:
+            if not coarse:
+                raise ValueError("STU: a residual STU refines the coarse frame; it needs the coarse input")
+            last = self.head[0] if s > 1 else self.head
+            nn.init.zeros_(last.weight)  # untrained, the frame is the coarse frame itself
+            nn.init.zeros_(last.bias)
 
     @property
     def mid_names(self) -> list[str]:
         """Flat names of :class:`STUMid` (``mid.skip<i>``, ``mid.fused``, ``mid.audio``): the
         ONNX front/back graphs' hand-over and a pipelined backend's."""
         return ([mid_name(f"skip{i}") for i in range(len(self.enc) - 1)] + [mid_name("fused")]
-                + ([mid_name("audio")] if self.audio_enc is not None else []))
+                + ([mid_name("audio")] if self.audio_enc is not None else [])
+                + ([mid_name("base")] if self.cfg.residual else []))
 
     def mid_from(self, flat: list[Tensor]) -> STUMid:
         """The inverse of :meth:`STUMid.tensors`."""
         n = len(self.enc) - 1
-        return STUMid(skips=tuple(flat[:n]), fused=flat[n], audio=flat[n + 1] if self.audio_enc is not None else None)
+        k = n + 1 + (self.audio_enc is not None)
+        return STUMid(skips=tuple(flat[:n]), fused=flat[n], audio=flat[n + 1] if self.audio_enc is not None else None,
+                      base=flat[k] if self.cfg.residual else None)
 
     @property
     def out_size(self) -> tuple[int, int]:
@@ -211,9 +230,10 @@ class StructuredTemporalUNet(nn.Module):
 
     def step(self, coarse: Tensor | None, heatmap: Tensor | None, keypoints: Tensor | None,
              window: Tensor | None, state: STUState) -> tuple[Tensor, STUState]:
-        """coarse ``[B, 3, H, W]``, heatmap ``[B, C, H, W]``, keypoints ``[B, 67, 2]``,
-        window ``[B, n_bins, window]`` (each None where this STU does not use it)
-        -> frame ``[B, 3, H*s, W*s]`` in [-1, 1]. Exactly :meth:`decode` of :meth:`encode`."""
+        """coarse ``[B, 3, H, W]`` (residual: ``[B, 3, H*s, W*s]``), heatmap ``[B, C, H, W]``,
+        keypoints ``[B, 67, 2]``, window ``[B, n_bins, window]`` (each None where this STU
+        does not use it) -> frame ``[B, 3, H*s, W*s]`` in [-1, 1]. Exactly :meth:`decode`
+        of :meth:`encode`."""
         mid, new_state = self.encode(coarse, heatmap, window, state)
         return self.decode(mid, keypoints), new_state
 
@@ -222,6 +242,10 @@ class StructuredTemporalUNet(nn.Module):
         """Steps 1, 2 and 4: the UNet encoder, the CNN-GRU (all of the STU's state) and the
         audio encoder. :meth:`decode` needs only the result and the keypoints, so a
         pipelined host can decode frame t while it encodes frame t + 1."""
+        base = None
+        if self.cfg.residual and coarse is not None:
+            base, s = coarse, self.cfg.out_upsample
+            coarse = F.avg_pool2d(coarse, s) if s > 1 else coarse  # the encoder reads it at the working size
         ins = ([coarse] if self.has_coarse else []) + ([heatmap] if self.heatmap_channels else [])
         if any(t is None for t in ins):
             raise ValueError("STU.step: missing coarse frame or heatmap input")
@@ -239,7 +263,7 @@ class StructuredTemporalUNet(nn.Module):
             if window is None:
                 raise ValueError("STU.step: this STU reads audio and needs the CQT window")
             a = self.audio_enc(window)  # [B, audio_features]
-        return STUMid(skips=tuple(skips), fused=f, audio=a), new_state
+        return STUMid(skips=tuple(skips), fused=f, audio=a, base=base), new_state
 
     def decode(self, mid: STUMid, keypoints: Tensor | None) -> Tensor:
         """Steps 3 and 5: the GCN at the keypoints and the decoder -> the frame. Stateless."""
@@ -257,6 +281,8 @@ class StructuredTemporalUNet(nn.Module):
         for i in reversed(range(len(self.up))):
             x = self.up[i](x)  # 2x upsampled: [B, ch[i], ...]
             x = self.merge[i](torch.cat([x, mid.skips[i]], dim=1))
+        if mid.base is not None:  # residual: the coarse frame, corrected
+            return torch.clamp(mid.base + self.head(x), -1.0, 1.0)
         return torch.tanh(self.head(x))
 
     def forward(self, coarse: Tensor | None, heatmap: Tensor | None, keypoints: Tensor | None,

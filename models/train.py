@@ -197,6 +197,10 @@ class Trainer:
             pose = training_mean_pose(clips) if self.model.khp is not None else None
             if pose is not None:
                 self.model.khp.set_mean_pose(pose)
+            if self.model.warp is not None:  # what the performer looks like: its first training clip
+                from letsplay.models.warp import reference_from_clip
+
+                self.model.set_reference(reference_from_clip(clips[0], (model_cfg.video.height, model_cfg.video.width)))
         self.model.to(self.device)
         self.disc = AudioVideoDiscriminator(cfg.disc, self.model.cfg.audio).to(self.device)
         broadcast_module(self.model, self.dist)  # equal by construction (same seed); made certain
@@ -343,6 +347,8 @@ class Trainer:
             alpha = torch.where(teach[:, None, None], batch["confidence"].to(self.device) * a, torch.full_like(
                 batch["confidence"], a, device=self.device))
             hm = m.khp.heatmap(kp, alpha)  # [B, T, C, h, w]
+            if m.warp is not None:  # the reference warped to the pose the STU is given
+                coarse = m.coarse_of(kp.flatten(0, 1)).unflatten(0, kp.shape[:2])
         fake, _ = m.stu(coarse, hm, kp if m.stu.has_keypoints else None, windows)
         return fake.float()
 

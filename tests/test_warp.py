@@ -200,3 +200,70 @@ def test_real_clips_warp_beats_the_still_picture(which, cello_set, trombone_set)
               f"{still_all[-1]:.2f} (moving {still_mov:.2f}), sway gain {ref.sway_gain:.3f}")
         assert warp_mov > still_mov + 2.0
     assert np.mean(warp_all) > np.mean(still_all)
+
+
+# --------------------------------------------------------------------------- inside the Performer
+
+
+def _warp_performer(clips, instrument="cello"):
+    from letsplay.models.performer import Performer
+    from letsplay.models.presets import ablate, preset
+
+    torch.manual_seed(0)
+    p = Performer(ablate(preset("tiny", instrument), "warp")).eval()
+    p.set_reference(reference_from_clip(clips[0], (p.cfg.video.height, p.cfg.video.width)))
+    return p
+
+
+def test_an_untrained_warp_performer_draws_the_warp_and_keeps_it_through_save_and_load(cello_set, tmp_path):
+    from letsplay.models.data.torch_dataset import open_sources
+    from letsplay.models.performer import Performer
+
+    p = _warp_performer(open_sources(cello_set))
+    assert p.cvg is None and p.warp is not None and p.warp.has_reference
+    windows = torch.rand(1, 5, p.cfg.audio.n_bins, p.cfg.audio.window_columns)
+    with torch.no_grad():
+        out, _ = p(windows)
+    assert out.coarse.shape == out.frame.shape == (1, 5, 3, 32, 32)
+    assert torch.equal(out.frame, out.coarse.clamp(-1, 1))  # the residual head starts at zero
+    assert out.coarse.std() > 0.1  # a picture, not a blank
+    path = tmp_path / "warp.safetensors"
+    p.save(path, dtype=torch.float16)
+    q = Performer.load(path)
+    assert torch.equal(q.warp.ref_labels, p.warp.ref_labels)
+    with torch.no_grad():
+        again, _ = q(windows)
+    assert (again.frame - out.frame).abs().max() < 2e-2  # fp16 storage of the reference
+
+
+def test_a_warp_performer_exports_with_parity(cello_set, tmp_path):
+    from letsplay.export.onnx import export_onnx, parity
+    from letsplay.models.data.torch_dataset import open_sources
+
+    p = _warp_performer(open_sources(cello_set))
+    with torch.no_grad():  # a trained-looking residual: not zero
+        for prm in p.stu.head.parameters():
+            prm.normal_(0, 0.05)
+    man = export_onnx(p, tmp_path / "x", cqt=False)
+    assert "warp" in man["graphs"] and "cvg" not in man["graphs"]
+    assert "mid.base" in [i["name"] for i in man["graphs"]["back"]["inputs"]]
+    g = torch.Generator().manual_seed(3)
+    windows = torch.rand(6, p.cfg.audio.n_bins, p.cfg.audio.window_columns, generator=g).numpy()
+    worst = parity(p, tmp_path / "x", windows)
+    assert max(worst.values()) <= 1e-4, worst
+
+
+def test_training_a_warp_performer_takes_its_reference_from_the_data(cello_set, tmp_path):
+    from letsplay.models.presets import ablate, preset
+    from letsplay.models.train import TrainConfig, train
+
+    cfg = ablate(preset("tiny", "cello"), "warp")
+    res = train(cfg, TrainConfig(stage="all", steps=6, batch=2, seq_len=3, ckpt_every=6, log_every=1),
+                cello_set, tmp_path / "run", progress=False)
+    from letsplay.models.performer import Performer
+
+    p = Performer.load(res.performer_path)
+    assert p.warp.has_reference
+    assert res.step == 6 and len(res.history) < 6  # no CVG network to train: its share of the steps is skipped
+    assert not any("coarse" in h for h in res.history) and any("l1" in h for h in res.history)
+    assert all(math.isfinite(v) for h in res.history for k, v in h.items() if k != "step")

@@ -107,7 +107,7 @@ def _run_export(args: argparse.Namespace) -> int:
         _remove_previous_export(out)
     # What export_onnx writes: the fused step, the stages (unless --no-stages), the front/back pair,
     # and the CQT step for causal audio.
-    stages = 0 if args.no_stages else sum(getattr(model, n, None) is not None for n in ("khp", "cvg", "stu"))
+    stages = 0 if args.no_stages else sum(getattr(model, n, None) is not None for n in ("khp", "cvg", "warp", "stu"))
     bar = tqdm(total=1 + stages + 2 + (model.cfg.audio.alignment == "causal"), unit="graph", desc="export")
     export_onnx(model, args.out, checkpoint_sha256=sha256_file(ref.path), stages=not args.no_stages,
                 progress=lambda name: (bar.set_postfix_str(name), bar.update(1)))

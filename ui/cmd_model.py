@@ -9,7 +9,7 @@ from typing import Any
 
 PRESET_NAMES = ("tiny", "realtime", "paper")  # models.presets.PRESETS, without importing torch here
 ABLATION_NAMES = ("no_cvg", "no_khp", "no_stu", "no_gcn", "no_gru", "kp_no_avg", "kp_no_dlt", "kp_paper",
-                  "kp_no_motion")
+                  "kp_no_motion", "warp", "cvg_audio")
 INSTRUMENT_NAMES = ("cello", "trombone")
 
 
@@ -21,7 +21,9 @@ def _add_model_source(p: argparse.ArgumentParser) -> None:
     p.add_argument("--instrument", choices=INSTRUMENT_NAMES, default="cello",
                    help="whose mean pose KHP starts from and whose instrument points it draws (default cello)")
     p.add_argument("--ablation", choices=ABLATION_NAMES,
-                   help="a paper ablation variant (Tables I/II) of the preset (default: none, the full model)")
+                   help="a paper ablation variant (Tables I/II) of the preset, or 'warp' (the coarse frame is the "
+                        "performer's reference warped to the pose) / 'cvg_audio' (the paper's coarse frame from "
+                        "audio) (default: none, the preset as it is)")
 
 
 def _add_model(p: argparse.ArgumentParser) -> None:
