@@ -31,6 +31,12 @@ Image metrics (frames mapped from [-1, 1] to [0, 1]):
   real ones' (:func:`nyquist_energy`): the energy of the Nyquist row and column of
   each frame's 2-D DFT of its luminance, summed over all frames, generated / real.
   1.0 = as much as the real frames; well above 1 = checkerboard artefacts;
+* ``thin_part`` -- is the instrument's thin moving part drawn (cello: the bow; trombone:
+  the slide)? Of the part's pixels in the real frames' part maps that the clip's still
+  picture gets wrong (some channel off by more than :data:`PART_TOLERANCE`: where the
+  part has moved to), the share the generated frame matches: some pixel within
+  :data:`PART_RADIUS` has the real colour to within :data:`PART_TOLERANCE` in every
+  channel (:func:`part_matches`). None for clips without part maps (format 1);
 * ``temporal`` -- mean absolute error of the frame-to-frame differences against the
   ground truth's, ``|(G_t - G_{t-1}) - (R_t - R_{t-1})|`` (0 = the motion between frames
   is exactly the real one; flicker and frozen frames both raise it).
@@ -85,6 +91,11 @@ ROW_NAMES = ("model", "still_picture", "still_pose", "renderer_only", "ground_tr
 ROW_LABELS = {"model": "model", "still_picture": "still picture", "still_pose": "still pose",
               "renderer_only": "renderer only", "ground_truth": "ground truth"}
 MOVING_THRESHOLD = 0.05  # a pixel moves where the real frame differs from the still picture by more
+# The instrument's thin moving part, scored by :func:`part_matches` (ids of the renderer's
+# part maps, models/data/performer_render.PART_LABELS: fixed in dataset format 2).
+THIN_PART: dict[str, tuple[str, int]] = {"cello": ("bow", 12), "trombone": ("slide", 13)}
+PART_RADIUS = 1  # pixels: the part map is drawn without anti-aliasing, the frame with it
+PART_TOLERANCE = 0.1  # colour: largest channel difference, in [0, 1] units
 
 # --------------------------------------------------------------------------- image metrics
 
@@ -172,6 +183,27 @@ def moving_mask(real: Tensor, still: Tensor, threshold: float = MOVING_THRESHOLD
     return ((real - still[None]).abs() > threshold).any(dim=1)
 
 
+def part_matches(fake: Tensor, real: Tensor, mask: Tensor, radius: int = PART_RADIUS,
+                 tolerance: float = PART_TOLERANCE) -> tuple[int, int]:
+    """Is a part drawn? ``fake``, ``real`` ``[N, 3, H, W]`` in [0, 1], ``mask`` bool
+    ``[N, H, W]`` (the real frame's part-map pixels of the part) -> (matched, total): a
+    part pixel is matched where some generated pixel within ``radius`` (the part map is
+    drawn without anti-aliasing, the frame with it) has the real pixel's colour to within
+    ``tolerance`` in every channel. A picture without the part matches it only where the
+    part happens to have the colour of what is behind it."""
+    if not bool(mask.any()):
+        return 0, 0
+    k = 2 * radius + 1
+    H, W = real.shape[-2:]
+    padded = F.pad(fake, (radius, radius, radius, radius), mode="replicate")
+    best = torch.full(mask.shape, float("inf"), device=real.device)
+    for dy in range(k):
+        for dx in range(k):
+            d = (padded[..., dy:dy + H, dx:dx + W] - real).abs().amax(1)
+            best = torch.minimum(best, d)
+    return int((best[mask] <= tolerance).sum()), int(mask.sum())
+
+
 # --------------------------------------------------------------------------- evaluation
 
 
@@ -187,6 +219,7 @@ class RowResult:
     temporal: float | None = None  # mean |diff(G) - diff(R)| in [0, 1] units
     sync: SyncScore | None = None
     arm_amplitude: float | None = None  # RMS of the right wrist about its clip mean (normalised units)
+    thin_part: float | None = None  # share of the bow's / slide's moved pixels the frames match (part_matches)
 
 
 @dataclass
@@ -236,6 +269,7 @@ class _ImageAcc:
     def __init__(self) -> None:
         self.psnr = self.ssim = self.temp = self.temp_n = self.nyq = 0.0
         self.moving: list[float] = []  # per clip PSNR over moving pixels
+        self.part_hit = self.part_n = 0  # thin-part pixels matched, in all
 
     def frame(self, g: Tensor, r: Tensor, prev: tuple[Tensor, Tensor] | None) -> tuple[float, float]:
         p, s = float(psnr(g, r)), float(ssim(g, r))
@@ -246,8 +280,13 @@ class _ImageAcc:
             self.temp_n += 1
         return p, s
 
+    def parts(self, g: Tensor, r: Tensor, part: Tensor) -> None:
+        hit, n = part_matches(g, r, part)
+        self.part_hit, self.part_n = self.part_hit + hit, self.part_n + n
+
     def result(self, n: int, nyq_real: float, temporal: bool) -> RowResult:
         return RowResult(psnr=self.psnr / n, ssim=self.ssim / n,
+                         thin_part=self.part_hit / self.part_n if self.part_n else None,
                          psnr_moving=float(np.mean(self.moving)) if self.moving else None,
                          checkerboard=self.nyq / nyq_real if nyq_real > 0 else None,
                          temporal=self.temp / max(1.0, self.temp_n) if temporal else None)
@@ -310,7 +349,7 @@ def evaluate(model: Performer, clips: list[Any], max_seconds: float | None = Non
     sync: dict[str, list[SyncCounts]] = {"model": [], "still_pose": [], "ground_truth": []}
     n_frames = 0
     per_clip = []
-    strip_rows: tuple[list[np.ndarray], list[np.ndarray]] | None = None
+    strip_rows: tuple[list[np.ndarray], ...] | None = None  # ground truth, model (, renderer only)
     total = sum(min(c.n_frames, int(max_seconds * c.fps) if max_seconds else c.n_frames) // chunk * chunk
                 for c in clips)
     bar = tqdm(total=total, desc="eval", unit="frame", disable=not progress, dynamic_ncols=True)
@@ -323,6 +362,7 @@ def evaluate(model: Performer, clips: list[Any], max_seconds: float | None = Non
         ds = PerformanceDataset([clip], chunk, cfg.audio, cfg.video, stride=chunk,
                                 cache_dir=_cache_dir(clip))
         ds.with_frames = not kp_only  # keypoints only: no frames read, only KHP stepped
+        ds.with_parts = not kp_only  # the thin part's pixels (format 2; none for other clips)
         state = model.init_state(1, device)
         ro_state = model.init_state(1, device)
         khp_state = state.khp
@@ -330,8 +370,9 @@ def evaluate(model: Performer, clips: list[Any], max_seconds: float | None = Non
         prev: dict[str, tuple[Tensor, Tensor] | None] = {"model": None, "renderer_only": None}
         clip_img = {k: [0.0, 0.0] for k in images}
         want = set(np.linspace(0, n - 1, strip_frames).round().astype(int).tolist()) if ci == 0 else set()
-        gts, gens = [], []
+        gts, gens, gens_ro = [], [], []
         reals_u8: list[Tensor] = []
+        part_masks: list[Tensor] = []
         fakes: dict[str, list[Tensor]] = {"model": [], "renderer_only": []}
         for i in range(n // chunk):
             item = ds[i]
@@ -341,6 +382,8 @@ def evaluate(model: Performer, clips: list[Any], max_seconds: float | None = Non
             real = None if kp_only else (item["frames"].to(device) + 1) / 2  # [T, 3, H, W] in [0, 1]
             if real is not None:
                 reals_u8.append((real * 255.0).round().clamp(0, 255).to(torch.uint8).cpu())
+                part_masks.append(item["parts"] == THIN_PART[cfg.instrument][1] if "parts" in item
+                                  else torch.zeros(chunk, *real.shape[-2:], dtype=torch.bool))
                 nyq_real += float(nyquist_energy(real).sum())
             for t in range(chunk):
                 w = windows[t:t + 1]
@@ -373,11 +416,13 @@ def evaluate(model: Performer, clips: list[Any], max_seconds: float | None = Non
                 if fi in want:
                     gts.append(_to_uint8(r[0]))
                     gens.append(_to_uint8(g[0]))
+                    if do_ro:
+                        gens_ro.append(_to_uint8(g2[0]))
             bar.update(chunk)
         n_frames += n
         rec: dict[str, Any] = {"clip": clip.id, "frames": n, "rows": {}}
         if not kp_only:
-            _still_picture_clip(images, reals_u8, fakes, clip_img, rec)
+            _still_picture_clip(images, reals_u8, fakes, clip_img, rec, part_masks)
         # keypoints
         real_kp, conf = np.concatenate(kps_r), np.concatenate(confs)
         still = np.broadcast_to(_mean_pose(real_kp, conf), real_kp.shape)
@@ -408,7 +453,7 @@ def evaluate(model: Performer, clips: list[Any], max_seconds: float | None = Non
                 rec["rows"].setdefault(name, {})["sync_c"] = None if sc is None else sc.c
         per_clip.append(rec)
         if gts and strip_rows is None:
-            strip_rows = (gts, gens)
+            strip_rows = (gts, gens) + ((gens_ro,) if gens_ro else ())
     bar.close()
     if n_frames == 0:
         raise ValueError("no clip long enough to evaluate; use longer clips or a smaller chunk")
@@ -437,10 +482,12 @@ def evaluate(model: Performer, clips: list[Any], max_seconds: float | None = Non
 
 
 def _still_picture_clip(images: dict[str, _ImageAcc], reals_u8: list[Tensor], fakes: dict[str, list[Tensor]],
-                        clip_img: dict[str, list[float]], rec: dict[str, Any], batch: int = 32) -> None:
+                        clip_img: dict[str, list[float]], rec: dict[str, Any], part_masks: list[Tensor],
+                        batch: int = 32) -> None:
     """A clip's still-picture row and every image row's moving-pixel PSNR (both need the
     clip's median frame, known only once the clip is read)."""
     real_u8 = torch.cat(reals_u8)  # [T, 3, H, W]
+    masks = torch.cat(part_masks)  # [T, H, W] the thin part's pixels
     n = len(real_u8)
     still = still_picture(real_u8) / 255.0  # [3, H, W]
     acc = images["still_picture"]
@@ -451,6 +498,9 @@ def _still_picture_clip(images: dict[str, _ImageAcc], reals_u8: list[Tensor], fa
         m = moving_mask(r, still)[:, None].float()  # [b, 1, H, W]
         count += float(m.sum()) * 3
         g = still[None].expand_as(r)
+        # the part's pixels that a constant image gets wrong: where the part moved to
+        part = masks[s:s + batch] & ((r - still[None]).abs().amax(1) > PART_TOLERANCE)
+        acc.parts(g, r, part)
         p, q = psnr(g, r), ssim(g, r)
         acc.psnr += float(p.sum())
         acc.ssim += float(q.sum())
@@ -461,6 +511,7 @@ def _still_picture_clip(images: dict[str, _ImageAcc], reals_u8: list[Tensor], fa
             if k in images:
                 f = torch.stack(fs[s:s + batch]).float()
                 sq[k] += float(((f - r).pow(2) * m).sum())
+                images[k].parts(f, r, part)
     acc.nyq += float(nyquist_energy(still[None])) * n
     for k in images:
         rec["rows"].setdefault(k, {}).update(psnr=clip_img[k][0] / n, ssim=clip_img[k][1] / n)
@@ -488,7 +539,8 @@ def _cell(x: Any, nd: int) -> str:
 def result_table(res: EvalResult | dict[str, Any]) -> str:
     """A compact text table of an evaluation's rows (``-`` where a row has no value)."""
     rows = res.to_dict()["rows"] if isinstance(res, EvalResult) else res["rows"]
-    head = ("", "PSNR", "SSIM", "moving PSNR", "checker", "kp error", "arm amp", "sync F1", "lag", "sync C")
+    head = ("", "PSNR", "SSIM", "moving PSNR", "checker", "bow/slide", "kp error", "arm amp", "sync F1", "lag",
+            "sync C")
     lines = [head]
     for name in ROW_NAMES:
         if name not in rows:
@@ -496,7 +548,8 @@ def result_table(res: EvalResult | dict[str, Any]) -> str:
         r = rows[name]
         s = r.get("sync") or {}
         lines.append((ROW_LABELS[name], _cell(r.get("psnr"), 2), _cell(r.get("ssim"), 3),
-                      _cell(r.get("psnr_moving"), 2), _cell(r.get("checkerboard"), 2), _cell(r.get("kp_dist"), 4),
+                      _cell(r.get("psnr_moving"), 2), _cell(r.get("checkerboard"), 2), _cell(r.get("thin_part"), 3),
+                      _cell(r.get("kp_dist"), 4),
                       _cell(r.get("arm_amplitude"), 4), _cell(s.get("f1"), 3), _cell(s.get("best_lag"), 0),
                       _cell(s.get("c"), 3)))
     widths = [max(len(ln[i]) for ln in lines) for i in range(len(head))]
@@ -507,17 +560,20 @@ def result_table(res: EvalResult | dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def write_strip(path: str | Path, real: list[np.ndarray], fake: list[np.ndarray]) -> None:
-    """A PNG: ground-truth frames on top, generated frames below (RGB uint8 [H, W, 3] each)."""
+def write_strip(path: str | Path, real: list[np.ndarray], *rows: list[np.ndarray]) -> None:
+    """A PNG: ground-truth frames on top, each row of generated frames below it (RGB
+    uint8 [H, W, 3] each; every row as long as ``real``)."""
     import cv2
 
     gap = 4
     h, w = real[0].shape[:2]
-    canvas = np.full((2 * h + gap, len(real) * (w + gap) - gap, 3), 255, np.uint8)
-    for i, (a, b) in enumerate(zip(real, fake, strict=True)):
-        x = i * (w + gap)
-        canvas[:h, x:x + w] = a
-        canvas[h + gap:, x:x + w] = b
+    grid = [real, *rows]
+    canvas = np.full((len(grid) * (h + gap) - gap, len(real) * (w + gap) - gap, 3), 255, np.uint8)
+    for j, row in enumerate(grid):
+        if len(row) != len(real):
+            raise ValueError(f"strip row {j} has {len(row)} frames, the ground truth {len(real)}")
+        for i, frame in enumerate(row):
+            canvas[j * (h + gap):j * (h + gap) + h, i * (w + gap):i * (w + gap) + w] = frame
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(path), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
 

@@ -289,6 +289,14 @@ class Performer(nn.Module):
         return model.to(device)
 
 
+def _as_khp_source(cfg: PerformerConfig) -> PerformerConfig:
+    """What a KHP depends on: the config with what only the frames' stages read (the
+    coarse frame, the STU, the variant's name) set to defaults, so a KHP moves between a
+    CVG and a warp performer of the same preset, instrument and specs."""
+    return dataclasses.replace(cfg, preset=cfg.preset.split("+")[0], use_cvg=True, coarse="cvg", cvg=CoarseConfig(),
+                               stu=STUConfig(), end_to_end=False)
+
+
 def combine_stages(base: Performer, stages: dict[str, Performer]) -> Performer:
     """``base`` with the named stages' weights taken from other Performers, e.g.
     ``{"cvg": cvg_run}``: stages trained in separate runs (in parallel) put together before
@@ -305,7 +313,7 @@ def combine_stages(base: Performer, stages: dict[str, Performer]) -> Performer:
         video = dataclasses.replace(cfg.video, lookahead_ms=k.video.lookahead_ms)
         mixed = dataclasses.replace(cfg, khp=k.khp, video=video)
         hm = ("heatmap", "heatmap_radius", "heatmap_alpha")
-        if mixed == k and all(getattr(k.khp, f) == getattr(cfg.khp, f) for f in hm):
+        if _as_khp_source(mixed) == _as_khp_source(k) and all(getattr(k.khp, f) == getattr(cfg.khp, f) for f in hm):
             cfg = mixed
     out = Performer(cfg) if cfg != base.cfg else base
     if out is not base:
@@ -317,7 +325,8 @@ def combine_stages(base: Performer, stages: dict[str, Performer]) -> Performer:
     for name, other in stages.items():
         if name not in ("khp", "cvg", "stu"):
             raise ValueError(f"unknown stage {name!r}; choose khp, cvg or stu")
-        if other.cfg != out.cfg:
+        same = (_as_khp_source(other.cfg) == _as_khp_source(out.cfg)) if name == "khp" else other.cfg == out.cfg
+        if not same:
             raise CheckpointError(f"the {name} source has another configuration than the base "
                                   f"(preset {other.cfg.preset!r} vs {base.cfg.preset!r}, instrument "
                                   f"{other.cfg.instrument!r} vs {base.cfg.instrument!r}); train both from the same "

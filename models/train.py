@@ -197,10 +197,14 @@ class Trainer:
             pose = training_mean_pose(clips) if self.model.khp is not None else None
             if pose is not None:
                 self.model.khp.set_mean_pose(pose)
-            if self.model.warp is not None:  # what the performer looks like: its first training clip
-                from letsplay.models.warp import reference_from_clip
+        if self.model.warp is not None and not self.model.warp.has_reference:
+            # what the performer looks like: its first training clip (a checkpoint's own reference is kept)
+            from letsplay.models.warp import reference_from_clip
 
-                self.model.set_reference(reference_from_clip(clips[0], (model_cfg.video.height, model_cfg.video.width)))
+            video = self.model.cfg.video
+            ref = reference_from_clip(clips[0], (video.height, video.width))
+            self.model.set_reference(ref)
+            log.info("the warp's reference: %s", ref.source)
         self.model.to(self.device)
         self.disc = AudioVideoDiscriminator(cfg.disc, self.model.cfg.audio).to(self.device)
         broadcast_module(self.model, self.dist)  # equal by construction (same seed); made certain

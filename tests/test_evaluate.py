@@ -24,6 +24,7 @@ from letsplay.models.evaluate import (
     held_out_clips,
     moving_mask,
     nyquist_energy,
+    part_matches,
     psnr,
     result_table,
     ssim,
@@ -172,6 +173,21 @@ def test_moving_pixels() -> None:
     assert float(still_picture(np.array([[1.0], [2.0], [4.0], [8.0]]))[0]) == 3.0  # np.median's even count
 
 
+def test_part_matches_finds_a_drawn_part_within_a_pixel_and_not_a_missing_one() -> None:
+    real = torch.full((1, 3, 16, 16), 0.2)
+    real[:, :, 8, 2:14] = torch.tensor([0.9, 0.8, 0.1])[:, None]  # a thin yellow bow, one pixel wide
+    mask = torch.zeros(1, 16, 16, dtype=torch.bool)
+    mask[0, 8, 2:14] = True
+    assert part_matches(real, real, mask) == (12, 12)
+    assert part_matches(torch.roll(real, 1, 2), real, mask) == (12, 12)  # a pixel off: the map's tolerance
+    assert part_matches(torch.roll(real, 3, 2), real, mask) == (0, 12)  # three pixels off: not drawn there
+    assert part_matches(torch.full_like(real, 0.2), real, mask) == (0, 12)  # left out
+    faint = real.clone()
+    faint[:, :, 8, 2:8] = 0.2 + (faint[:, :, 8, 2:8] - 0.2) * 0.5  # half of it at half contrast
+    assert part_matches(faint, real, mask) == (7, 12)  # the faint end's last pixel has a full neighbour
+    assert part_matches(real, real, torch.zeros_like(mask)) == (0, 0)
+
+
 # --------------------------------------------------------------------------- end to end
 
 
@@ -191,6 +207,7 @@ def test_evaluate_rows(dataset: Path, performer, tmp_path: Path) -> None:
         r = res.rows[name]
         assert all(math.isfinite(v) for v in (r.psnr, r.ssim, r.psnr_moving, r.checkerboard)), name
         assert 0 < r.ssim <= 1 and r.checkerboard > 0
+        assert 0 <= r.thin_part <= 1, name  # the tiny set's clips have part maps (format 2)
     for name in ("model", "still_pose"):
         assert 0 <= res.rows[name].kp_dist < 0.5
         assert res.rows[name].sync is not None
@@ -198,6 +215,11 @@ def test_evaluate_rows(dataset: Path, performer, tmp_path: Path) -> None:
     assert res.rows["ground_truth"].sync.c > 0.2 and res.rows["ground_truth"].psnr is None
     assert res.rows["still_picture"].kp_dist is None and res.rows["still_picture"].sync is None
     assert res.rows["model"].temporal >= 0 and (tmp_path / "s.png").is_file()
+    import cv2
+
+    strip = cv2.imread(str(tmp_path / "s.png"))
+    H = performer.cfg.video.height
+    assert strip.shape[0] == 3 * H + 2 * 4  # ground truth, the model, the renderer fed the real keypoints
     # an untrained model's renderer-only row differs from the model row: it draws other keypoints
     assert res.rows["renderer_only"].psnr != res.rows["model"].psnr
 

@@ -267,3 +267,19 @@ def test_training_a_warp_performer_takes_its_reference_from_the_data(cello_set, 
     assert res.step == 6 and len(res.history) < 6  # no CVG network to train: its share of the steps is skipped
     assert not any("coarse" in h for h in res.history) and any("l1" in h for h in res.history)
     assert all(math.isfinite(v) for h in res.history for k, v in h.items() if k != "step")
+
+
+def test_a_keypoint_stage_moves_from_a_cvg_performer_into_a_warp_performer(cello_set):
+    from letsplay.models.data.torch_dataset import open_sources
+    from letsplay.models.performer import CheckpointError, Performer, combine_stages
+    from letsplay.models.presets import ablate, preset
+
+    base = _warp_performer(open_sources(cello_set))
+    torch.manual_seed(5)
+    cvg_performer = Performer(preset("tiny", "cello"))
+    out = combine_stages(base, {"khp": cvg_performer})
+    for (name, a), b in zip(out.khp.state_dict().items(), cvg_performer.khp.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert out.cfg.coarse == "warp" and torch.equal(out.warp.ref_rgb, base.warp.ref_rgb)
+    with pytest.raises(CheckpointError, match="khp source"):  # another instrument's KHP is refused
+        combine_stages(base, {"khp": Performer(preset("tiny", "trombone"))})

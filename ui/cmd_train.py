@@ -147,7 +147,8 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test", help="held-out split (default test)")
     p.add_argument("--max-seconds", type=float, help="evaluate at most this many seconds per clip")
     p.add_argument("--json", help="write every row's metrics (and per-clip figures) here")
-    p.add_argument("--strip", help="write a PNG strip of generated vs ground-truth frames here")
+    p.add_argument("--strip", help="write a PNG strip here: ground-truth frames, the performer's, and (unless "
+                                   "--no-renderer-only) the generator's fed the real keypoints")
     p.add_argument("--keypoints-only", action="store_true",
                    help="run the keypoint stage alone: keypoint error, arm amplitude and sync beside the still "
                         "pose and the real motion, no frames (minutes instead of tens of minutes; default: all rows)")
@@ -171,7 +172,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     print(f"{res.clips} clips, {res.frames} frames, {res.seconds:.0f} s")
     print(result_table(res))
     print("moving PSNR: over the pixels that differ from the clip's still picture; checker: 2-pixel-period "
-          "energy / the real frames' (1 = as much); arm amp: RMS travel of the right (bowing / slide) wrist; "
+          "energy / the real frames' (1 = as much); bow/slide: share of the real bow's (cello) or slide's "
+          "(trombone) pixels the frames draw; arm amp: RMS travel of the right (bowing / slide) wrist; "
           "sync C: 0 = chance, 1 = every motion event on an onset; lag: frames the motion comes after the onsets")
     return 0
 
