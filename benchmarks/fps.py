@@ -32,7 +32,9 @@ Also in the run:
   every frame with nnAudio's ``CQT1992v2`` + torch eager fp32 ``Performer.step`` --
   against ours (StreamingCQT, new columns only + the fastest backend), per frame, batch 1.
 
-The models are randomly initialised presets (the cost does not depend on the weights).
+The models are randomly initialised presets (the cost does not depend on the weights),
+and any ``--checkpoints`` (a warp performer's cost depends on its reference: the part of
+the frame its parts can reach is computed, the rest is the plate).
 """
 
 from __future__ import annotations
@@ -561,8 +563,10 @@ def run(presets: Sequence[str] = ("tiny", "realtime"), streams: Sequence[int] = 
         block: int = 10, warmup: int = 5, backends: Sequence[str] = DEFAULT_BACKENDS, stages: bool = True,
         ort_stage_graphs: bool = True, with_baseline: bool = True, threads: int | None = None,
         gemm_n: int = 2048, gemm_repeats: int = 7, seed: int = 0, progress: bool = True,
-        workdir: str | None = None, onnx_cache: str | None = None) -> dict:
-    """The whole fps benchmark; returns the JSON-able result (see the module docstring)."""
+        workdir: str | None = None, onnx_cache: str | None = None, checkpoints: Sequence[str] = ()) -> dict:
+    """The whole fps benchmark; returns the JSON-able result (see the module docstring).
+    ``checkpoints``: Performer files measured too, each under ``"<its preset> (<file>)"``
+    (a warp performer's cost depends on its reference: how much of the frame it can reach)."""
     from letsplay.models.performer import Performer
     from letsplay.models.presets import preset as make_preset
 
@@ -572,9 +576,15 @@ def run(presets: Sequence[str] = ("tiny", "realtime"), streams: Sequence[int] = 
     roofs = measure_roofs(backends, gemm_n, gemm_repeats)
     tmp = Path(workdir or tempfile.mkdtemp(prefix="letsplay-fps-"))
     measured, base, unavailable, flops_by = [], [], {}, {}
-    for name in presets:
-        torch.manual_seed(seed)
-        perf = Performer(make_preset(name)).eval()
+    def models():
+        for name in presets:
+            torch.manual_seed(seed)
+            yield name, Performer(make_preset(name)).eval()
+        for path in checkpoints:
+            perf = Performer.load(path).eval()
+            yield f"{perf.cfg.preset} ({Path(path).name})", perf
+
+    for name, perf in models():
         flops = frame_flops(perf)
         flops_by[name] = flops
         entries, unav = build_backends(perf, backends, tmp / name, threads_used, ort_stage_graphs, progress,
@@ -596,7 +606,7 @@ def run(presets: Sequence[str] = ("tiny", "realtime"), streams: Sequence[int] = 
         "benchmark": "fps",
         "machine": machine(),
         "threads": threads_used,
-        "settings": {"presets": list(presets), "streams": list(streams), "frames": frames, "block": block,
+        "settings": {"presets": list(presets), "checkpoints": [str(c) for c in checkpoints], "streams": list(streams), "frames": frames, "block": block,
                      "warmup": warmup, "backends": list(backends), "seed": seed},
         "roof": roofs,
         "flops_per_frame": flops_by,
@@ -649,6 +659,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--presets", nargs="+", default=["tiny", "realtime"], choices=["tiny", "realtime", "paper"])
     ap.add_argument("--paper", action="store_true", help="add the paper preset (slow)")
+    ap.add_argument("--checkpoints", nargs="+", default=[], metavar="FILE",
+                    help="Performer checkpoints to measure too (e.g. models/performers/cello.safetensors)")
     ap.add_argument("--streams", nargs="+", type=int, default=[1, 4], help="streams stepped together (default 1 4)")
     ap.add_argument("--frames", type=int, default=200, help="frames timed per backend and config (default 200)")
     ap.add_argument("--block", type=int, default=10, help="frames per interleaved block (default 10)")
@@ -666,7 +678,8 @@ def main(argv: list[str] | None = None) -> int:
     presets = list(dict.fromkeys(args.presets + (["paper"] if args.paper else [])))
     backends = [b for b in args.backends if not (args.no_compile and b == "torch-compiled")]
     r = run(presets, args.streams, args.frames, args.block, args.warmup, backends, stages=not args.no_stages,
-            with_baseline=not args.no_baseline, threads=args.threads, gemm_n=args.gemm_n, onnx_cache=args.onnx_cache)
+            with_baseline=not args.no_baseline, threads=args.threads, gemm_n=args.gemm_n, onnx_cache=args.onnx_cache,
+            checkpoints=args.checkpoints)
     write_json(r, args.json)
     print(markdown(r))
     if args.json:

@@ -188,3 +188,22 @@ def test_bench_runs_from_a_built_wheel_outside_the_checkout(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.splitlines()[0].startswith(str(site))  # the installed copy ran, not the checkout's
     assert json.loads(out.read_text())["settings"]["presets"] == ["tiny"]
+
+
+def test_fps_measures_a_warp_performer_checkpoint_with_its_warp_stage(cello_set, tmp_path):
+    from letsplay.models.data.torch_dataset import open_sources
+    from letsplay.models.performer import Performer
+    from letsplay.models.presets import ablate, preset
+    from letsplay.models.warp import reference_from_clip
+
+    p = Performer(ablate(preset("tiny", "cello"), "warp"))
+    p.set_reference(reference_from_clip(open_sources(cello_set)[0], (p.cfg.video.height, p.cfg.video.width)))
+    p.save(tmp_path / "w.safetensors")
+    r = fps.run(presets=(), checkpoints=[str(tmp_path / "w.safetensors")], streams=(1,), frames=4, block=2,
+                warmup=1, backends=("torch", "onnxruntime"), with_baseline=False, threads=1, gemm_n=256,
+                gemm_repeats=1, progress=False, workdir=str(tmp_path / "fps"))
+    name = "tiny+warp (w.safetensors)"
+    assert {x["preset"] for x in r["results"]} == {name} and set(r["flops_per_frame"]) == {name}
+    for x in r["results"]:
+        assert set(x["stages_ms"]) == {"khp", "warp", "stu"}, x["backend"]  # no CVG network: the warp
+        assert all(v["median_ms"] > 0 for v in x["stages_ms"].values())
