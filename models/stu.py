@@ -20,10 +20,12 @@ Per frame t:
 
 ``residual=True`` (the warp presets): the coarse frame -- the performer's reference warped
 to the pose, :mod:`letsplay.models.warp` -- arrives at the *output* size; the encoder reads
-it area-downsampled to the working size, and the head's output is added to it (clamped to
-[-1, 1]) instead of being the frame. The head starts at zero, so an untrained STU passes
-the warp through: pixels that do not move are copied, never re-drawn, and training only
-has to learn corrections (holes, shading, thin parts).
+it area-downsampled to the working size, and the head draws a colour and a gate per
+output pixel: the frame is the coarse frame where the gate is shut and the drawn colour
+where it is open (``base + sigmoid(g) * (tanh(c) - base)``). The gate starts almost shut
+everywhere (bias :data:`GATE_BIAS`, weights zero), so an untrained STU passes the warp
+through (to 0.25 %): pixels the warp gets right are copied, never re-drawn, and training
+only learns where and what to correct (holes, outlines, shading, thin parts).
 
 Table I ablations: ``use_gcn=False`` (d), ``use_gru=False`` (e), and all three of
 ``use_gru/use_gcn/use_audio`` off = a plain UNet (c, "w/o STU"). The Performer builds
@@ -46,6 +48,8 @@ from letsplay.models.skeleton import normalized_adjacency, tent_profiles
 from letsplay.models.spec import AudioSpec
 from letsplay.models.state import State
 from letsplay.models.stepping import mid_name, unroll
+
+GATE_BIAS = -6.0  # the residual head's gate logit at initialisation: sigmoid(-6) = 0.25 %
 
 
 @dataclass(frozen=True)
@@ -193,14 +197,17 @@ class StructuredTemporalUNet(nn.Module):
         self.merge = nn.ModuleList(
             nn.Sequential(conv(2 * ch[i], ch[i]), act(), *extra(ch[i])[2:]) for i in range(d))
         s = cfg.out_upsample
-        self.head = nn.Sequential(conv(ch[0], 3 * s * s), nn.PixelShuffle(s)) if s > 1 else conv(ch[0], 3)
+        out_ch = 4 if cfg.residual else 3  # residual: a colour and the gate that lets it over the coarse frame
+        self.head = nn.Sequential(conv(ch[0], out_ch * s * s), nn.PixelShuffle(s)) if s > 1 else conv(ch[0], out_ch)
         kaiming_init(self)
         if cfg.residual:
             if not coarse:
                 raise ValueError("STU: a residual STU refines the coarse frame; it needs the coarse input")
             last = self.head[0] if s > 1 else self.head
-            nn.init.zeros_(last.weight)  # untrained, the frame is the coarse frame itself
-            nn.init.zeros_(last.bias)
+            nn.init.zeros_(last.weight)  # untrained: the coarse frame itself (the gate almost shut everywhere)
+            with torch.no_grad():
+                last.bias.zero_()
+                last.bias.view(4, s * s)[3].fill_(GATE_BIAS)  # PixelShuffle: channel c*s*s + k -> output channel c
 
     @property
     def mid_names(self) -> list[str]:
@@ -281,8 +288,10 @@ class StructuredTemporalUNet(nn.Module):
         for i in reversed(range(len(self.up))):
             x = self.up[i](x)  # 2x upsampled: [B, ch[i], ...]
             x = self.merge[i](torch.cat([x, mid.skips[i]], dim=1))
-        if mid.base is not None:  # residual: the coarse frame, corrected
-            return torch.clamp(mid.base + self.head(x), -1.0, 1.0)
+        if mid.base is not None:  # residual: the coarse frame, where the gate opens a drawn colour instead
+            y = self.head(x)
+            gate = torch.sigmoid(y[:, 3:4])
+            return mid.base + gate * (torch.tanh(y[:, :3]) - mid.base)
         return torch.tanh(self.head(x))
 
     def forward(self, coarse: Tensor | None, heatmap: Tensor | None, keypoints: Tensor | None,

@@ -35,6 +35,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher-keypoints", type=float, default=0.0, metavar="SHARE",
                    help="stu stage: share of sequences drawn from the real keypoints' heatmaps instead of KHP's "
                         "(0..1, default 0: the paper's recipe)")
+    p.add_argument("--lr", type=float, help="Adam's learning rate at the start of each stage (default 1e-3, the "
+                                            "paper's; a warp performer's STU corrects a near-exact frame: 2e-4)")
+    p.add_argument("--lr-final", type=float, help="the learning rate at the end of each stage (default 1.25e-4)")
+    p.add_argument("--adv-weight", type=float, help="weight of the STU's adversarial loss (default 0.05; 0: none)")
     p.add_argument("--no-kp-lanes", action="store_true",
                    help="kp stage: random windows from a fresh state instead of clips read start to end")
 
@@ -82,7 +86,9 @@ def _train_config(args: argparse.Namespace, stage: str):  # noqa: ANN202 - lazy 
                        stage_fractions=tuple(args.fractions), seed=args.seed, ckpt_every=args.ckpt_every,
                        log_every=args.log_every, workers=args.workers, amp=not args.no_amp,
                        vgg_weights=args.vgg_weights, teacher_keypoints=args.teacher_keypoints,
-                       kp_lanes=not args.no_kp_lanes)
+                       kp_lanes=not args.no_kp_lanes,
+                       **{k: v for k, v in (("lr", args.lr), ("lr_final", args.lr_final),
+                                            ("adv_weight", args.adv_weight)) if v is not None})
 
 
 def _threads(args: argparse.Namespace) -> None:
