@@ -364,8 +364,11 @@ class Trainer:
             fr = F.interpolate(fr, size=(cfg.perc_size, cfg.perc_size), mode="area")
             rr = F.interpolate(rr, size=(cfg.perc_size, cfg.perc_size), mode="area")
         out["perc"] = self.perc(fr, rr) if cfg.perc_weight > 0 else fake.new_zeros(())
-        with frozen(self.disc):
-            out["adv"] = g_adv_loss(self.disc, fake.flatten(0, 1), windows.flatten(0, 1))
+        if cfg.adv_weight > 0:
+            with frozen(self.disc):
+                out["adv"] = g_adv_loss(self.disc, fake.flatten(0, 1), windows.flatten(0, 1))
+        else:  # no adversarial term: the discriminator is neither run nor trained
+            out["adv"] = fake.new_zeros(())
         out["g"] = cfg.l1_weight * out["l1"] + cfg.perc_weight * out["perc"] + cfg.adv_weight * out["adv"]
         return out
 
@@ -430,7 +433,8 @@ class Trainer:
                         fake = out.frame.float()
             finally:
                 m.cfg = saved
-            logs.update(self._d_step(fake, real, windows))
+            if self.cfg.adv_weight > 0:
+                logs.update(self._d_step(fake, real, windows))
             with self._autocast():
                 lg = self._stu_losses(fake, real, windows)
                 total = lg["g"]

@@ -139,6 +139,17 @@ def test_stu_teacher_keypoints_draw_the_real_pose(dataset: Path, tmp_path: Path)
     assert r.step == 2 and all(math.isfinite(v) for h in r.history for v in h.values())
 
 
+def test_no_adversarial_weight_leaves_the_discriminator_alone(dataset: Path, tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    tr = Trainer(preset("tiny", "cello"), _cfg(stage="stu", steps=2, adv_weight=0.0), dataset, tmp_path / "t",
+                 progress=False)
+    before = [p.detach().clone() for p in tr.disc.parameters()]
+    r = tr.run()
+    assert r.step == 2 and all("d" not in h and h.get("adv", 0.0) == 0.0 for h in r.history)
+    assert all(torch.equal(a, b) for a, b in zip(before, tr.disc.parameters(), strict=True))
+    assert any(h.get("l1", 0) > 0 for h in r.history)
+
+
 def test_rank_shards_partition_the_one_process_batch(dataset: Path) -> None:
     """What makes distributed training equal one process's (see test_ddp.py): under
     ``torchrun`` rank r's sequences are the global batch's r, r + world, ... -- for the
