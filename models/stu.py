@@ -20,12 +20,11 @@ Per frame t:
 
 ``residual=True`` (the warp presets): the coarse frame -- the performer's reference warped
 to the pose, :mod:`letsplay.models.warp` -- arrives at the *output* size; the encoder reads
-it area-downsampled to the working size, and the head draws a colour and a gate per
-output pixel: the frame is the coarse frame where the gate is shut and the drawn colour
-where it is open (``base + sigmoid(g) * (tanh(c) - base)``). The gate starts almost shut
-everywhere (bias :data:`GATE_BIAS`, weights zero), so an untrained STU passes the warp
-through (to 0.25 %): pixels the warp gets right are copied, never re-drawn, and training
-only learns where and what to correct (holes, outlines, shading, thin parts).
+it area-downsampled to the working size, and the head draws a correction and a gate per
+output pixel: ``frame = clamp(base + sigmoid(g) * r, -1, 1)``. The head starts at zero
+(no correction, the gate half open), so an untrained STU passes the warp through
+exactly; training learns what to correct (holes, outlines, shading, thin parts) and can
+shut the gate where the warp is right, so those pixels are copied, not re-drawn.
 
 Table I ablations: ``use_gcn=False`` (d), ``use_gru=False`` (e), and all three of
 ``use_gru/use_gcn/use_audio`` off = a plain UNet (c, "w/o STU"). The Performer builds
@@ -48,8 +47,6 @@ from letsplay.models.skeleton import normalized_adjacency, tent_profiles
 from letsplay.models.spec import AudioSpec
 from letsplay.models.state import State
 from letsplay.models.stepping import mid_name, unroll
-
-GATE_BIAS = -6.0  # the residual head's gate logit at initialisation: sigmoid(-6) = 0.25 %
 
 
 @dataclass(frozen=True)
@@ -197,17 +194,15 @@ class StructuredTemporalUNet(nn.Module):
         self.merge = nn.ModuleList(
             nn.Sequential(conv(2 * ch[i], ch[i]), act(), *extra(ch[i])[2:]) for i in range(d))
         s = cfg.out_upsample
-        out_ch = 4 if cfg.residual else 3  # residual: a colour and the gate that lets it over the coarse frame
+        out_ch = 4 if cfg.residual else 3  # residual: a correction and the gate that lets it through
         self.head = nn.Sequential(conv(ch[0], out_ch * s * s), nn.PixelShuffle(s)) if s > 1 else conv(ch[0], out_ch)
         kaiming_init(self)
         if cfg.residual:
             if not coarse:
                 raise ValueError("STU: a residual STU refines the coarse frame; it needs the coarse input")
             last = self.head[0] if s > 1 else self.head
-            nn.init.zeros_(last.weight)  # untrained: the coarse frame itself (the gate almost shut everywhere)
-            with torch.no_grad():
-                last.bias.zero_()
-                last.bias.view(4, s * s)[3].fill_(GATE_BIAS)  # PixelShuffle: channel c*s*s + k -> output channel c
+            nn.init.zeros_(last.weight)  # untrained: no correction, the coarse frame itself
+            nn.init.zeros_(last.bias)  # the gate half open
 
     @property
     def mid_names(self) -> list[str]:
@@ -288,10 +283,9 @@ class StructuredTemporalUNet(nn.Module):
         for i in reversed(range(len(self.up))):
             x = self.up[i](x)  # 2x upsampled: [B, ch[i], ...]
             x = self.merge[i](torch.cat([x, mid.skips[i]], dim=1))
-        if mid.base is not None:  # residual: the coarse frame, where the gate opens a drawn colour instead
+        if mid.base is not None:  # residual: the coarse frame plus a correction where the gate lets it through
             y = self.head(x)
-            gate = torch.sigmoid(y[:, 3:4])
-            return mid.base + gate * (torch.tanh(y[:, :3]) - mid.base)
+            return torch.clamp(mid.base + torch.sigmoid(y[:, 3:4]) * y[:, :3], -1.0, 1.0)
         return torch.tanh(self.head(x))
 
     def forward(self, coarse: Tensor | None, heatmap: Tensor | None, keypoints: Tensor | None,
