@@ -53,9 +53,9 @@ def stage_costs(model: Performer) -> list[StageCost]:
             (c, _), fl = count(lambda: model.cvg.step(window, state.cvg))
             coarse = F.interpolate(c, size=cfg.work_size, mode="bilinear", align_corners=False)
             costs.append(StageCost("cvg", _params(model.cvg), fl))
-        if model.warp is not None:  # its arithmetic is grid_sample and elementwise: counted as 0
+        if model.warp is not None:  # elementwise and gathers, which the counter skips: estimated
             coarse, fl = count(lambda: model.coarse_of(kp))
-            costs.append(StageCost("warp", 0, fl))
+            costs.append(StageCost("warp", 0, fl + model.warp.flops()))
         _, fl = count(lambda: model.stu.step(coarse, hm, kp, window, state.stu))
         costs.append(StageCost("stu", _params(model.stu), fl))
     costs.append(StageCost("total", sum(c.params for c in costs), sum(c.flops for c in costs)))

@@ -299,6 +299,14 @@ class LayeredWarp(nn.Module):
             self._cache_key = key
         return self._cache
 
+    def flops(self) -> int:
+        """Arithmetic per frame, estimated (elementwise work and gathers, which a FLOP counter
+        of matrix products does not see): per reachable pixel and layer the reference
+        position (8) and its part-map index (7); per reachable pixel the front layer's
+        position (2), one bilinear RGB sample (31) and the composite (4)."""
+        n = int(self.reach.sum()) if bool(self.reach.any()) else self.size[0] * self.size[1]
+        return n * (15 * len(self.rig) + 37)
+
     def forward(self, keypoints: Tensor) -> tuple[Tensor, Tensor]:
         """Keypoints [B, 67, 2] (normalised) -> (frame [B, 3, H, W] in [0, 1], the visible
         layer's rank per pixel [B, H, W]: 0 for the plate, ``l + 1`` for layer ``l``).
