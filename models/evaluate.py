@@ -84,6 +84,7 @@ from letsplay.models.sync import (
     pool_sync,
     sync_counts,
 )
+from letsplay.models.warp import LABELS
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +92,8 @@ ROW_NAMES = ("model", "still_picture", "still_pose", "renderer_only", "ground_tr
 ROW_LABELS = {"model": "model", "still_picture": "still picture", "still_pose": "still pose",
               "renderer_only": "renderer only", "ground_truth": "ground truth"}
 MOVING_THRESHOLD = 0.05  # a pixel moves where the real frame differs from the still picture by more
-# The instrument's thin moving part, scored by :func:`part_matches` (ids of the renderer's
-# part maps, models/data/performer_render.PART_LABELS: fixed in dataset format 2).
-THIN_PART: dict[str, tuple[str, int]] = {"cello": ("bow", 12), "trombone": ("slide", 13)}
+# The instrument's thin moving part, scored by :func:`part_matches` (a name of the part maps' LABELS).
+THIN_PART: dict[str, str] = {"cello": "bow", "trombone": "slide"}
 PART_RADIUS = 1  # pixels: the part map is drawn without anti-aliasing, the frame with it
 PART_TOLERANCE = 0.1  # colour: largest channel difference, in [0, 1] units
 
@@ -382,7 +382,7 @@ def evaluate(model: Performer, clips: list[Any], max_seconds: float | None = Non
             real = None if kp_only else (item["frames"].to(device) + 1) / 2  # [T, 3, H, W] in [0, 1]
             if real is not None:
                 reals_u8.append((real * 255.0).round().clamp(0, 255).to(torch.uint8).cpu())
-                part_masks.append(item["parts"] == THIN_PART[cfg.instrument][1] if "parts" in item
+                part_masks.append(item["parts"] == LABELS[THIN_PART[cfg.instrument]] if "parts" in item
                                   else torch.zeros(chunk, *real.shape[-2:], dtype=torch.bool))
                 nyq_real += float(nyquist_energy(real).sum())
             for t in range(chunk):

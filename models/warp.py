@@ -280,9 +280,7 @@ class LayeredWarp(nn.Module):
         if getattr(self, "_cache_key", None) != key:
             H, W = self.size
             with torch.no_grad():
-                reach = self.reach.bool() if bool(self.reach.any()) else torch.ones(H, W, dtype=torch.bool,
-                                                                                      device=self.reach.device)
-                idx = torch.nonzero(reach.reshape(-1))[:, 0].to(device)
+                idx = torch.nonzero(self._reach().reshape(-1))[:, 0].to(device)
                 x = (idx % W).to(dtype) + 0.5
                 y = torch.div(idx, W, rounding_mode="floor").to(dtype) + 0.5
                 padded = F.pad(self.ref_labels.long(), (1, 1, 1, 1))  # off the picture: no part
@@ -304,8 +302,11 @@ class LayeredWarp(nn.Module):
         of matrix products does not see): per reachable pixel and layer the reference
         position (8) and its part-map index (7); per reachable pixel the front layer's
         position (2), one bilinear RGB sample (31) and the composite (4)."""
-        n = int(self.reach.sum()) if bool(self.reach.any()) else self.size[0] * self.size[1]
-        return n * (15 * len(self.rig) + 37)
+        return int(self._reach().sum()) * (15 * len(self.rig) + 37)
+
+    def _reach(self) -> Tensor:
+        """[H, W] bool: the pixels computed (a blank warp's empty reach: every pixel)."""
+        return self.reach.bool() if bool(self.reach.any()) else torch.ones_like(self.reach, dtype=torch.bool)
 
     def forward(self, keypoints: Tensor) -> tuple[Tensor, Tensor]:
         """Keypoints [B, 67, 2] (normalised) -> (frame [B, 3, H, W] in [0, 1], the visible
