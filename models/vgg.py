@@ -122,9 +122,11 @@ def load_vgg_weights(layers: nn.Sequential, path: str) -> None:
 
 def imagenet_normalize(frame: Tensor) -> Tensor:
     """Frames in [-1, 1] -> ImageNet-normalised input for VGG layers."""
-    mean = frame.new_tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = frame.new_tensor(IMAGENET_STD).view(3, 1, 1)
-    return ((frame + 1.0) * 0.5 - mean) / std
+    # per channel with Python constants: no tensor made from host data per call (a CUDA
+    # graph capture cannot hold that host-to-device copy)
+    x = (frame + 1.0) * 0.5
+    return torch.cat([(x[..., c:c + 1, :, :] - m) / s for c, (m, s) in enumerate(zip(IMAGENET_MEAN, IMAGENET_STD,
+                                                                                     strict=True))], dim=-3)
 
 
 class VGGFeatures(nn.Module):
