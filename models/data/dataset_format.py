@@ -137,59 +137,100 @@ class VideoWriter:
 
 
 class VideoReader:
-    """Random access to the frames of a video file (seek to the keyframe, decode forward)."""
+    """Random access to the frames of a video file (seek to the keyframe, decode forward).
+
+    PyAV reads it; where PyAV is not installed (a training machine with a bare Python that
+    has OpenCV), OpenCV's FFmpeg backend does, frame-exact for the constant-rate mp4s
+    letsplay writes (colours may differ from PyAV's by a level or two: another YUV->RGB
+    conversion)."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._container: Any = None
         self._pid = -1
+        self._cv = False  # True: OpenCV reads (PyAV is missing)
 
     def _open(self) -> Any:
-        import av
-
         if self._container is None or self._pid != os.getpid():  # containers do not survive fork
-            self._container = av.open(str(self.path))
+            try:
+                import av
+            except ImportError:
+                import cv2
+
+                cap = cv2.VideoCapture(str(self.path))
+                if not cap.isOpened():
+                    raise DatasetError(f"{self.path}: OpenCV cannot open this video (PyAV is not installed)") from None
+                self._container, self._cv = cap, True
+            else:
+                self._container, self._cv = av.open(str(self.path)), False
             self._pid = os.getpid()
         return self._container
 
     @property
     def fps(self) -> float:
-        s = self._open().streams.video[0]
+        c = self._open()
+        if self._cv:
+            import cv2
+
+            return float(c.get(cv2.CAP_PROP_FPS))
+        s = c.streams.video[0]
         return float(s.average_rate or s.guessed_rate)
+
+    def _cv_frames(self, start: int, count: int | None) -> Iterator[np.ndarray]:
+        import cv2
+
+        cap = self._open()
+        cap.set(cv2.CAP_PROP_POS_FRAMES, start)
+        n = 0
+        while count is None or n < count:
+            ok, bgr = cap.read()
+            if not ok:
+                return
+            n += 1
+            yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
     def frames(self, start: int, count: int) -> np.ndarray:
         """Frames ``start .. start+count-1`` as RGB uint8 [count, H, W, 3]."""
         c = self._open()
-        stream = c.streams.video[0]
-        tb = stream.time_base
-        rate = stream.average_rate or stream.guessed_rate
-        pts = int(round(start / rate / tb)) if start > 0 else 0
-        c.seek(pts, stream=stream, backward=True, any_frame=False)
         out: list[np.ndarray] = []
-        for frame in c.decode(stream):
-            idx = int(round(float(frame.pts * tb * rate))) if frame.pts is not None else len(out) + start
-            if idx < start:
-                continue
-            out.append(frame.to_ndarray(format="rgb24"))
-            if len(out) == count:
-                break
+        if self._cv:
+            out = list(self._cv_frames(start, count))
+        else:
+            stream = c.streams.video[0]
+            tb = stream.time_base
+            rate = stream.average_rate or stream.guessed_rate
+            pts = int(round(start / rate / tb)) if start > 0 else 0
+            c.seek(pts, stream=stream, backward=True, any_frame=False)
+            for frame in c.decode(stream):
+                idx = int(round(float(frame.pts * tb * rate))) if frame.pts is not None else len(out) + start
+                if idx < start:
+                    continue
+                out.append(frame.to_ndarray(format="rgb24"))
+                if len(out) == count:
+                    break
         if len(out) != count:
             raise DatasetError(f"{self.path}: wanted frames {start}..{start + count - 1}, got {len(out)}")
         return np.stack(out)
 
     def __iter__(self) -> Iterator[np.ndarray]:
         c = self._open()
+        if self._cv:
+            yield from self._cv_frames(0, None)
+            return
         c.seek(0, stream=c.streams.video[0])
         for frame in c.decode(c.streams.video[0]):
             yield frame.to_ndarray(format="rgb24")
 
     def close(self) -> None:
         if self._container is not None:
-            self._container.close()
+            if self._cv:
+                self._container.release()
+            else:
+                self._container.close()
             self._container = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "_container": None, "_pid": -1}
+        return {"path": self.path, "_container": None, "_pid": -1, "_cv": False}
 
 
 # --------------------------------------------------------------------------- audio / keypoints
@@ -349,6 +390,12 @@ class ClipFiles:
     @property
     def audio(self) -> Path:
         return self.root / "audio.wav"
+
+    @property
+    def cqt(self) -> Path:
+        """A packed clip's CQT (float16 [n_bins, n_columns]) in place of its audio: see
+        ``scripts/pack_training_data.py``; ``clip.json`` then has ``packed_cqt``."""
+        return self.root / "cqt.npy"
 
     @property
     def keypoints(self) -> Path:
