@@ -110,6 +110,7 @@ class TrainConfig(DictConfig):
     kp_lanes: bool = True  # kp stage: clips read start to end, LSTM state carried between chunks (TBPTT)
     teacher_keypoints: float = 0.0  # stu stage: share of sequences whose heatmaps come from the real keypoints
     teacher_onsets: float = 0.5  # kp stage, motion heads: share of clips whose direction state the real onsets drive
+    minutes: float = 0.0  # wall-clock budget (0: none): after a probe, as many steps (<= steps) as end in time
 
     def __post_init__(self) -> None:
         if self.stage not in STAGE_CHOICES:
@@ -130,6 +131,8 @@ class TrainConfig(DictConfig):
             raise ValueError(f"teacher_onsets is a share of the clips, 0..1; got {self.teacher_onsets}")
         if not 0.0 <= self.teacher_keypoints <= 1.0:
             raise ValueError(f"teacher_keypoints is a share of the sequences, 0..1; got {self.teacher_keypoints}")
+        if not (math.isfinite(self.minutes) and self.minutes >= 0):
+            raise ValueError(f"minutes is a wall-clock budget, >= 0 (0: none); got {self.minutes}")
 
 
 # --------------------------------------------------------------------------- schedule
@@ -225,6 +228,7 @@ class Trainer:
         self.kp_state: Any = None  # KHP state carried between the lanes' chunks
         self._teacher: Tensor | None = None  # lanes whose direction state the real onsets drive
         self._writer: Any = None
+        self._budget_decided = False  # cfg.minutes: the step count has been set from the measured rate
 
     # ---- optimizers: one per trained part, so a stage's Adam moments are its own
     def _gen_params(self, stage: str) -> list[nn.Parameter]:
@@ -273,6 +277,12 @@ class Trainer:
 
     def load_checkpoint(self, folder: Path) -> None:
         meta, tensors, pf = read_checkpoint(folder)
+        if self.cfg.minutes > 0:  # a time-budgeted run decided its own step count: keep it
+            saved = int(meta["train_config"]["steps"])
+            if saved <= self.cfg.steps:
+                self.cfg = dataclasses.replace(self.cfg, steps=saved)
+                self.plan = schedule(self.cfg)
+                self._budget_decided = True
         if TrainConfig.from_dict(meta["train_config"]) != self.cfg:
             old = TrainConfig.from_dict(meta["train_config"])
             diff = [f.name for f in dataclasses.fields(self.cfg) if getattr(old, f.name) != getattr(self.cfg, f.name)]
@@ -453,6 +463,24 @@ class Trainer:
         return {k: float(v.detach()) for k, v in logs.items()}
 
     # ---- the loop
+    def _decide_steps(self, elapsed: float, rate: float, budget: float, stop_at: int | None) -> int:
+        """A time-budgeted run (``cfg.minutes``) sets its step count from the rate measured
+        over the probe steps (the mean over ranks, so every rank decides alike): as many as
+        end within the budget, at most ``cfg.steps``. The learning-rate schedule spans the
+        new count; the checkpoints record it, so ``--resume`` keeps it."""
+        rate = mean_over_ranks({"rate": rate}, self.dist, self.device)["rate"]
+        total = int(min(self.cfg.steps, self.step + max(0.0, budget - elapsed) * rate * 0.97))
+        total = max(total, self.step + 1)
+        log.info("time budget %.1f min: %.2f steps/s measured, training %d steps (asked for at most %d)",
+                 self.cfg.minutes, rate, total, self.cfg.steps)
+        self.cfg = dataclasses.replace(self.cfg, steps=total)
+        self.plan = schedule(self.cfg)
+        self._budget_decided = True
+        if self.dist.main:
+            (self.out / "train_config.json").write_text(json.dumps(
+                {"train": self.cfg.to_dict(), "model": self.model.cfg.to_dict(), "schedule": self.plan}, indent=1))
+        return total if stop_at is None else min(total, stop_at)
+
     def _teacher_lanes(self, batch: dict[str, Any]) -> Tensor:
         """[B] bool: which sequences' direction states the real onsets drive (``teacher_onsets``
         of them, drawn again when a lane starts a clip; fresh draws without lanes)."""
@@ -525,9 +553,25 @@ class Trainer:
         history: list[dict[str, float]] = []
         t0, first = time.perf_counter(), self.step
         self.model.train()
+        budget = self.cfg.minutes * 60.0
+        probe = max(8, min(40, self.cfg.steps // 20))  # steps timed before a budgeted run sets its length
+        t_probe: float | None = None
         try:
             end = self.cfg.steps if stop_at is None else min(self.cfg.steps, stop_at)
             while self.step < end:
+                if budget > 0:
+                    elapsed = time.perf_counter() - t0
+                    if self.step - first == 3:  # the first steps warm caches and kernels: not timed
+                        t_probe = time.perf_counter()
+                    if not self._budget_decided and self.step - first == probe and t_probe is not None:
+                        end = self._decide_steps(elapsed, (probe - 3) / max(time.perf_counter() - t_probe, 1e-9),
+                                                 budget, stop_at)
+                        bar.total = self.cfg.steps
+                    elif elapsed > budget * 1.05 + 30:  # slower than the probe said: stop with a checkpoint
+                        log.warning("time budget of %.1f min spent at step %d of %d; stopping with a checkpoint "
+                                    "(--resume continues)", self.cfg.minutes, self.step, self.cfg.steps)
+                        self.save_checkpoint()
+                        break
                 stage, s0, s1 = self._stage_at(self.step)
                 if stage not in self.opts:  # an ablation without this stage (w/o KHP, w/o CVG)
                     bar.update(min(s1, end) - self.step)

@@ -240,7 +240,10 @@ def check_out_folder(out: str | Path, cfg: TrainConfig, model_cfg: PerformerConf
     if prev is None:
         return
     old_train, old_model, where = prev
-    diffs = [] if old_train is None else _differences(old_train, json.loads(json.dumps(cfg.to_dict())))
+    new_train = json.loads(json.dumps(cfg.to_dict()))
+    if old_train is not None and cfg.minutes > 0 and int(old_train.get("steps", 0)) <= cfg.steps:
+        new_train["steps"] = old_train["steps"]  # a time-budgeted run chose its own step count
+    diffs = [] if old_train is None else _differences(old_train, new_train)
     if model_cfg is not None and old_model is not None:
         diffs += _differences(old_model, json.loads(json.dumps(model_cfg.to_dict())), "model")
     if diffs:

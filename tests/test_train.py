@@ -187,3 +187,23 @@ def test_rank_shards_partition_the_one_process_batch(dataset: Path) -> None:
         resets += int(b["reset"].sum())
     assert resets > 2  # lanes did move on to new clips
     assert lanes[0].state() == lanes[1].state() == one_l.state()
+
+
+def test_time_budget_sets_the_step_count_and_resume_keeps_it(dataset: Path, tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    mcfg = preset("tiny", "cello")
+    cfg = _cfg(stage="kp", steps=100000, minutes=0.03, ckpt_every=100000, log_every=1)
+    r = Trainer(mcfg, cfg, dataset, tmp_path / "t", progress=False).run()
+    assert 8 <= r.step < 100000  # the probe's steps, then as many as fit, far fewer than asked for
+    saved = json.loads((tmp_path / "t" / "train_config.json").read_text())
+    assert saved["train"]["steps"] == r.step and saved["schedule"] == [["kp", 0, r.step]]
+    log = [json.loads(ln) for ln in (tmp_path / "t" / "metrics.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == r.step and log[-1]["lr"] == pytest.approx(cfg.lr_final)  # the schedule spans them
+    assert latest_checkpoint(tmp_path / "t").name == f"step-{r.step:07d}"
+    again = Trainer(mcfg, cfg, dataset, tmp_path / "t", progress=False).run(resume=True)
+    assert again.step == r.step and again.history == []  # finished: the decided count is kept, nothing more
+    # a budget larger than the run needs trains exactly the steps asked for
+    r2 = Trainer(mcfg, _cfg(stage="kp", steps=12, minutes=30.0), dataset, tmp_path / "u", progress=False).run()
+    assert r2.step == 12
+    with pytest.raises(ValueError, match="minutes"):
+        _cfg(minutes=-1.0)

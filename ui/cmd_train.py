@@ -21,6 +21,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="optimizer steps in total (with --stage all: split over the stages by --fractions)")
     p.add_argument("--batch", type=int, default=4, help="sequences per step (per process under torchrun; default 4)")
     p.add_argument("--seq-len", type=int, default=8, help="frames per sequence (default 8)")
+    p.add_argument("--minutes", type=float, default=0.0, metavar="M",
+                   help="wall-clock budget: after timing a few steps the run trains as many steps as end within "
+                        "M minutes (at most --steps; the learning-rate schedule spans them). Default 0: no budget")
     p.add_argument("--fractions", type=float, nargs=3, metavar=("KP", "CVG", "STU"), default=(0.2, 0.3, 0.5),
                    help="shares of --steps for the kp, cvg and stu stages with --stage all (default 0.2 0.3 0.5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation, data order and noise (default 0)")
@@ -86,7 +89,7 @@ def _train_config(args: argparse.Namespace, stage: str):  # noqa: ANN202 - lazy 
                        stage_fractions=tuple(args.fractions), seed=args.seed, ckpt_every=args.ckpt_every,
                        log_every=args.log_every, workers=args.workers, amp=not args.no_amp,
                        vgg_weights=args.vgg_weights, teacher_keypoints=args.teacher_keypoints,
-                       kp_lanes=not args.no_kp_lanes,
+                       kp_lanes=not args.no_kp_lanes, minutes=args.minutes,
                        **{k: v for k, v in (("lr", args.lr), ("lr_final", args.lr_final),
                                             ("adv_weight", args.adv_weight)) if v is not None})
 
@@ -104,6 +107,8 @@ def _check_train_args(args: argparse.Namespace) -> None:
                        ("--ckpt-every", args.ckpt_every), ("--log-every", args.log_every)):
         if value < 1:
             raise ValueError(f"{opt} must be >= 1, got {value}")
+    if not (math.isfinite(args.minutes) and args.minutes >= 0):
+        raise ValueError(f"--minutes is a wall-clock budget in minutes, >= 0 (0: none); got {args.minutes}")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads} (leave it out for torch's choice)")
     if args.workers < 0:
