@@ -162,3 +162,65 @@ def test_writers_check_their_arrays(tmp_path: Path) -> None:
         fmt.write_parts(tmp_path / "p.npz", np.zeros((T, 4, 4), np.int32), PART_LABELS)
     with pytest.raises(ValueError, match="label names"):
         fmt.write_parts(tmp_path / "p.npz", np.full((T, 4, 4), 40, np.uint8), PART_LABELS)
+
+
+def test_video_reader_without_pyav_reads_the_same_frames(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where PyAV is missing, OpenCV reads a letsplay mp4: the same frames at the same indices."""
+    rng = np.random.default_rng(0)
+    video = VideoSpec(fps=30.0, height=64, width=64)
+    frames = []
+    for i in range(70):  # a bright block that moves one column per frame: an index off by one shows
+        f = np.full((64, 64, 3), 40, np.uint8) + rng.integers(0, 8, (64, 64, 3), dtype=np.uint8)
+        f[20:40, i % 56:(i % 56) + 8] = 230
+        frames.append(f)
+    path = tmp_path / "v.mp4"
+    with fmt.VideoWriter(path, video) as w:
+        for f in frames:
+            w.write(f)
+    with_av = fmt.VideoReader(path).frames(31, 12)
+    monkeypatch.setitem(__import__("sys").modules, "av", None)  # import av now raises ImportError
+    r = fmt.VideoReader(path)
+    without = r.frames(31, 12)
+    assert r._cv and r.fps == pytest.approx(30.0)
+    assert without.shape == with_av.shape == (12, 64, 64, 3)
+    assert np.abs(without.astype(int) - with_av.astype(int)).mean() < 1.0
+    cols = [int(np.argmax(f[30, :, 0] > 150)) for f in without]
+    assert cols == [(31 + k) % 56 for k in range(12)]
+    assert len(list(r)) == 70
+    with pytest.raises(fmt.DatasetError, match="wanted frames"):
+        r.frames(65, 10)
+
+
+def test_a_packed_split_trains_without_its_audio(ds2: Path, tmp_path: Path) -> None:
+    """scripts/pack_training_data.py: the clips with their CQT (fp16) in place of the audio
+    give the training windows the audio gives, and a spec they were not packed for is refused."""
+    import importlib.util
+
+    from letsplay.models.presets import preset
+    from letsplay.models.spec import AudioSpec
+    from letsplay.models.train import TrainConfig, Trainer
+
+    spec_ = importlib.util.spec_from_file_location("pack", Path(__file__).parents[1] / "scripts/pack_training_data.py")
+    pack = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(pack)
+    split = open_dataset(ds2)[0].split
+    ids = pack.pack(ds2, tmp_path / "p", split=split, lookahead_ms=100.0)
+    packed = open_dataset(tmp_path / "p", split)
+    assert [c.id for c in packed] == ids and not any(c.files.audio.exists() for c in packed)
+    assert all(c.files.cqt.is_file() and c.files.video.is_file() for c in packed)
+    audio = AudioSpec(**json.loads((ds2 / fmt.MANIFEST).read_text())["audio_spec"])
+    v = VideoSpec(height=32, width=32, lookahead_ms=100.0)
+    a = PerformanceDataset(open_dataset(ds2, split)[:1], seq_len=4, audio_spec=audio, video_spec=v)
+    b = PerformanceDataset(packed[:1], seq_len=4, audio_spec=audio, video_spec=v)
+    ca, cb = a.clip_cqt(0), b.clip_cqt(0)
+    assert cb.dtype == torch.float32 and cb.shape == ca.shape
+    assert torch.allclose(ca, cb, rtol=2e-3, atol=1e-4)  # float16's rounding, nothing else
+    ia, ib = a[0], b[0]
+    assert torch.equal(ia["frames"], ib["frames"]) and torch.equal(ia["keypoints"], ib["keypoints"])
+    other = AudioSpec(**{**json.loads(audio.to_json()), "n_bins": audio.n_bins - 12})
+    with pytest.raises(fmt.DatasetError, match="packed for training without its audio"):
+        PerformanceDataset(packed[:1], seq_len=4, audio_spec=other, video_spec=v).clip_cqt(0)
+    r = Trainer(preset("tiny", "cello"), TrainConfig(stage="stu", steps=1, batch=1, seq_len=3, perc_size=32,
+                                                     adv_weight=0.0),
+                tmp_path / "p", tmp_path / "run", progress=False).run()
+    assert r.step == 1 and r.history[0]["l1"] > 0

@@ -19,6 +19,7 @@ Plain videos become a letsplay dataset first (:mod:`letsplay.models.data.prepare
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -93,7 +94,17 @@ class DatasetClip(ClipSource):
 
     @property
     def cache_key(self) -> str:
+        if not self.files.audio.is_file() and self.meta.get("packed_cqt"):
+            return f"packed:{self.id}:{self.meta['packed_cqt'].get('sha1', '')}"
         return _file_key(self.files.audio)
+
+    def packed_cqt(self, spec: AudioSpec) -> np.ndarray | None:
+        """A packed clip's CQT for ``spec`` ([n_bins, n_columns] float32), or None: the clip
+        is not packed, or was packed for another audio spec (its audio is then needed)."""
+        p = self.meta.get("packed_cqt")
+        if not p or p.get("audio_spec") != json.loads(spec.to_json()) or not self.files.cqt.is_file():
+            return None
+        return np.load(self.files.cqt).astype(np.float32)
 
     def frames(self, start: int, count: int) -> np.ndarray:
         if start < 0 or start + count > self.n_frames:
@@ -113,6 +124,10 @@ class DatasetClip(ClipSource):
         return self._reader.frames(start, count)
 
     def audio(self, spec: AudioSpec) -> np.ndarray:
+        if not self.files.audio.is_file() and self.meta.get("packed_cqt"):
+            raise fmt.DatasetError(f"clip {self.id} was packed for training without its audio, and its packed "
+                                   f"CQT does not fit the audio spec asked for; pack it again for that spec "
+                                   f"(scripts/pack_training_data.py) or use the original dataset")
         return fmt.read_audio(self.files.audio, spec)
 
     def keypoints(self) -> tuple[np.ndarray, np.ndarray]:
