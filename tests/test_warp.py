@@ -272,7 +272,7 @@ def test_training_a_warp_performer_takes_its_reference_from_the_data(cello_set, 
 def test_a_keypoint_stage_moves_from_a_cvg_performer_into_a_warp_performer(cello_set):
     from letsplay.models.data.torch_dataset import open_sources
     from letsplay.models.performer import CheckpointError, Performer, combine_stages
-    from letsplay.models.presets import ablate, preset
+    from letsplay.models.presets import preset
 
     base = _warp_performer(open_sources(cello_set))
     torch.manual_seed(5)

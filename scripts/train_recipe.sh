@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The whole generator recipe for one instrument: the realtime preset's warp variant (the
+# coarse frame is the performer's reference warped part by part to the keypoints; the STU
+# refines it at full resolution). On a CUDA GPU when torch sees one, else on this CPU.
+#   1. KHP (keypoints and motion from audio): whole clips read start to end, every state
+#      carried, 100 ms of lookahead, half the clips' direction states driven by the real onsets;
+#   2. STU with KHP frozen: 16-frame windows, three quarters of them drawn from the real
+#      keypoints (it learns to draw the pose it is given), L1 + perceptual, no adversarial term;
+#   3. both put together, fp16: OUT/INSTRUMENT.safetensors.
+# Every stage has a wall-clock budget (the run times its first steps and trains as many as
+# fit, the learning-rate schedule spanning them) and writes checkpoints: rerunning the
+# script resumes an interrupted stage, and skips a finished one.
+#
+# Usage: bash scripts/train_recipe.sh INSTRUMENT DATA OUT
+# Environment:
+#   DEVICE        cuda or cpu (default: cuda when torch sees a GPU)
+#   KP_MINUTES    KHP's budget (default GPU 4, CPU 55)
+#   STU_MINUTES   the STU's budget (default GPU 8, CPU 60)
+#   INIT_KHP      take KHP from this performer instead of training it (skips stage 1)
+#   INIT          start the STU from this warp performer's weights (a warm start; its KHP is
+#                 replaced by stage 1's or INIT_KHP's)
+#   PYTHON        the Python with letsplay installed (default .venv/bin/python, else python3)
+set -euo pipefail
+[ $# -eq 3 ] || { sed -n 2,24p "$0" >&2; exit 2; }
+inst=$1 data=$2 out=$3
+case "$inst" in cello|trombone) ;; *) echo "INSTRUMENT must be cello or trombone, got '$inst'" >&2; exit 2 ;; esac
+[ -f "$data/manifest.json" ] || { echo "$data is not a letsplay dataset (no manifest.json)" >&2; exit 2; }
+PY=${PYTHON:-.venv/bin/python}
+"$PY" -c "import letsplay" 2>/dev/null || PY=python3
+lp() { "$PY" -m letsplay.ui.cli "$@"; }
+dev=${DEVICE:-$("$PY" -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")}
+if [ "$dev" = cpu ]; then
+  kp_min=${KP_MINUTES:-55} stu_min=${STU_MINUTES:-60}
+  kp_opts=(--batch 8 --seq-len 32 --threads 2) stu_opts=(--batch 2 --seq-len 16 --threads 2)
+else
+  kp_min=${KP_MINUTES:-4} stu_min=${STU_MINUTES:-8}
+  # the STU in fp32 (TF32 convolutions): its fp16 autocast has not been validated
+  kp_opts=(--batch 16 --seq-len 32 --workers 2) stu_opts=(--batch 8 --seq-len 16 --workers 6 --no-amp)
+fi
+mkdir -p "$out"
+common=(--data "$data" --preset realtime --instrument "$inst" --device "$dev")
+t0=$(date +%s)
+stage() {  # stage NAME FOLDER ARGS...: train unless finished, resume when interrupted
+  local name=$1 folder=$2; shift 2
+  if [ -f "$folder/done" ]; then echo "[recipe] $name: finished earlier ($folder)"; return; fi
+  local resume=(); [ -f "$folder/train_config.json" ] && resume=(--resume)
+  local s; s=$(date +%s)
+  lp train "${common[@]}" --out "$folder" "${resume[@]}" "$@"
+  echo "$(( $(date +%s) - s ))" >"$folder/done"
+  echo "[recipe] $name: $(cat "$folder/done") s"
+}
+
+# 1. KHP
+if [ -n "${INIT_KHP:-}" ]; then
+  khp=$INIT_KHP
+else
+  stage kp "$out/kp" --stage kp --lookahead 100 --steps 100000 --minutes "$kp_min" "${kp_opts[@]}"
+  khp=$out/kp/performer.safetensors
+fi
+
+# 2. STU on the warp, KHP frozen
+if [ -n "${INIT:-}" ]; then
+  lp model combine "$INIT" --stage "khp=$khp" --out "$out/init.safetensors"
+else
+  lp model init "$out/blank.safetensors" --preset realtime --ablation warp --instrument "$inst"
+  lp model combine "$out/blank.safetensors" --stage "khp=$khp" --out "$out/init.safetensors"
+fi
+stage stu "$out/stu" --stage stu --ablation warp --init "$out/init.safetensors" --teacher-keypoints 0.75 \
+  --lr 3e-4 --lr-final 3e-5 --adv-weight 0 --steps 100000 --minutes "$stu_min" "${stu_opts[@]}"
+
+# 3. together, fp16
+lp model combine "$out/stu/performer.safetensors" --stage "khp=$khp" --out "$out/$inst.safetensors" --fp16
+echo "[recipe] $inst on $dev: $out/$inst.safetensors ($(( $(date +%s) - t0 )) s in all)"
