@@ -224,3 +224,12 @@ def test_a_packed_split_trains_without_its_audio(ds2: Path, tmp_path: Path) -> N
                                                      adv_weight=0.0),
                 tmp_path / "p", tmp_path / "run", progress=False).run()
     assert r.step == 1 and r.history[0]["l1"] > 0
+    kp_ids = pack.pack(ds2, tmp_path / "k", split=split, lookahead_ms=100.0, keypoints_only=True)
+    k = open_dataset(tmp_path / "k", split)
+    assert [c.id for c in k] == kp_ids and k[0].frames(0, 1).shape == (1, 32, 32, 3)
+    assert k[0].files.video.stat().st_size < packed[0].files.video.stat().st_size
+    with pytest.raises(fmt.DatasetError, match="without --keypoints-only"):
+        k[0].frames(0, 4)
+    r = Trainer(preset("tiny", "cello"), TrainConfig(stage="kp", steps=1, batch=1, seq_len=3),
+                tmp_path / "k", tmp_path / "run_kp", progress=False).run()
+    assert r.step == 1 and r.history[0]["kp"] > 0

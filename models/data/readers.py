@@ -119,6 +119,9 @@ class DatasetClip(ClipSource):
                     raise fmt.DatasetError(f"clip {self.id}: frame {i} is missing or unreadable")
                 out.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
             return np.stack(out)
+        if start + count > 1 and (self.meta.get("packed_cqt") or {}).get("video") == "first frame":
+            raise fmt.DatasetError(f"clip {self.id} was packed for keypoint training: it holds its first video "
+                                   f"frame only. Pack it without --keypoints-only to train the frame stages")
         if self._reader is None:
             self._reader = fmt.VideoReader(self.files.video)
         return self._reader.frames(start, count)
