@@ -34,7 +34,8 @@ PAPER_TABLE_II: dict[str, dict[str, float]] = {  # variant -> instrument -> mean
     "kp_paper": {"cello": 0.117, "trombone": 0.392},  # the paper's full KP
 }
 TABLE_I_ROWS = (("no_cvg", "(a) w/o CVG"), ("no_khp", "(b) w/o KHP"), ("no_stu", "(c) w/o STU"),
-                ("no_gcn", "(d) w/o GCN"), ("no_gru", "(e) w/o CNN-GRU"), ("full", "Ours"))
+                ("no_gcn", "(d) w/o GCN"), ("no_gru", "(e) w/o CNN-GRU"), ("full", "Ours"),
+                ("warp", "(f) the warp instead of CVG (what ships)"))
 # Table II: the paper's KP (window encoder, LSTM) and its switches, then ours (streaming
 # encoder and motion heads) without and with the motion heads.
 TABLE_II_ROWS = (("kp_baseline", "Baseline"), ("kp_no_dlt", "+ avg. condition"), ("kp_no_avg", "+ DLT"),
@@ -125,19 +126,22 @@ def ablation_markdown(results: dict[str, dict[str, dict[str, Any]]], preset_name
     full variant's still picture and still pose) and the sync score C (module docstring)."""
     insts = [i for i in ("cello", "trombone") if i in results]
     lines = [f"**Table I** (ours: preset `{preset_name}`, {steps} steps, held-out pieces; paper: Sub-URMP)", "",
-             "| variant | " + " | ".join(f"{i} PSNR ours / paper | {i} SSIM ours / paper" for i in insts) + " |",
-             "| --- |" + " --- | --- |" * len(insts)]
+             "| variant | " + " | ".join(f"{i} PSNR ours / paper | {i} SSIM ours / paper | {i} moving PSNR | "
+                                         f"{i} checkerboard" for i in insts) + " |",
+             "| --- |" + " --- | --- | --- | --- |" * len(insts)]
     for v, label in TABLE_I_ROWS:
         cells = []
         for i in insts:
             r = _row(results[i].get(v, {}))
-            p = PAPER_TABLE_I[v][i]
-            cells += [f"{_f(r.get('psnr'), 2)} / {p[0]:.2f}", f"{_f(r.get('ssim'), 3)} / {p[1]:.3f}"]
+            p = PAPER_TABLE_I.get(v, {}).get(i)
+            cells += [f"{_f(r.get('psnr'), 2)} / {_f(p and p[0], 2)}", f"{_f(r.get('ssim'), 3)} / {_f(p and p[1], 3)}",
+                      _f(r.get("psnr_moving"), 2), _f(r.get("checkerboard"), 2)]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     cells = []
     for i in insts:
         r = _row(results[i].get("full", {}), "still_picture")
-        cells += [f"{_f(r.get('psnr'), 2)} / -", f"{_f(r.get('ssim'), 3)} / -"]
+        cells += [f"{_f(r.get('psnr'), 2)} / -", f"{_f(r.get('ssim'), 3)} / -", _f(r.get("psnr_moving"), 2),
+                  _f(r.get("checkerboard"), 2)]
     lines.append("| Still picture (baseline) | " + " | ".join(cells) + " |")
     lines += ["", "**Table II** mean keypoint distance (normalised coordinates; lower is better) and sync C "
               "(0 = chance, 1 = every motion event on a note onset)", "",

@@ -251,13 +251,19 @@ def test_evaluate_rows(dataset: Path, performer, tmp_path: Path) -> None:
 
 def test_ablation_markdown() -> None:
     def rec(psnr: float, kp: float, c: float) -> dict:
-        return {"rows": {"model": {"psnr": psnr, "ssim": 0.5, "kp_dist": kp, "sync": {"c": c}},
-                         "still_picture": {"psnr": 18.5, "ssim": 0.45},
+        return {"rows": {"model": {"psnr": psnr, "ssim": 0.5, "kp_dist": kp, "sync": {"c": c}, "psnr_moving": psnr - 8,
+                                   "checkerboard": 1.25},
+                         "still_picture": {"psnr": 18.5, "ssim": 0.45, "psnr_moving": 11.0, "checkerboard": 0.75},
                          "still_pose": {"kp_dist": 0.2, "sync": {"c": -0.2}},
                          "ground_truth": {"sync": {"c": 0.66}}}}
 
-    md = ablation_markdown({"cello": {"full": rec(20.0, 0.1, 0.31), "kp_paper": rec(19.0, 0.12, 0.05)}}, "tiny", 10)
+    md = ablation_markdown({"cello": {"full": rec(20.0, 0.1, 0.31), "kp_paper": rec(19.0, 0.12, 0.05),
+                                      "warp": rec(23.0, 0.1, 0.31)}}, "tiny", 10)
     assert "17.07" in md and "20.00" in md and "0.310" in md
+    # Table I: moving-pixel PSNR and checkerboard beside PSNR / SSIM; the warp row has no paper figure
+    assert "| Ours | 20.00 / 17.07 | 0.500 / 0.563 | 12.00 | 1.25 |" in md
+    assert "| (f) the warp instead of CVG (what ships) | 23.00 / - | 0.500 / - | 15.00 | 1.25 |" in md
+    assert "| Still picture (baseline) | 18.50 / - | 0.450 / - | 11.00 | 0.75 |" in md
     # Table II: the paper's full KP beside the paper's figure; ours (streaming + motion heads) has none
     assert "| Paper's KP (avg. condition + DLT) | 0.1200 / 0.117 | 0.050 |" in md
     assert "| Ours: streaming encoder + motion heads | 0.1000 / - | 0.310 |" in md
