@@ -48,7 +48,7 @@ from letsplay.models.config import DictConfig
 from letsplay.models.discriminator import AudioVideoDiscriminator, DiscriminatorConfig, d_loss, frozen, g_adv_loss
 from letsplay.models.discriminator import mismatched as mismatched_audio
 from letsplay.models.keypoints import KeypointState
-from letsplay.models.performer import Performer, PerformerConfig
+from letsplay.models.performer import Performer, PerformerConfig, PerformerState
 from letsplay.models.train_checkpoint import (
     _flatten_optim,
     _unflatten_optim,
@@ -108,6 +108,7 @@ class TrainConfig(DictConfig):
     amp: bool = True  # mixed precision on CUDA (ignored on CPU)
     max_clips: int | None = None  # use at most this many training clips (smoke runs)
     kp_lanes: bool = True  # kp stage: clips read start to end, LSTM state carried between chunks (TBPTT)
+    stu_lanes: bool = False  # stu stage: clips read start to end, every state (KHP, CVG, STU) carried between chunks
     teacher_keypoints: float = 0.0  # stu stage: share of sequences whose heatmaps come from the real keypoints
     teacher_onsets: float = 0.5  # kp stage, motion heads: share of clips whose direction state the real onsets drive
     minutes: float = 0.0  # wall-clock budget (0: none): after a probe, as many steps (<= steps) as end in time
@@ -223,10 +224,13 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.step = 0
         self.batches = Batches(self.dataset, cfg.batch, cfg.seed, self.dist, cfg.workers)
-        use_lanes = cfg.kp_lanes and self.model.khp is not None and any(st == "kp" for st, _, _ in self.plan)
+        use_lanes = ((cfg.kp_lanes and self.model.khp is not None and any(st == "kp" for st, _, _ in self.plan))
+                     or (cfg.stu_lanes and any(st == "stu" for st, _, _ in self.plan)))
         self.lanes = Lanes(self.dataset, cfg.batch, cfg.seq_len, cfg.seed, self.dist) if use_lanes else None
         self.kp_state: Any = None  # KHP state carried between the lanes' chunks
         self._teacher: Tensor | None = None  # lanes whose direction state the real onsets drive
+        self.stu_state: PerformerState | None = None  # stu lanes: the whole performer's state per lane
+        self._stu_teach: Tensor | None = None  # stu lanes: lanes drawn from the real keypoints (per clip)
         self._writer: Any = None
         self._budget_decided = False  # cfg.minutes: the step count has been set from the measured rate
 
@@ -257,9 +261,17 @@ class Trainer:
         kp_state = None if self.kp_state is None else {
             k: gather_rows(v, self.dist) for k, v in self.kp_state.to_dict().items()}
         teacher = None if self._teacher is None else gather_rows(self._teacher.float().to(self.device), self.dist)
+        stu_state = None if self.stu_state is None else {
+            k: gather_rows(v, self.dist) for k, v in self.stu_state.to_dict().items()}
+        stu_teach = None if self._stu_teach is None else gather_rows(self._stu_teach.float().to(self.device),
+                                                                     self.dist)
         if not self.dist.main:
             return None
         tensors = module_tensors("disc", self.disc)
+        if stu_state is not None:
+            tensors.update({f"stulanes.{k}": v.detach().to("cpu").contiguous().clone() for k, v in stu_state.items()})
+        if stu_teach is not None:
+            tensors["stulanes_teacher"] = stu_teach.to("cpu").contiguous().clone()
         if kp_state is not None:  # the global batch's lanes, in lane order
             tensors.update({f"lanes.{k}": v.detach().to("cpu").contiguous().clone() for k, v in kp_state.items()})
         if teacher is not None:
@@ -312,6 +324,11 @@ class Trainer:
             self.kp_state = KeypointState.from_dict(lane_t) if lane_t else None
             if "lanes_teacher" in tensors:
                 self._teacher = tensors["lanes_teacher"][self.dist.rank::self.dist.world] > 0.5
+            stu_t = {k[9:]: v[self.dist.rank::self.dist.world].to(self.device)
+                     for k, v in tensors.items() if k.startswith("stulanes.")}
+            self.stu_state = PerformerState.from_dict(stu_t) if stu_t else None
+            if "stulanes_teacher" in tensors:
+                self._stu_teach = (tensors["stulanes_teacher"][self.dist.rank::self.dist.world] > 0.5).to(self.device)
         log.info("resumed from %s (step %d)", folder, self.step)
 
     # ---- one step of each stage
@@ -337,25 +354,33 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
         self.scaler.step(opt)
 
-    def _stu_teacher_forward(self, batch: dict[str, Any], windows: Tensor, z: Tensor | None) -> Tensor:
+    def _stu_teacher_forward(self, batch: dict[str, Any], windows: Tensor, z: Tensor | None,
+                             state: PerformerState | None = None) -> tuple[Tensor, PerformerState]:
         """The STU stage's frames with KHP and CVG frozen, where a ``teacher_keypoints``
         share of the sequences (drawn from the noise generator) gets heatmaps and GCN
         points from the real keypoints instead of KHP's. The STU then learns to draw
         exactly the pose it is given -- a sharp performer wherever KHP puts it -- rather
-        than a blur over the poses KHP cannot tell apart. The rest equals Performer.forward."""
+        than a blur over the poses KHP cannot tell apart. The rest equals Performer.forward.
+        With lanes (``state`` given) a lane keeps its draw for a whole clip."""
         m = self.model
         B = windows.shape[0]
+        if state is None:
+            state = m.init_state(B, self.device)
         with torch.no_grad():
-            kp, _ = m.khp(windows, with_heatmap=False)
+            kp, khp_state = m.khp(windows, state.khp, with_heatmap=False)
             kp = kp.keypoints  # [B, T, 67, 2]
-            coarse = None
+            coarse, cvg_state = None, None
             if m.cvg is not None:
-                c, _ = m.cvg(windows, None, z)  # [B, T, 3, h, w]
+                c, cvg_state = m.cvg(windows, state.cvg, z)  # [B, T, 3, h, w]
                 coarse = c if c.shape[-2:] == m.cfg.work_size else F.interpolate(
                     c.flatten(0, 1), size=m.cfg.work_size, mode="bilinear", align_corners=False
                 ).unflatten(0, c.shape[:2])
             share = torch.rand(B * self.dist.world, generator=self.noise)[self.dist.rank::self.dist.world]  # as _z
             teach = (share < self.cfg.teacher_keypoints).to(self.device)
+            if "reset" in batch:  # lanes: a lane's draw holds until it starts a new clip
+                reset = batch["reset"].to(self.device)
+                prev = self._stu_teach if self._stu_teach is not None and len(self._stu_teach) == B else teach
+                teach = self._stu_teach = torch.where(reset, teach, prev)
             kp = torch.where(teach[:, None, None, None], batch["keypoints"].to(self.device), kp)
             a = m.khp.cfg.heatmap_alpha  # real points the data lacks (confidence 0) are not drawn
             alpha = torch.where(teach[:, None, None], batch["confidence"].to(self.device) * a, torch.full_like(
@@ -363,8 +388,8 @@ class Trainer:
             hm = m.khp.heatmap(kp, alpha)  # [B, T, C, h, w]
             if m.warp is not None:  # the reference warped to the pose the STU is given
                 coarse = m.coarse_of(kp.flatten(0, 1)).unflatten(0, kp.shape[:2])
-        fake, _ = m.stu(coarse, hm, kp if m.stu.has_keypoints else None, windows)
-        return fake.float()
+        fake, stu_state = m.stu(coarse, hm, kp if m.stu.has_keypoints else None, windows, state.stu)
+        return fake.float(), PerformerState(khp=khp_state, cvg=cvg_state, stu=stu_state)
 
     def _stu_losses(self, fake: Tensor, real: Tensor, windows: Tensor) -> dict[str, Tensor]:
         cfg = self.cfg
@@ -431,15 +456,17 @@ class Trainer:
             real = batch["frames"].to(self.device)
             z = self._z(B, T)
             e2e = stage == "e2e"
+            lanes = stage == "stu" and "reset" in batch
+            state = self._stu_lane_state(batch["reset"].to(self.device), B) if lanes else None
             saved = m.cfg
             if e2e:
                 m.cfg = dataclasses.replace(m.cfg, end_to_end=True)
             try:
                 with self._autocast():
                     if not e2e and self.cfg.teacher_keypoints > 0 and m.khp is not None:
-                        fake = self._stu_teacher_forward(batch, windows, z)
+                        fake, new_state = self._stu_teacher_forward(batch, windows, z, state)
                     else:
-                        out, _ = m(windows, None, z)
+                        out, new_state = m(windows, state, z)
                         fake = out.frame.float()
             finally:
                 m.cfg = saved
@@ -458,9 +485,21 @@ class Trainer:
                         lg["coarse"] = losses.frame_l1(out.coarse.float(), real)
                         total = total + self.cfg.coarse_weight * lg["coarse"]
             self._update(stage, total, self._gen_params(stage))
+            if lanes:  # carried to the lane's next chunk, without its graph (truncated BPTT)
+                self.stu_state = new_state.map(lambda t: t.detach().float())
             logs.update(lg)
         self.scaler.update()
         return {k: float(v.detach()) for k, v in logs.items()}
+
+    def _stu_lane_state(self, reset: Tensor, B: int) -> PerformerState:
+        """The performer state each STU lane goes on from: its last chunk's, or the initial
+        state where the lane starts a clip (and for every lane at the stage's first step)."""
+        init = self.model.init_state(B, self.device)
+        if self.stu_state is None:
+            return init
+        cur, ini = self.stu_state.to_dict(), init.to_dict()
+        return PerformerState.from_dict({k: torch.where(reset.reshape(-1, *[1] * (v.dim() - 1)), ini[k], v)
+                                         for k, v in cur.items()})
 
     # ---- the loop
     def _decide_steps(self, elapsed: float, rate: float, budget: float, stop_at: int | None) -> int:
@@ -583,7 +622,8 @@ class Trainer:
                 for o in self.opts.values():
                     for g in o.param_groups:
                         g["lr"] = lr
-                data = self.lanes if (stage == "kp" and self.lanes is not None) else self.batches
+                lanes = (stage == "kp" and self.cfg.kp_lanes) or (stage == "stu" and self.cfg.stu_lanes)
+                data = self.lanes if (lanes and self.lanes is not None) else self.batches
                 rec = mean_over_ranks(self.train_step(stage, data.next()), self.dist, self.device)
                 if not all(math.isfinite(v) for v in rec.values()):
                     raise FloatingPointError(f"step {self.step} ({stage}): non-finite loss {rec}; "

@@ -4,8 +4,9 @@
 # refines it at full resolution). On a CUDA GPU when torch sees one, else on this CPU.
 #   1. KHP (keypoints and motion from audio): whole clips read start to end, every state
 #      carried, 100 ms of lookahead, half the clips' direction states driven by the real onsets;
-#   2. STU with KHP frozen: 16-frame windows, three quarters of them drawn from the real
-#      keypoints (it learns to draw the pose it is given), L1 + perceptual, no adversarial term;
+#   2. STU with KHP frozen: lanes read whole clips in 16-frame chunks with every state carried
+#      (as the performer runs), three quarters of the lanes drawn from the real keypoints (it
+#      learns to draw the pose it is given), L1 + perceptual, no adversarial term;
 #   3. both put together, fp16: OUT/INSTRUMENT.safetensors.
 # Every stage has a wall-clock budget (the run times its first steps and trains as many as
 # fit, the learning-rate schedule spanning them) and writes checkpoints: rerunning the
@@ -65,7 +66,7 @@ else
   lp model init "$out/blank.safetensors" --preset realtime --ablation warp --instrument "$inst"
   lp model combine "$out/blank.safetensors" --stage "khp=$khp" --out "$out/init.safetensors"
 fi
-stage stu "$out/stu" --stage stu --ablation warp --init "$out/init.safetensors" --teacher-keypoints 0.75 \
+stage stu "$out/stu" --stage stu --ablation warp --init "$out/init.safetensors" --teacher-keypoints 0.75 --stu-lanes \
   --lr 3e-4 --lr-final 3e-5 --adv-weight 0 --steps 100000 --minutes "$stu_min" "${stu_opts[@]}"
 
 # 3. together, fp16

@@ -125,7 +125,7 @@ def test_stu_teacher_keypoints_draw_the_real_pose(dataset: Path, tmp_path: Path)
     w = batch["cqt"]
     z = tr._z(*w.shape[:2])
     with torch.no_grad():
-        fake = tr._stu_teacher_forward(batch, w, z)
+        fake, _ = tr._stu_teacher_forward(batch, w, z)
         coarse, _ = m.cvg(w, None, z)
         up = torch.nn.functional.interpolate(coarse.flatten(0, 1), size=m.cfg.work_size, mode="bilinear",
                                              align_corners=False).unflatten(0, coarse.shape[:2])
@@ -207,3 +207,24 @@ def test_time_budget_sets_the_step_count_and_resume_keeps_it(dataset: Path, tmp_
     assert r2.step == 12
     with pytest.raises(ValueError, match="minutes"):
         _cfg(minutes=-1.0)
+
+
+def test_stu_lanes_carry_the_performers_state_and_resume_exactly(dataset: Path, tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    mcfg = preset("tiny", "cello")
+    cfg = _cfg(stage="stu", steps=4, stu_lanes=True, teacher_keypoints=0.5, adv_weight=0.0)
+    tr = Trainer(mcfg, cfg, dataset, tmp_path / "a", progress=False)
+    batch = tr.lanes.next()
+    assert bool(batch["reset"].all())  # every lane starts a clip
+    tr.train_step("stu", batch)
+    st = tr.stu_state
+    assert st is not None and float(st.stu.to_dict()["gru_h"].abs().sum()) > 0  # the CNN-GRU state moved on
+    # the next chunk goes on from it, and a lane that starts a new clip starts from the initial state
+    go_on = tr._stu_lane_state(torch.tensor([False, True]), 2).to_dict()
+    init = tr.model.init_state(2).to_dict()
+    for k, v in st.to_dict().items():
+        assert torch.equal(go_on[k][0], v[0]) and torch.equal(go_on[k][1], init[k][1]), k
+    full = Trainer(mcfg, cfg, dataset, tmp_path / "b", progress=False).run()
+    first = Trainer(mcfg, cfg, dataset, tmp_path / "c", progress=False).run(stop_at=2)
+    rest = Trainer(mcfg, cfg, dataset, tmp_path / "c", progress=False).run(resume=True)
+    assert _losses(first.history + rest.history) == _losses(full.history)  # the lane states were checkpointed

@@ -42,6 +42,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                                             "paper's; a warp performer's STU corrects a near-exact frame: 2e-4)")
     p.add_argument("--lr-final", type=float, help="the learning rate at the end of each stage (default 1.25e-4)")
     p.add_argument("--adv-weight", type=float, help="weight of the STU's adversarial loss (default 0.05; 0: none)")
+    p.add_argument("--stu-lanes", action="store_true",
+                   help="STU stage: each of --batch lanes reads a clip from start to end in --seq-len chunks with "
+                        "every state (KHP, CVG, the STU's CNN-GRU) carried, as the performer runs (default: "
+                        "windows from anywhere, each from a fresh state)")
     p.add_argument("--no-kp-lanes", action="store_true",
                    help="kp stage: random windows from a fresh state instead of clips read start to end")
 
@@ -89,7 +93,7 @@ def _train_config(args: argparse.Namespace, stage: str):  # noqa: ANN202 - lazy 
                        stage_fractions=tuple(args.fractions), seed=args.seed, ckpt_every=args.ckpt_every,
                        log_every=args.log_every, workers=args.workers, amp=not args.no_amp,
                        vgg_weights=args.vgg_weights, teacher_keypoints=args.teacher_keypoints,
-                       kp_lanes=not args.no_kp_lanes, minutes=args.minutes,
+                       kp_lanes=not args.no_kp_lanes, stu_lanes=args.stu_lanes, minutes=args.minutes,
                        **{k: v for k, v in (("lr", args.lr), ("lr_final", args.lr_final),
                                             ("adv_weight", args.adv_weight)) if v is not None})
 
