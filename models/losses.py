@@ -66,6 +66,13 @@ def frame_l1(fake: Tensor, real: Tensor) -> Tensor:
     return (fake - resize_like(real, fake)).abs().mean()
 
 
+def weighted_frame_l1(fake: Tensor, real: Tensor, weight: Tensor) -> Tensor:
+    """:func:`frame_l1` with a per-pixel weight ``[..., H, W]`` (broadcast over the colours),
+    normalised by the weights' mean: a weight of 1 everywhere is exactly :func:`frame_l1`."""
+    w = weight.unsqueeze(-3).to(fake.dtype)
+    return ((fake - resize_like(real, fake)).abs() * w).mean() / w.mean().clamp_min(1e-12)
+
+
 # VGG-19 layers and weights of the perceptual loss (pix2pixHD's choice).
 PERCEPTUAL_LAYERS: tuple[str, ...] = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 PERCEPTUAL_WEIGHTS: tuple[float, ...] = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0)

@@ -49,6 +49,7 @@ from letsplay.models.discriminator import AudioVideoDiscriminator, Discriminator
 from letsplay.models.discriminator import mismatched as mismatched_audio
 from letsplay.models.keypoints import KeypointState
 from letsplay.models.performer import Performer, PerformerConfig, PerformerState
+from letsplay.models.warp import LABELS
 from letsplay.models.train_checkpoint import (
     _flatten_optim,
     _unflatten_optim,
@@ -109,6 +110,7 @@ class TrainConfig(DictConfig):
     max_clips: int | None = None  # use at most this many training clips (smoke runs)
     kp_lanes: bool = True  # kp stage: clips read start to end, LSTM state carried between chunks (TBPTT)
     stu_lanes: bool = False  # stu stage: clips read start to end, every state (KHP, CVG, STU) carried between chunks
+    thin_weight: float = 0.0  # stu / e2e: L1 weight 1 + this on thin parts' pixels (bow, slide, hands; part maps)
     teacher_keypoints: float = 0.0  # stu stage: share of sequences whose heatmaps come from the real keypoints
     teacher_onsets: float = 0.5  # kp stage, motion heads: share of clips whose direction state the real onsets drive
     minutes: float = 0.0  # wall-clock budget (0: none): after a probe, as many steps (<= steps) as end in time
@@ -132,8 +134,15 @@ class TrainConfig(DictConfig):
             raise ValueError(f"teacher_onsets is a share of the clips, 0..1; got {self.teacher_onsets}")
         if not 0.0 <= self.teacher_keypoints <= 1.0:
             raise ValueError(f"teacher_keypoints is a share of the sequences, 0..1; got {self.teacher_keypoints}")
+        if not (math.isfinite(self.thin_weight) and self.thin_weight >= 0):
+            raise ValueError(f"thin_weight is an extra L1 weight, >= 0; got {self.thin_weight}")
         if not (math.isfinite(self.minutes) and self.minutes >= 0):
             raise ValueError(f"minutes is a wall-clock budget, >= 0 (0: none); got {self.minutes}")
+
+
+# The part-map labels (models/warp.LABELS) whose pixels ``thin_weight`` weights: drawn a few
+# pixels wide, they are background at most pixels most of the time under a plain L1.
+THIN_PART_IDS: tuple[int, ...] = tuple(LABELS[n] for n in ("bow", "slide", "right_hand", "left_hand"))
 
 
 # --------------------------------------------------------------------------- schedule
@@ -219,6 +228,7 @@ class Trainer:
         self.plan = schedule(cfg)
         self.dataset.with_frames = any(stage != "kp" for stage, _, _ in self.plan)  # KHP learns from audio alone
         self.dataset.with_motion = self.model.khp is not None and self.model.khp.cfg.motion_heads
+        self.dataset.with_parts = cfg.thin_weight > 0 and any(st in ("stu", "e2e") for st, _, _ in self.plan)
         self.opts = self._make_optimizers()
         self.use_amp = cfg.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
@@ -391,9 +401,14 @@ class Trainer:
         fake, stu_state = m.stu(coarse, hm, kp if m.stu.has_keypoints else None, windows, state.stu)
         return fake.float(), PerformerState(khp=khp_state, cvg=cvg_state, stu=stu_state)
 
-    def _stu_losses(self, fake: Tensor, real: Tensor, windows: Tensor) -> dict[str, Tensor]:
+    def _stu_losses(self, fake: Tensor, real: Tensor, windows: Tensor, parts: Tensor | None = None
+                    ) -> dict[str, Tensor]:
         cfg = self.cfg
-        out: dict[str, Tensor] = {"l1": losses.frame_l1(fake, real)}
+        if parts is not None and cfg.thin_weight > 0:  # thin parts count more (unknown labels: weight 1)
+            thin = torch.isin(parts.to(self.device), torch.tensor(THIN_PART_IDS, device=self.device))
+            out: dict[str, Tensor] = {"l1": losses.weighted_frame_l1(fake, real, 1.0 + cfg.thin_weight * thin)}
+        else:
+            out = {"l1": losses.frame_l1(fake, real)}
         fr, rr = fake.flatten(0, 1), real.flatten(0, 1)
         if fr.shape[-1] > cfg.perc_size:
             fr = F.interpolate(fr, size=(cfg.perc_size, cfg.perc_size), mode="area")
@@ -473,7 +488,7 @@ class Trainer:
             if self.cfg.adv_weight > 0:
                 logs.update(self._d_step(fake, real, windows))
             with self._autocast():
-                lg = self._stu_losses(fake, real, windows)
+                lg = self._stu_losses(fake, real, windows, batch.get("parts"))
                 total = lg["g"]
                 if e2e:
                     if m.khp is not None:

@@ -228,3 +228,25 @@ def test_stu_lanes_carry_the_performers_state_and_resume_exactly(dataset: Path, 
     first = Trainer(mcfg, cfg, dataset, tmp_path / "c", progress=False).run(stop_at=2)
     rest = Trainer(mcfg, cfg, dataset, tmp_path / "c", progress=False).run(resume=True)
     assert _losses(first.history + rest.history) == _losses(full.history)  # the lane states were checkpointed
+
+
+def test_thin_parts_weigh_more_in_the_stu_loss(dataset: Path, tmp_path: Path) -> None:
+    from letsplay.models import losses
+    from letsplay.models.train import THIN_PART_IDS
+
+    real = torch.zeros(1, 2, 3, 32, 32)
+    fake = real.clone()
+    parts = torch.zeros(1, 2, 32, 32, dtype=torch.uint8)
+    parts[..., 2, :] = THIN_PART_IDS[0]  # one row of bow
+    fake[..., 2, :] = 0.5  # wrong exactly there
+    plain = losses.frame_l1(fake, real)
+    assert torch.allclose(losses.weighted_frame_l1(fake, real, torch.ones(1, 2, 32, 32)), plain)
+    torch.set_num_threads(1)
+    tr = Trainer(preset("tiny", "cello"), _cfg(stage="stu", steps=1, thin_weight=4.0, adv_weight=0.0), dataset,
+                 tmp_path / "t", progress=False)
+    weighted = tr._stu_losses(fake, real, torch.zeros(1, 2, 84, 87), parts)["l1"]
+    assert float(weighted) == pytest.approx(float(plain) * 5 / (1 + 4 / 32), rel=1e-5)  # 1 + 4 on 1 row of 32
+    batch = tr.batches.next()
+    assert batch["parts"].dtype == torch.uint8 and batch["parts"].shape[-2:] == batch["frames"].shape[-2:]
+    r = tr.run()
+    assert r.step == 1 and math.isfinite(r.history[0]["l1"])

@@ -42,6 +42,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                                             "paper's; a warp performer's STU corrects a near-exact frame: 2e-4)")
     p.add_argument("--lr-final", type=float, help="the learning rate at the end of each stage (default 1.25e-4)")
     p.add_argument("--adv-weight", type=float, help="weight of the STU's adversarial loss (default 0.05; 0: none)")
+    p.add_argument("--thin-weight", type=float, default=0.0, metavar="W",
+                   help="STU stage: the L1 loss weighs the pixels of thin parts (bow, slide, hands; from the part "
+                        "maps) 1 + W times (default 0: every pixel alike)")
     p.add_argument("--stu-lanes", action="store_true",
                    help="STU stage: each of --batch lanes reads a clip from start to end in --seq-len chunks with "
                         "every state (KHP, CVG, the STU's CNN-GRU) carried, as the performer runs (default: "
@@ -94,6 +97,7 @@ def _train_config(args: argparse.Namespace, stage: str):  # noqa: ANN202 - lazy 
                        log_every=args.log_every, workers=args.workers, amp=not args.no_amp,
                        vgg_weights=args.vgg_weights, teacher_keypoints=args.teacher_keypoints,
                        kp_lanes=not args.no_kp_lanes, stu_lanes=args.stu_lanes, minutes=args.minutes,
+                       thin_weight=args.thin_weight,
                        **{k: v for k, v in (("lr", args.lr), ("lr_final", args.lr_final),
                                             ("adv_weight", args.adv_weight)) if v is not None})
 
@@ -111,6 +115,8 @@ def _check_train_args(args: argparse.Namespace) -> None:
                        ("--ckpt-every", args.ckpt_every), ("--log-every", args.log_every)):
         if value < 1:
             raise ValueError(f"{opt} must be >= 1, got {value}")
+    if not (math.isfinite(args.thin_weight) and args.thin_weight >= 0):
+        raise ValueError(f"--thin-weight is an extra loss weight, >= 0; got {args.thin_weight}")
     if not (math.isfinite(args.minutes) and args.minutes >= 0):
         raise ValueError(f"--minutes is a wall-clock budget in minutes, >= 0 (0: none); got {args.minutes}")
     if args.threads is not None and args.threads < 1:
