@@ -49,7 +49,6 @@ from letsplay.models.discriminator import AudioVideoDiscriminator, Discriminator
 from letsplay.models.discriminator import mismatched as mismatched_audio
 from letsplay.models.keypoints import KeypointState
 from letsplay.models.performer import Performer, PerformerConfig, PerformerState
-from letsplay.models.warp import LABELS
 from letsplay.models.train_checkpoint import (
     _flatten_optim,
     _unflatten_optim,
@@ -72,6 +71,7 @@ from letsplay.models.train_dist import (
     mean_over_ranks,
     sync_grads,
 )
+from letsplay.models.warp import LABELS
 
 log = logging.getLogger(__name__)
 
