@@ -162,10 +162,7 @@ class KeypointPredictor(nn.Module):
 
     def reset_where(self, state: KeypointState, reset: Tensor) -> KeypointState:
         """``state`` with the rows where ``reset [B]`` is true back at the initial state."""
-        init = self.init_state(reset.shape[0], reset.device).to_dict()
-        cur = state.to_dict()
-        return KeypointState.from_dict({k: torch.where(reset.reshape(-1, *[1] * (v.dim() - 1)), init[k], v)
-                                        for k, v in cur.items()})
+        return state.where(reset, self.init_state(reset.shape[0], reset.device))
 
     def heatmap(self, keypoints: Tensor, alpha: float | Tensor | None = None) -> Tensor:
         """DLT (Eq. 1) at this stage's size, layout and radius: ``[..., 67, 2] -> [..., C, H, W]``."""

@@ -105,6 +105,13 @@ class State:
             kwargs[f.name] = v.map(fn) if isinstance(v, State) else (None if v is None else fn(v))
         return type(self)(**kwargs)
 
+    def where(self: S, reset: Tensor, other: S) -> S:
+        """Row by row: ``other``'s tensors where ``reset [B]`` is true, this state's elsewhere
+        (lanes that start a new clip go back to the initial state)."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return type(self).from_dict({k: torch.where(reset.reshape(-1, *[1] * (v.dim() - 1)), theirs[k], v)
+                                     for k, v in mine.items()})
+
     def detach(self: S) -> S:
         """Cut the autograd history (truncated backprop through time)."""
         return self.map(torch.Tensor.detach)

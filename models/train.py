@@ -145,6 +145,12 @@ class TrainConfig(DictConfig):
 THIN_PART_IDS: tuple[int, ...] = tuple(LABELS[n] for n in ("bow", "slide", "right_hand", "left_hand"))
 
 
+def _per_lane(prev: Tensor | None, draw: Tensor, reset: Tensor) -> Tensor:
+    """A lane's draw (teacher or not) for this chunk: a fresh one where the lane starts a
+    clip (or there is none yet), its previous one elsewhere -- one history per clip."""
+    return draw if prev is None or len(prev) != len(draw) else torch.where(reset, draw, prev)
+
+
 # --------------------------------------------------------------------------- schedule
 
 
@@ -388,9 +394,7 @@ class Trainer:
             share = torch.rand(B * self.dist.world, generator=self.noise)[self.dist.rank::self.dist.world]  # as _z
             teach = (share < self.cfg.teacher_keypoints).to(self.device)
             if "reset" in batch:  # lanes: a lane's draw holds until it starts a new clip
-                reset = batch["reset"].to(self.device)
-                prev = self._stu_teach if self._stu_teach is not None and len(self._stu_teach) == B else teach
-                teach = self._stu_teach = torch.where(reset, teach, prev)
+                teach = self._stu_teach = _per_lane(self._stu_teach, teach, batch["reset"].to(self.device))
             kp = torch.where(teach[:, None, None, None], batch["keypoints"].to(self.device), kp)
             a = m.khp.cfg.heatmap_alpha  # real points the data lacks (confidence 0) are not drawn
             alpha = torch.where(teach[:, None, None], batch["confidence"].to(self.device) * a, torch.full_like(
@@ -510,11 +514,7 @@ class Trainer:
         """The performer state each STU lane goes on from: its last chunk's, or the initial
         state where the lane starts a clip (and for every lane at the stage's first step)."""
         init = self.model.init_state(B, self.device)
-        if self.stu_state is None:
-            return init
-        cur, ini = self.stu_state.to_dict(), init.to_dict()
-        return PerformerState.from_dict({k: torch.where(reset.reshape(-1, *[1] * (v.dim() - 1)), ini[k], v)
-                                         for k, v in cur.items()})
+        return init if self.stu_state is None else self.stu_state.where(reset, init)
 
     # ---- the loop
     def _decide_steps(self, elapsed: float, rate: float, budget: float, stop_at: int | None) -> int:
@@ -543,9 +543,7 @@ class Trainer:
         draw = (torch.rand(B * d.world, generator=self.noise) < self.cfg.teacher_onsets)[d.rank::d.world]
         if "reset" not in batch:
             return draw
-        if self._teacher is None or len(self._teacher) != B:
-            self._teacher = draw
-        self._teacher = torch.where(batch["reset"], draw, self._teacher)
+        self._teacher = _per_lane(self._teacher, draw, batch["reset"])
         return self._teacher
 
     def _stage_at(self, step: int) -> tuple[str, int, int]:

@@ -64,6 +64,11 @@ class ClipSource:
         """(keypoints [T, 67, 2] normalised to the frame, confidence [T, 67])."""
         raise NotImplementedError
 
+    def packed_cqt(self, spec: AudioSpec) -> np.ndarray | None:
+        """The clip's CQT for ``spec`` stored in place of its audio, or None (computed from
+        the audio); see :meth:`DatasetClip.packed_cqt`."""
+        return None
+
 
 def _file_key(*paths: Path) -> str:
     parts = []

@@ -201,8 +201,7 @@ class PerformanceDataset(Dataset):
         clip = self.clips[ci]
         v = self._video_for(clip)
         last_col = frame_column(clip.n_frames - 1, self.audio_spec, v)  # a lookahead reads past the clip's end
-        packed = getattr(clip, "packed_cqt", None)
-        packed = packed(self.audio_spec) if packed is not None else None
+        packed = clip.packed_cqt(self.audio_spec)
         if packed is not None and packed.shape[-1] > last_col:  # a packed clip carries its CQT
             self._cqts[ci] = torch.from_numpy(packed)
             return self._cqts[ci]
