@@ -109,6 +109,20 @@ def test_backend_resolution() -> None:
 
 
 @pytest.mark.skipif(not fluidsynth_available(), reason="fluidsynth program or FluidR3_GM.sf2 not installed")
+def test_a_sliver_of_a_note_at_the_cut_neither_hangs_nor_sounds() -> None:
+    """A clip's cut can leave a note of a few nanoseconds at its end. Its MIDI note-off
+    lands on its note-on's tick and sorts first, so the note would be held for ever and
+    FluidSynth's file renderer would write WAV without end (28 GB in 9 minutes, seen). It
+    is not played: the render ends, as long as asked, silent after the last real note."""
+    notes = [Note(0.0, 0.4, 48, 90), Note(1.0 - 1e-9, 1e-9, 50, 118)]
+    for backend in ("fluidsynth", "tinysoundfont"):
+        audio = render_notes(notes, INSTRUMENTS["cello"], 1.0, SR, SynthConfig(backend=backend, reverb_wet=0.0))
+        assert audio.shape == (SR,)
+        assert np.abs(audio[: SR // 4]).max() > 0.05  # the real note sounds
+        assert np.abs(audio[-SR // 10:]).max() < 1e-3  # nothing after its release
+
+
+@pytest.mark.skipif(not fluidsynth_available(), reason="fluidsynth program or FluidR3_GM.sf2 not installed")
 def test_fluidsynth_pitch_matches_score() -> None:
     notes = [Note(0.05 + 0.5 * i, 0.42, p, 90) for i, p in enumerate([36, 45, 52, 60, 67])]
     audio = render_notes(notes, INSTRUMENTS["cello"], notes[-1].end + 0.2, SR,

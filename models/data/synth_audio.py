@@ -41,6 +41,12 @@ BEND_STEP = 441  # samples between pitch-wheel updates while a note has vibrato 
 BEND_RANGE = 2.0  # semitones, the GM default
 # Output gain per backend, so a forte note has about the same level on either.
 _GAIN = {"tinysoundfont": 1.2, "fluidsynth": 3.3}
+FLUIDSYNTH_TIMEOUT_S = 120.0  # fluidsynth's run may take this long plus the audio's own length
+# Notes shorter than this are not played (a clip's cut can leave a sliver of a note at its
+# end): in a MIDI file its note-off would fall on its note-on's tick and be sorted first,
+# leaving the note held for ever -- and FluidSynth's file renderer runs until every voice
+# has ended, writing WAV without end.
+MIN_NOTE_S = 0.002
 
 
 def tim_gm_soundfont() -> Path:
@@ -99,9 +105,14 @@ def render_notes(notes: Sequence[Note], instrument: Instrument, duration: float,
                  vibrato_allowed: Sequence[bool] | None = None) -> np.ndarray:
     """Mono float32 audio, ``round(duration * sample_rate)`` samples, of ``notes`` played
     on ``instrument`` (sorted, monophonic notes; times in seconds). ``vibrato_allowed``:
-    per note, whether it may have vibrato (default: all)."""
+    per note, whether it may have vibrato (default: all). Notes shorter than
+    :data:`MIN_NOTE_S` are not played."""
     backend = resolve_backend(config.backend)
     n = int(round(duration * sample_rate))
+    keep = [i for i, note in enumerate(notes) if note.duration >= MIN_NOTE_S]
+    if len(keep) < len(notes):
+        notes = [notes[i] for i in keep]
+        vibrato_allowed = None if vibrato_allowed is None else [vibrato_allowed[i] for i in keep]
     if backend == "fluidsynth":
         dry = _render_fluidsynth(notes, instrument, n, sample_rate, config.soundfont_path(backend),
                                  _bend_events(notes, sample_rate, vibrato, n, vibrato_allowed))
@@ -197,12 +208,19 @@ def _render_fluidsynth(notes: Sequence[Note], instrument: Instrument, n: int, sa
     for s, _o, v in bends:
         inst.pitch_bends.append(pretty_midi.PitchBend(pitch=_bend_value(v) - 8192, time=s / sample_rate))
     pm.instruments.append(inst)
+    seconds = n / sample_rate
     with tempfile.TemporaryDirectory(prefix="letsplay-fs-") as tmp:
         mid, wav = os.path.join(tmp, "in.mid"), os.path.join(tmp, "out.wav")
         pm.write(mid)
         cmd = ["fluidsynth", "-ni", "-q", "-R", "0", "-C", "0", "-g", "0.5", "-r", str(sample_rate),
                "-T", "wav", "-F", wav, str(soundfont), mid]
-        proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        limit = FLUIDSYNTH_TIMEOUT_S + seconds  # far beyond a normal run (about 1/50 of real time)
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=limit)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"fluidsynth did not finish {seconds:.1f} s of audio in {limit:.0f} s and was "
+                               f"stopped (its output is deleted); render with --synth tinysoundfont, or report "
+                               f"the piece") from None
         if proc.returncode != 0 or not os.path.isfile(wav):
             raise RuntimeError(f"fluidsynth failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
         data, sr = sf.read(wav, dtype="float32", always_2d=True)
