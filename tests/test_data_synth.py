@@ -117,6 +117,23 @@ def test_splits_go_by_piece(tmp_path: Path) -> None:
     assert plan_dataset(tmp_path, cfg) == clips  # deterministic (and the scores are cached on disk)
 
 
+def test_a_bigger_set_keeps_a_smaller_ones_held_out_pieces_held_out(tmp_path: Path) -> None:
+    small = tmp_path / "small"
+    assert main(["data", "synth", "--instrument", "trombone", "--minutes", "0.3", "--clip-seconds", "6",
+                 "--split", "test", "--out", str(small), "--workers", "2", "--synth", "tinysoundfont",
+                 "--frames", "jpeg", "--seed", "3"]) == 0
+    held = {c["piece"] for c in fmt.load_manifest(small)["clips"]}
+    big = dict(instrument="trombone", minutes=10.0, seed=3, synth="tinysoundfont")
+    seeded = plan_dataset(tmp_path / "a", SynthDatasetConfig(**big).resolved())
+    kept = plan_dataset(tmp_path / "b", SynthDatasetConfig(**big, keep_splits=str(small)).resolved())
+    assert held <= {c["piece"] for c in seeded}  # the bigger set plays the smaller one's pieces too ...
+    assert any(c["split"] != "test" for c in seeded if c["piece"] in held)  # ... seeded, some would be trained on
+    assert all(c["split"] == "test" for c in kept if c["piece"] in held)
+    assert [c for c in kept if c["piece"] not in held] == [c for c in seeded if c["piece"] not in held]
+    with pytest.raises(ValueError, match="not a letsplay dataset"):
+        SynthDatasetConfig(**big, keep_splits=str(tmp_path / "nowhere")).validate()
+
+
 def test_cli_synth_info_preview(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "tb"
     rc = main(["data", "synth", "--instrument", "trombone", "--minutes", "0.15", "--clip-seconds", "4.5",

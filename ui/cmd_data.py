@@ -41,6 +41,9 @@ def _add_data(p: argparse.ArgumentParser) -> None:
                         "identity_seed (default: --identities performers chosen by --seed)")
     s.add_argument("--split", choices=("auto", "train", "val", "test"), default=None,
                    help="split of every clip; auto = seeded, by piece (default: test with --score, else auto)")
+    s.add_argument("--keep-splits", metavar="DATASET", default=None,
+                   help="pieces that DATASET also holds keep its split (train, val, test) here, so a bigger set "
+                        "made beside it never trains on its held-out pieces (default: every split seeded)")
     s.add_argument("--out", required=True,
                    help="dataset folder (required): new, empty, or an unfinished run of the same command")
     s.add_argument("--workers", type=int, default=None, help="parallel processes, >= 1 (default: CPU count)")
@@ -114,7 +117,7 @@ def _run_synth(args: argparse.Namespace) -> int:
                              clip_seconds=args.clip_seconds,
                              identities=4 if args.identities is None else args.identities, synth=args.synth,
                              frames=args.frames, score_files=tuple(args.score or ()), part=args.part,
-                             identity=args.identity, split=args.split)
+                             identity=args.identity, split=args.split, keep_splits=args.keep_splits)
     t0 = time.monotonic()
     bar = None  # made at the first progress report: a request refused up front prints no bar
     seconds = 0.0

@@ -65,6 +65,9 @@ class SynthDatasetConfig:
     part: str | None = None  # the part of each score file to play (None: chosen per file, see choose_part)
     identity: int | None = None  # one identity seed playing every clip (None: ``identities`` seeds from seed)
     split: str | None = None  # "auto" (seeded, by piece) | "train" | "val" | "test"; None: test with score_files
+    # another dataset whose pieces keep their split here: a bigger set made beside a smaller
+    # one never trains on the smaller one's held-out pieces (None: every split seeded as usual)
+    keep_splits: str | None = None
 
     def validate(self) -> None:
         """Raise ValueError (naming the ``letsplay data synth`` option) for a config that cannot
@@ -104,6 +107,13 @@ class SynthDatasetConfig:
             raise ValueError(f"--split must be one of auto, {', '.join(fmt.SPLITS)}; got {self.split!r}")
         if self.frames not in ("mp4", "jpeg"):
             raise ValueError(f"frames must be 'mp4' or 'jpeg', got {self.frames!r}")
+        if self.keep_splits is not None:
+            if not (Path(self.keep_splits) / fmt.MANIFEST).is_file():
+                raise ValueError(f"--keep-splits {self.keep_splits}: not a letsplay dataset (no {fmt.MANIFEST}); "
+                                 f"name the dataset whose pieces' splits this one keeps")
+            if self.split not in (None, "auto"):
+                raise ValueError(f"--keep-splits keeps another dataset's splits by piece and --split {self.split} "
+                                 f"puts every clip in one split; give one")
 
     def resolved(self) -> SynthDatasetConfig:
         """Validated, with the audio backend, the score files' SHA-256 and the split filled in."""
@@ -238,6 +248,10 @@ def _finish_plan(clips: list[dict[str, Any]], cfg: SynthDatasetConfig) -> list[d
     split = cfg.split or "auto"
     splits = (fmt.split_for([c["piece"] for c in clips], cfg.seed) if split == "auto"
               else {c["piece"]: split for c in clips})
+    if cfg.keep_splits is not None:  # the other dataset's pieces keep their split
+        other = fmt.load_manifest(Path(cfg.keep_splits))
+        kept = {c["piece"]: c["split"] for c in other["clips"]}
+        splits = {p: kept.get(p, s) for p, s in splits.items()}
     ids = [int(cfg.identity)] if cfg.identity is not None else identity_seeds(cfg.seed, cfg.identities)
     for i, c in enumerate(clips):
         c["id"] = f"c{i:04d}"
