@@ -53,6 +53,10 @@ from letsplay.models.streaming_encoder import StreamingAudioEncoder, StreamingEn
 # two instrument-specific regressions (cello: string played, stop; trombone: slide position,
 # loudness), and the sounding logit.
 MOTION_CHANNELS = ("onset", "direction", "travel", "aux_a", "aux_b", "sounding")
+# The motion channels whose real values a training readout may take (teacher motion) and the
+# motion decoder reads: the direction and travel states and the two regressions. The onset
+# and sounding channels are logits, whose real values (0 / 1) are on another scale.
+DECODED = (1, 2, 3, 4)
 ONSET_POS_WEIGHT = 4.0  # the onset BCE's weight on frames with an onset (a missed onset flips the bow late)
 
 
@@ -76,6 +80,12 @@ class KeypointConfig:
     motion_heads: bool = False  # onset head, direction and travel states, motion regressions
     velocity_weight: float = 0.0  # loss: frame-to-frame keypoint motion (L2), relative to Eq. 2
     motion_weight: float = 0.0  # loss: the motion targets (BCE / L1), relative to Eq. 2
+    # motion heads: hidden width of the motion decoder, an MLP from the direction, travel and
+    # two regression states to keypoint offsets (0: none, only the linear readout)
+    motion_decoder: int = 0
+    # loss: frame-to-frame change of the travel and regression states against the real
+    # change (L1), relative to the motion targets' loss: a state that jitters costs
+    motion_smooth_weight: float = 0.0
 
     def __post_init__(self) -> None:
         heatmap_channels(self.heatmap)  # validates the layout
@@ -85,8 +95,11 @@ class KeypointConfig:
             raise ValueError(f"KeypointConfig.encoder must be 'window' or 'streaming', got {self.encoder!r}")
         if self.stream_flux not in ("plain", "max"):
             raise ValueError(f"KeypointConfig.stream_flux must be 'plain' or 'max', got {self.stream_flux!r}")
-        if self.velocity_weight < 0 or self.motion_weight < 0:
+        if self.velocity_weight < 0 or self.motion_weight < 0 or self.motion_smooth_weight < 0:
             raise ValueError("KeypointConfig: loss weights must be >= 0")
+        if self.motion_decoder < 0 or (self.motion_decoder and not self.motion_heads):
+            raise ValueError(f"KeypointConfig.motion_decoder is a hidden width >= 0 that reads the motion heads' "
+                             f"states; got {self.motion_decoder} with motion_heads={self.motion_heads}")
 
 
 @dataclass(frozen=True)
@@ -133,9 +146,16 @@ class KeypointPredictor(nn.Module):
             self.speed = nn.Sequential(nn.Linear(cfg.hidden + 2, 32), act(), nn.Linear(32, 1))
             fc_in += len(MOTION_CHANNELS)
         self.fc = nn.Linear(fc_in, 2 * N_KEYPOINTS)
+        self.decoder = (nn.Sequential(nn.Linear(len(DECODED), cfg.motion_decoder), act(),
+                                      nn.Linear(cfg.motion_decoder, cfg.motion_decoder), act(),
+                                      nn.Linear(cfg.motion_decoder, 2 * N_KEYPOINTS))
+                        if cfg.motion_decoder else None)
         kaiming_init(self)
         nn.init.zeros_(self.fc.weight)  # start at the mean pose (or the centre) exactly
         nn.init.zeros_(self.fc.bias)
+        if self.decoder is not None:
+            nn.init.zeros_(self.decoder[-1].weight)
+            nn.init.zeros_(self.decoder[-1].bias)
         # The avg condition; a buffer so a checkpoint carries the dataset mean it was trained with.
         self.register_buffer("mean_pose", torch.from_numpy(mean_pose(instrument)))
 
@@ -182,7 +202,8 @@ class KeypointPredictor(nn.Module):
         return self._after_encoder(feat, state, enc, with_heatmap)
 
     def _after_encoder(self, audio_feat: Tensor, state: KeypointState, enc: StreamingEncoderState | None,
-                       with_heatmap: bool, teacher: Tensor | None = None) -> tuple[KeypointOutput, KeypointState]:
+                       with_heatmap: bool, teacher: Tensor | None = None, motion_teacher: Tensor | None = None
+                       ) -> tuple[KeypointOutput, KeypointState]:
         B = audio_feat.shape[0]
         feat = audio_feat
         if self.cfg.avg_condition:
@@ -207,8 +228,14 @@ class KeypointPredictor(nn.Module):
             speed = F.softplus(self.speed(torch.cat([h, direction, prev], dim=1)))  # travel per second
             travel = (prev + (2 * direction - 1) * speed / self.video.fps).clamp(0.0, 1.0)
             motion = torch.cat([onset, direction, travel, aux_a, aux_b, sounding], dim=1)  # [B, 6]
-            z = torch.cat([h, motion], dim=1)
-        out = self.fc(z).reshape(B, N_KEYPOINTS, 2)
+            read = motion
+            if motion_teacher is not None:  # training: the readout takes the real states where given (not NaN)
+                read = torch.where(torch.isnan(motion_teacher), motion, motion_teacher)
+            z = torch.cat([h, read], dim=1)
+        out = self.fc(z)
+        if self.decoder is not None:
+            out = out + self.decoder(read[:, list(DECODED)])
+        out = out.reshape(B, N_KEYPOINTS, 2)
         base = self.mean_pose if self.cfg.avg_condition else torch.full_like(self.mean_pose, 0.5)
         kp = base + out  # [B, 67, 2]
         return (KeypointOutput(kp, self.heatmap(kp) if with_heatmap else None, motion),
@@ -217,24 +244,37 @@ class KeypointPredictor(nn.Module):
                               travel=None if travel is None else travel - 0.5))
 
     def forward(self, windows: Tensor, state: KeypointState | None = None, with_heatmap: bool = True,
-                teacher: Tensor | None = None) -> tuple[KeypointOutput, KeypointState]:
+                teacher: Tensor | None = None, motion_teacher: Tensor | None = None
+                ) -> tuple[KeypointOutput, KeypointState]:
         """A sequence: ``windows [B, T, n_bins, window]`` -> outputs stacked on dim 1.
         Exactly a loop of :meth:`step` from ``state`` (fresh when ``None``).
 
         ``teacher`` ``[B, T]`` (training, motion heads): onset probabilities that drive the
         direction and travel states instead of the onset head's, NaN where the head's are
         used -- so the keypoint output learns what a correct direction means while the onset
-        head is still learning to find onsets."""
+        head is still learning to find onsets.
+
+        ``motion_teacher`` ``[B, T, 6]`` (training, motion heads): real motion states that the
+        keypoint readout (the linear layer and the motion decoder) reads instead of the
+        model's own, NaN where the model's are read; only the :data:`DECODED` channels may be
+        given. The states themselves still evolve from the model's own onsets (and
+        ``teacher``) and are trained by the motion loss: the readout learns what a state
+        *means* (where the bow arm is for a travel, where the left hand is for a string and
+        stop) instead of hedging toward the mean pose while the states are still wrong."""
         state = self.init_state(windows.shape[0], windows.device) if state is None else state
+        if (teacher is not None or motion_teacher is not None) and not self.cfg.motion_heads:
+            raise ValueError("teacher onsets and teacher motion are for the motion heads; this KHP has no motion heads")
+        if motion_teacher is not None:
+            bad = [c for c in range(len(MOTION_CHANNELS)) if c not in DECODED]
+            if not bool(torch.isnan(motion_teacher[..., bad]).all()):
+                raise ValueError(f"teacher motion may give only the channels "
+                                 f"{[MOTION_CHANNELS[c] for c in DECODED]}; the others must be NaN")
         if self.cfg.encoder != "streaming":
-            if teacher is not None:
-                raise ValueError("teacher onsets drive the motion heads' states; this KHP has no motion heads")
-            return unroll(lambda w, s: self.step(w, s, with_heatmap), state, (windows,))
+            return unroll(lambda w, tt, mt, s: self._after_encoder(self.motion(w), s, None, with_heatmap, tt, mt),
+                          state, (windows, teacher, motion_teacher))
         feats, enc = self.motion.sequence(windows, state.enc)  # every frame's audio feature at once
-        if teacher is not None and not self.cfg.motion_heads:
-            raise ValueError("teacher onsets drive the motion heads' states; this KHP has no motion heads")
-        out, last = unroll(lambda f, tt, s: self._after_encoder(f, s, None, with_heatmap, tt), state,
-                           (feats, teacher))
+        out, last = unroll(lambda f, tt, mt, s: self._after_encoder(f, s, None, with_heatmap, tt, mt), state,
+                           (feats, teacher, motion_teacher))
         return out, KeypointState(lstm_h=last.lstm_h, lstm_c=last.lstm_c, enc=enc, direction=last.direction,
                                   onset_prev=last.onset_prev, travel=last.travel)
 
@@ -260,17 +300,27 @@ class KeypointPredictor(nn.Module):
             out["kp_vel"] = losses.keypoint_l2(pred[:, 1:] - pred[:, :-1], real[:, 1:] - real[:, :-1], conf)
             total = total + self.cfg.velocity_weight * out["kp_vel"]
         if self.cfg.motion_weight > 0 and motion is not None and motion_real is not None:
-            out["kp_motion"] = motion_loss(motion, motion_real, motion_mask)
+            out["kp_motion"] = motion_loss(motion, motion_real, motion_mask, self.cfg.motion_smooth_weight)
             total = total + self.cfg.motion_weight * out["kp_motion"]
         out["kp"] = total
         return out
 
 
-def motion_loss(pred: Tensor, real: Tensor, mask: Tensor | None = None) -> Tensor:
+def motion_loss(pred: Tensor, real: Tensor, mask: Tensor | None = None, smooth_weight: float = 0.0) -> Tensor:
     """The motion heads' loss over :data:`MOTION_CHANNELS` ``[..., 6]``: BCE for the onset
     and sounding logits, L1 for the direction state (0 / 1: the share of frames it is wrong),
-    travel and the two regressions; each channel averaged over its unmasked frames, then summed."""
+    travel and the two regressions; each channel averaged over its unmasked frames, then summed.
+
+    ``smooth_weight`` > 0 (sequences ``[B, T, 6]``): plus that times the L1 of the travel and
+    regression states' frame-to-frame change against the real change, over pairs of frames
+    that both have the target -- a state that jitters about the right value pays for every wiggle."""
     mask = torch.ones_like(real) if mask is None else mask
+    smooth = pred.new_zeros(())
+    if smooth_weight > 0 and pred.dim() == 3 and pred.shape[1] > 1:
+        ch = [2, 3, 4]
+        d = ((pred[:, 1:, ch] - pred[:, :-1, ch]) - (real[:, 1:, ch] - real[:, :-1, ch])).abs()
+        both = mask[:, 1:, ch] * mask[:, :-1, ch]
+        smooth = smooth_weight * ((d * both).flatten(0, 1).sum(0) / both.flatten(0, 1).sum(0).clamp_min(1.0)).sum()
     per = torch.stack([  # onsets are ~1 frame in 10: weighted up so missing one costs more than a false one
         F.binary_cross_entropy_with_logits(pred[..., 0], real[..., 0], reduction="none",
                                            pos_weight=pred.new_tensor(ONSET_POS_WEIGHT)),
@@ -281,5 +331,5 @@ def motion_loss(pred: Tensor, real: Tensor, mask: Tensor | None = None) -> Tenso
         F.binary_cross_entropy_with_logits(pred[..., 5], real[..., 5], reduction="none"),
     ], dim=-1)
     per_channel = (per * mask).flatten(0, -2).sum(0) / mask.flatten(0, -2).sum(0).clamp_min(1.0)
-    return per_channel.sum()
+    return per_channel.sum() + smooth
 

@@ -113,6 +113,7 @@ class TrainConfig(DictConfig):
     thin_weight: float = 0.0  # stu / e2e: L1 weight 1 + this on thin parts' pixels (bow, slide, hands; part maps)
     teacher_keypoints: float = 0.0  # stu stage: share of sequences whose heatmaps come from the real keypoints
     teacher_onsets: float = 0.5  # kp stage, motion heads: share of clips whose direction state the real onsets drive
+    teacher_motion: float = 0.0  # kp stage, motion heads: share of sequences whose readout reads the real motion
     minutes: float = 0.0  # wall-clock budget (0: none): after a probe, as many steps (<= steps) as end in time
 
     def __post_init__(self) -> None:
@@ -132,6 +133,8 @@ class TrainConfig(DictConfig):
             raise ValueError(f"max_clips must be >= 1 (or None: all clips), got {self.max_clips}")
         if not 0.0 <= self.teacher_onsets <= 1.0:
             raise ValueError(f"teacher_onsets is a share of the clips, 0..1; got {self.teacher_onsets}")
+        if not 0.0 <= self.teacher_motion <= 1.0:
+            raise ValueError(f"teacher_motion is a share of the sequences, 0..1; got {self.teacher_motion}")
         if not 0.0 <= self.teacher_keypoints <= 1.0:
             raise ValueError(f"teacher_keypoints is a share of the sequences, 0..1; got {self.teacher_keypoints}")
         if not (math.isfinite(self.thin_weight) and self.thin_weight >= 0):
@@ -452,8 +455,12 @@ class Trainer:
                 real_on = batch["motion"][..., 0].to(self.device)
                 real_on = torch.where(batch["motion_mask"][..., 0].to(self.device) > 0, real_on, float("nan"))
                 teacher = torch.where(forced[:, None], real_on, torch.full_like(real_on, float("nan")))
+            motion_teacher = None
+            if m.khp.cfg.motion_heads and "motion" in batch and self.cfg.teacher_motion > 0:
+                motion_teacher = self._motion_teacher(batch)
             with self._autocast():
-                out, st = m.khp(windows, state, with_heatmap=False, teacher=teacher)  # the loss makes its heatmaps
+                out, st = m.khp(windows, state, with_heatmap=False, teacher=teacher,  # the loss makes its heatmaps
+                                motion_teacher=motion_teacher)
                 motion = {}
                 if out.motion is not None and "motion" in batch:
                     motion = {"motion": out.motion.float(), "motion_real": batch["motion"].to(self.device),
@@ -534,6 +541,21 @@ class Trainer:
             (self.out / "train_config.json").write_text(json.dumps(
                 {"train": self.cfg.to_dict(), "model": self.model.cfg.to_dict(), "schedule": self.plan}, indent=1))
         return total if stop_at is None else min(total, stop_at)
+
+    def _motion_teacher(self, batch: dict[str, Any]) -> Tensor:
+        """[B, T, 6]: the real motion states the keypoint readout reads (``teacher_motion``
+        of the sequences, drawn per chunk; the decoded channels the data has), NaN elsewhere."""
+        from letsplay.models.keypoints import DECODED
+
+        real = batch["motion"].to(self.device)
+        given = batch["motion_mask"].to(self.device) > 0
+        B = real.shape[0]
+        d = self.dist
+        take = (torch.rand(B * d.world, generator=self.noise) < self.cfg.teacher_motion)[d.rank::d.world]
+        chan = torch.zeros(real.shape[-1], dtype=torch.bool, device=self.device)
+        chan[list(DECODED)] = True
+        use = given & chan & take.to(self.device)[:, None, None]
+        return torch.where(use, real, torch.full_like(real, float("nan")))
 
     def _teacher_lanes(self, batch: dict[str, Any]) -> Tensor:
         """[B] bool: which sequences' direction states the real onsets drive (``teacher_onsets``

@@ -8,7 +8,7 @@ import torch
 
 from letsplay.models.data.performer_motion import plan_bow
 from letsplay.models.data.scores import Note
-from letsplay.models.keypoints import MOTION_CHANNELS, ONSET_POS_WEIGHT, KeypointPredictor, motion_loss
+from letsplay.models.keypoints import MOTION_CHANNELS, ONSET_POS_WEIGHT, KeypointConfig, KeypointPredictor, motion_loss
 from letsplay.models.motion_targets import bow_direction, motion_targets, onset_frames
 from letsplay.models.presets import ablate, preset
 from letsplay.models.spec import VideoSpec
@@ -215,3 +215,65 @@ def test_max_flux_hears_an_onset_but_not_a_vibrato() -> None:
             flux = e.columns_and_flux(window)[1]
             assert (flux.sum().item() > 0) == (name == "note" or f == "plain"), (name, f)
             assert flux[..., :-1].abs().max() == 0  # the steady columns before: no flux
+
+
+def test_teacher_motion_reaches_only_the_readout() -> None:
+    """Real motion states given to the readout change the keypoints -- through the motion
+    decoder, which reads them -- but not the states the model carries and outputs; the
+    keypoint loss then trains the readout, not the travel state's speed."""
+    cfg = preset("tiny")
+    assert cfg.khp.motion_decoder > 0 and preset("realtime").khp.motion_decoder > 0
+    torch.manual_seed(0)
+    khp = KeypointPredictor(cfg.khp, cfg.audio, cfg.work_size, cfg.instrument, cfg.video)
+    torch.nn.init.normal_(khp.decoder[-1].weight, std=0.1)
+    w = _windows(2, 6)
+    nan = torch.full((2, 6, len(MOTION_CHANNELS)), float("nan"))
+    real = nan.clone()
+    real[..., 1] = 1.0  # a down-bow ...
+    real[..., 2] = torch.linspace(0.0, 1.0, 6)  # ... from the frog to the tip
+    real[1] = float("nan")  # row 1: the model's own states
+    with torch.no_grad():
+        own, st_own = khp(w, with_heatmap=False)
+        same, _ = khp(w, with_heatmap=False, motion_teacher=nan)
+        taught, st_taught = khp(w, with_heatmap=False, motion_teacher=real)
+    assert torch.equal(same.keypoints, own.keypoints)
+    assert torch.equal(taught.motion, own.motion)  # the states are the model's own
+    for k, v in st_taught.to_dict().items():
+        assert torch.equal(v, st_own.to_dict()[k]), k
+    assert torch.equal(taught.keypoints[1], own.keypoints[1])
+    moved = (taught.keypoints[0] - own.keypoints[0]).abs().amax(dim=(1, 2))
+    assert (moved > 1e-4).all()  # every frame of row 0 reads the real travel
+    assert (taught.keypoints[0, 1:] - taught.keypoints[0, :-1]).abs().amax() > 1e-4  # ... which moves
+
+    real[1] = real[0]
+    out, _ = khp(w, with_heatmap=False, motion_teacher=real)
+    khp.zero_grad()
+    khp.loss(out.keypoints, torch.rand_like(out.keypoints))["kp"].backward()
+    assert khp.decoder[0].weight.grad.abs().sum() > 0
+    assert all(p.grad is None or not p.grad.any() for p in khp.speed.parameters())
+
+    onset = nan.clone()
+    onset[..., 0] = 1.0  # a logit channel: its real values are on another scale
+    with pytest.raises(ValueError, match="only the channels"):
+        khp(w, motion_teacher=onset)
+    with pytest.raises(ValueError, match="motion_decoder"):
+        KeypointConfig(motion_heads=False, motion_decoder=8)
+
+
+def test_motion_smoothness_charges_a_jittering_state_not_an_offset_one() -> None:
+    """With ``smooth_weight`` the loss tells a state that wiggles about the right value from
+    one that is off by as much but steady: the same L1, only the first pays for its changes."""
+    e, w = 0.1, 4.0
+    real = torch.zeros(1, 6, len(MOTION_CHANNELS))
+    real[..., 2] = 0.5
+    mask = torch.zeros_like(real)
+    mask[..., 2] = 1.0  # travel only
+    jitter, offset = real.clone(), real.clone()
+    jitter[0, :, 2] += e * torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0, -1.0])
+    offset[0, :, 2] += e
+    assert motion_loss(offset, real, mask).item() == pytest.approx(motion_loss(jitter, real, mask).item())
+    assert motion_loss(offset, real, mask, w).item() == pytest.approx(e, rel=1e-5)
+    assert motion_loss(jitter, real, mask, w).item() == pytest.approx(e + w * 2 * e, rel=1e-5)
+    moving = real.clone()
+    moving[0, :, 2] = torch.linspace(0.0, 1.0, 6)  # a real stroke: following it costs nothing
+    assert motion_loss(moving, moving, mask, w).item() == pytest.approx(0.0, abs=1e-6)

@@ -114,6 +114,25 @@ def test_kp_lanes_read_clips_from_the_start_and_resume_exactly(dataset: Path, tm
     assert {"kp_motion", "kp_vel"} <= set(full.history[-1])  # the motion heads learn from the notes and physics
 
 
+def test_teacher_motion_trains_the_readout_on_the_real_states(dataset: Path, tmp_path: Path) -> None:
+    """teacher_motion=1: every sequence's keypoint readout reads the data's real motion
+    states, so the motion decoder (zero at the start) learns from the keypoint loss while
+    the states still learn from their own targets."""
+    torch.set_num_threads(1)
+    mcfg = preset("tiny", "cello")
+    tr = Trainer(mcfg, _cfg(stage="kp", steps=2, teacher_motion=1.0), dataset, tmp_path / "t", progress=False)
+    batch = tr.lanes.next()
+    mt = tr._motion_teacher(batch)
+    given = batch["motion_mask"] > 0
+    assert torch.equal(mt[..., 2][given[..., 2]], batch["motion"][..., 2][given[..., 2]])  # the real travel
+    assert torch.isnan(mt[..., [0, 5]]).all()  # never the logit channels
+    logs = tr.train_step("kp", batch)
+    assert math.isfinite(logs["kp"]) and logs["kp_motion"] > 0
+    assert tr.model.khp.decoder[-1].weight.abs().sum() > 0
+    with pytest.raises(ValueError, match="teacher_motion"):
+        _cfg(stage="kp", teacher_motion=2.0)
+
+
 def test_stu_teacher_keypoints_draw_the_real_pose(dataset: Path, tmp_path: Path) -> None:
     """teacher_keypoints=1: the STU stage's frames are the STU fed the real keypoints'
     heatmaps (KHP and CVG frozen), and such a run trains."""

@@ -132,6 +132,7 @@ def test_a_folder_that_is_not_a_run_is_refused_even_with_overwrite(dataset: Path
     (["--resume", "--overwrite"], "choose one"),
     (["--fractions", "0", "0", "0"], "--fractions"),
     (["--teacher-keypoints", "1.5"], "--teacher-keypoints"),
+    (["--teacher-motion", "-0.1"], "--teacher-motion"),
 ])
 def test_invalid_settings_are_refused_before_any_work(dataset: Path, tmp_path: Path, extra: list[str],
                                                       fragment: str, capsys: pytest.CaptureFixture[str]) -> None:

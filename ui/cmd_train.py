@@ -38,6 +38,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher-keypoints", type=float, default=0.0, metavar="SHARE",
                    help="stu stage: share of sequences drawn from the real keypoints' heatmaps instead of KHP's "
                         "(0..1, default 0: the paper's recipe)")
+    p.add_argument("--teacher-motion", type=float, default=0.0, metavar="SHARE",
+                   help="kp stage, motion heads: share of sequences whose keypoint readout reads the real motion "
+                        "states (bow direction and travel, string, stop, slide) instead of the model's own, so it "
+                        "learns what each state means rather than hedging toward the mean pose (0..1, default 0)")
     p.add_argument("--lr", type=float, help="Adam's learning rate at the start of each stage (default 1e-3, the "
                                             "paper's; a warp performer's STU corrects a near-exact frame: 2e-4)")
     p.add_argument("--lr-final", type=float, help="the learning rate at the end of each stage (default 1.25e-4)")
@@ -97,7 +101,7 @@ def _train_config(args: argparse.Namespace, stage: str):  # noqa: ANN202 - lazy 
                        log_every=args.log_every, workers=args.workers, amp=not args.no_amp,
                        vgg_weights=args.vgg_weights, teacher_keypoints=args.teacher_keypoints,
                        kp_lanes=not args.no_kp_lanes, stu_lanes=args.stu_lanes, minutes=args.minutes,
-                       thin_weight=args.thin_weight,
+                       thin_weight=args.thin_weight, teacher_motion=args.teacher_motion,
                        **{k: v for k, v in (("lr", args.lr), ("lr_final", args.lr_final),
                                             ("adv_weight", args.adv_weight)) if v is not None})
 
@@ -125,6 +129,8 @@ def _check_train_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
     if min(args.fractions) < 0 or sum(args.fractions) <= 0:
         raise ValueError(f"--fractions are shares of --steps: >= 0 and not all 0, got {list(args.fractions)}")
+    if not 0.0 <= args.teacher_motion <= 1.0:
+        raise ValueError(f"--teacher-motion is a share of the sequences, 0..1; got {args.teacher_motion}")
     if not 0.0 <= args.teacher_keypoints <= 1.0:
         raise ValueError(f"--teacher-keypoints is a share of the sequences, 0..1; got {args.teacher_keypoints}")
     if args.lookahead is not None and not (math.isfinite(args.lookahead) and 0 <= args.lookahead <= MAX_LOOKAHEAD_MS):
