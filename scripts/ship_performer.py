@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-seconds", type=float, default=10.0)
     ap.add_argument("--strip", default=None, help="PNG strip of generated vs ground-truth frames")
     ap.add_argument("--out", default="models/performers")
+    ap.add_argument("--keep-runs", action="store_true",
+                    help="keep the runs the performer's existing JSON records (a stage retrained, the others kept)")
+    ap.add_argument("--source", default=None, help="what the checkpoint is, in words (default: its file name)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -64,13 +67,14 @@ def main(argv: list[str] | None = None) -> int:
     dst = out / f"{model.cfg.instrument}.safetensors"
     model.save(dst, dtype=torch.float16)
     res = evaluate_checkpoint(dst, args.data, "test", args.max_seconds, strip=args.strip)
-    runs = {}
+    old = out / f"{model.cfg.instrument}.json"
+    runs = json.loads(old.read_text()).get("runs", {}) if args.keep_runs and old.is_file() else {}
     for r in map(Path, args.runs):
         cfg = r / "train_config.json"
         runs[r.name] = {"train_config": json.loads(cfg.read_text()) if cfg.is_file() else None,
                         "last_logged": _last_logged(r)}
     prov = provenance(args.data)
-    info = {"instrument": model.cfg.instrument, "preset": model.cfg.preset, "source": Path(args.checkpoint).name,
+    info = {"instrument": model.cfg.instrument, "preset": model.cfg.preset, "source": args.source or Path(args.checkpoint).name,
             "file_mb": round(dst.stat().st_size / 1e6, 3), "identity_seed": prov["identity_seeds"][0],
             "data": prov, "eval_max_seconds_per_clip": args.max_seconds,
             "figures": {"strip": args.strip}, "eval": res.to_dict(), "runs": runs}

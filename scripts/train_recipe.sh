@@ -4,6 +4,9 @@
 # refines it at full resolution). On a CUDA GPU when torch sees one, else on this CPU.
 #   1. KHP (keypoints and motion from audio): whole clips read start to end, every state
 #      carried, 100 ms of lookahead, half the clips' direction states driven by the real onsets;
+#      the trombone's keypoint readout reads the real motion states in training (it then
+#      commits to its own: sync C 0.60 against 0.43), the cello's its own (a bow arm that
+#      commits to a direction it gets wrong a third of the time costs more than one that hedges);
 #   2. STU with KHP frozen: lanes read whole clips in 16-frame chunks with every state carried
 #      (as the performer runs), three quarters of the lanes drawn from the real keypoints (it
 #      learns to draw the pose it is given), L1 + perceptual, no adversarial term;
@@ -18,11 +21,13 @@
 #   KP_MINUTES    KHP's budget (default GPU 4, CPU 55)
 #   STU_MINUTES   the STU's budget (default GPU 8, CPU 60)
 #   INIT_KHP      take KHP from this performer instead of training it (skips stage 1)
+#   TEACHER_MOTION  share of KHP's sequences whose readout reads the real motion states
+#                 (default trombone 1, cello 0)
 #   INIT          start the STU from this warp performer's weights (a warm start; its KHP is
 #                 replaced by stage 1's or INIT_KHP's)
 #   PYTHON        the Python with letsplay installed (default .venv/bin/python, else python3)
 set -euo pipefail
-[ $# -eq 3 ] || { sed -n 2,24p "$0" >&2; exit 2; }
+[ $# -eq 3 ] || { sed -n 2,29p "$0" >&2; exit 2; }
 inst=$1 data=$2 out=$3
 case "$inst" in cello|trombone) ;; *) echo "INSTRUMENT must be cello or trombone, got '$inst'" >&2; exit 2 ;; esac
 [ -f "$data/manifest.json" ] || { echo "$data is not a letsplay dataset (no manifest.json)" >&2; exit 2; }
@@ -55,7 +60,9 @@ stage() {  # stage NAME FOLDER ARGS...: train unless finished, resume when inter
 if [ -n "${INIT_KHP:-}" ]; then
   khp=$INIT_KHP
 else
-  stage kp "$out/kp" --stage kp --lookahead 100 --steps 100000 --minutes "$kp_min" "${kp_opts[@]}"
+  tm=${TEACHER_MOTION:-$([ "$inst" = trombone ] && echo 1 || echo 0)}
+  stage kp "$out/kp" --stage kp --lookahead 100 --teacher-motion "$tm" --steps 100000 --minutes "$kp_min" \
+    "${kp_opts[@]}"
   khp=$out/kp/performer.safetensors
 fi
 

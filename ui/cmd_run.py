@@ -51,7 +51,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "cores, else off)")
     p.add_argument("--lookahead", type=float, default=None, metavar="MS",
                    help=f"give the model MS of future audio, 0..{MAX_LOOKAHEAD_MS:g}; live display is delayed as "
-                        f"much (a file render still covers the whole file) (default: the performer's, normally 0)")
+                        f"much (a file render still covers the whole file) (default: what the performer was trained "
+                        f"with; 100 ms for the shipped ones, the least that keeps their motion on the notes)")
     p.add_argument("--keypoints", default=None, metavar="NPZ",
                    help="write per-frame keypoints to this .npz (default: none)")
     p.add_argument("--osc", default=None, metavar="HOST:PORT",
