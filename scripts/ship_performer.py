@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         runs[r.name] = {"train_config": json.loads(cfg.read_text()) if cfg.is_file() else None,
                         "last_logged": _last_logged(r)}
     prov = provenance(args.data)
-    info = {"instrument": model.cfg.instrument, "preset": model.cfg.preset, "source": args.source or Path(args.checkpoint).name,
+    info = {"instrument": model.cfg.instrument, "preset": model.cfg.preset,
+            "source": args.source or Path(args.checkpoint).name,
             "file_mb": round(dst.stat().st_size / 1e6, 3), "identity_seed": prov["identity_seeds"][0],
             "data": prov, "eval_max_seconds_per_clip": args.max_seconds,
             "figures": {"strip": args.strip}, "eval": res.to_dict(), "runs": runs}
