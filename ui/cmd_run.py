@@ -51,8 +51,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "cores, else off)")
     p.add_argument("--lookahead", type=float, default=None, metavar="MS",
                    help=f"give the model MS of future audio, 0..{MAX_LOOKAHEAD_MS:g}; live display is delayed as "
-                        f"much (a file render still covers the whole file) (default: what the performer was trained "
-                        f"with; 100 ms for the shipped ones, the least that keeps their motion on the notes)")
+                        f"much (a file render still covers the whole file) (default: the performer's own, what it "
+                        f"was trained with: 100 ms for the shipped ones, the least that keeps their motion on the "
+                        f"notes)")
     p.add_argument("--keypoints", default=None, metavar="NPZ",
                    help="write per-frame keypoints to this .npz (default: none)")
     p.add_argument("--osc", default=None, metavar="HOST:PORT",
