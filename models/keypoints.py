@@ -57,6 +57,7 @@ MOTION_CHANNELS = ("onset", "direction", "travel", "aux_a", "aux_b", "sounding")
 # motion decoder reads: the direction and travel states and the two regressions. The onset
 # and sounding channels are logits, whose real values (0 / 1) are on another scale.
 DECODED = (1, 2, 3, 4)
+SMOOTHED = (2, 3, 4)  # the continuous states among them, whose frame-to-frame change the loss may hold
 ONSET_POS_WEIGHT = 4.0  # the onset BCE's weight on frames with an onset (a missed onset flips the bow late)
 
 
@@ -317,7 +318,7 @@ def motion_loss(pred: Tensor, real: Tensor, mask: Tensor | None = None, smooth_w
     mask = torch.ones_like(real) if mask is None else mask
     smooth = pred.new_zeros(())
     if smooth_weight > 0 and pred.dim() == 3 and pred.shape[1] > 1:
-        ch = [2, 3, 4]
+        ch = list(SMOOTHED)
         d = ((pred[:, 1:, ch] - pred[:, :-1, ch]) - (real[:, 1:, ch] - real[:, :-1, ch])).abs()
         both = mask[:, 1:, ch] * mask[:, :-1, ch]
         smooth = smooth_weight * ((d * both).flatten(0, 1).sum(0) / both.flatten(0, 1).sum(0).clamp_min(1.0)).sum()

@@ -394,8 +394,7 @@ class Trainer:
                 coarse = c if c.shape[-2:] == m.cfg.work_size else F.interpolate(
                     c.flatten(0, 1), size=m.cfg.work_size, mode="bilinear", align_corners=False
                 ).unflatten(0, c.shape[:2])
-            share = torch.rand(B * self.dist.world, generator=self.noise)[self.dist.rank::self.dist.world]  # as _z
-            teach = (share < self.cfg.teacher_keypoints).to(self.device)
+            teach = self._draw(B, self.cfg.teacher_keypoints).to(self.device)
             if "reset" in batch:  # lanes: a lane's draw holds until it starts a new clip
                 teach = self._stu_teach = _per_lane(self._stu_teach, teach, batch["reset"].to(self.device))
             kp = torch.where(teach[:, None, None, None], batch["keypoints"].to(self.device), kp)
@@ -542,6 +541,12 @@ class Trainer:
                 {"train": self.cfg.to_dict(), "model": self.model.cfg.to_dict(), "schedule": self.plan}, indent=1))
         return total if stop_at is None else min(total, stop_at)
 
+    def _draw(self, B: int, share: float) -> Tensor:
+        """[B] bool, true for about ``share`` of this rank's sequences: drawn for the global
+        batch and this rank's rows taken, the same as one process would draw."""
+        d = self.dist
+        return (torch.rand(B * d.world, generator=self.noise) < share)[d.rank::d.world]
+
     def _motion_teacher(self, batch: dict[str, Any]) -> Tensor:
         """[B, T, 6]: the real motion states the keypoint readout reads (``teacher_motion``
         of the sequences, drawn per chunk; the decoded channels the data has), NaN elsewhere."""
@@ -549,9 +554,7 @@ class Trainer:
 
         real = batch["motion"].to(self.device)
         given = batch["motion_mask"].to(self.device) > 0
-        B = real.shape[0]
-        d = self.dist
-        take = (torch.rand(B * d.world, generator=self.noise) < self.cfg.teacher_motion)[d.rank::d.world]
+        take = self._draw(real.shape[0], self.cfg.teacher_motion)
         chan = torch.zeros(real.shape[-1], dtype=torch.bool, device=self.device)
         chan[list(DECODED)] = True
         use = given & chan & take.to(self.device)[:, None, None]
@@ -560,9 +563,7 @@ class Trainer:
     def _teacher_lanes(self, batch: dict[str, Any]) -> Tensor:
         """[B] bool: which sequences' direction states the real onsets drive (``teacher_onsets``
         of them, drawn again when a lane starts a clip; fresh draws without lanes)."""
-        B, d = len(batch["motion"]), self.dist
-        # drawn for the global batch, this rank's rows taken: the same as one process would draw
-        draw = (torch.rand(B * d.world, generator=self.noise) < self.cfg.teacher_onsets)[d.rank::d.world]
+        draw = self._draw(len(batch["motion"]), self.cfg.teacher_onsets)
         if "reset" not in batch:
             return draw
         self._teacher = _per_lane(self._teacher, draw, batch["reset"])
