@@ -220,6 +220,9 @@ class RowResult:
     sync: SyncScore | None = None
     arm_amplitude: float | None = None  # RMS of the right wrist about its clip mean (normalised units)
     thin_part: float | None = None  # share of the bow's / slide's moved pixels the frames match (part_matches)
+    onset_recall: float | None = None  # KHP's motion heads (keypoints only): notes whose onset it found (+-1 frame)
+    onset_precision: float | None = None  # ... and of its onsets, the share on a note
+    bow_direction: float | None = None  # ... cello: share of the frames its bow direction state is right (chance 1/2)
 
 
 @dataclass
@@ -301,6 +304,38 @@ def _clip_notes(clip: Any) -> list[Any] | None:
         return None
 
 
+def _motion_onsets(motion: np.ndarray, notes: list[Any], fps: float, instrument: str
+                   ) -> dict[str, tuple[float, float]]:
+    """How the motion heads heard a clip (``motion [T, 6]``, :data:`MOTION_CHANNELS`):
+    ``{"onset_recall": (notes found, notes), "onset_precision": (onsets on a note, onsets),
+    "bow_direction": (frames right, frames)}``. Its onsets are where the onset probability
+    rises through 1/2 (the frames where its direction state flips); a note is found by one
+    of them within one frame of the note's (one to one). The direction (cello) is compared
+    with the data's bowing (:func:`~letsplay.models.motion_targets.bow_direction`)."""
+    from letsplay.models.motion_targets import bow_direction
+    from letsplay.models.sync import match_count
+
+    n = len(motion)
+    p = 1.0 / (1.0 + np.exp(-motion[:, 0].astype(np.float64)))
+    before = np.concatenate([[0.0], p[:-1]])
+    events = np.flatnonzero((p > 0.5) & (before <= 0.5))
+    onsets = onset_frames(notes, fps, n)
+    m = match_count(events, onsets, 1)
+    out = {"onset_recall": (float(m), float(len(onsets))), "onset_precision": (float(m), float(len(events)))}
+    if instrument == "cello":
+        real = bow_direction([_as_note(x) for x in notes], n, fps)
+        out["bow_direction"] = (float(((motion[:, 1] > 0.5) == (real > 0.5)).sum()), float(n))
+    return out
+
+
+def _as_note(x: Any) -> Any:
+    from letsplay.models.data.scores import Note
+
+    if hasattr(x, "onset"):
+        return x
+    return Note(float(x[0]), float(x[1]), int(x[2]), int(x[3]))
+
+
 def _kp_error(pred: np.ndarray, real: np.ndarray, conf: np.ndarray) -> tuple[float, float]:
     """(sum of distances, points counted) over points with confidence > 0."""
     d = np.linalg.norm(pred - real, axis=-1)
@@ -346,6 +381,7 @@ def evaluate(model: Performer, clips: list[Any], max_seconds: float | None = Non
     nyq_real = 0.0
     kp_sum = {"model": [0.0, 0.0], "still_pose": [0.0, 0.0]}
     amp_sum = {"model": [0.0, 0], "ground_truth": [0.0, 0]}  # squared wrist displacement, frames
+    motion_sum = {k: [0.0, 0.0] for k in ("onset_recall", "onset_precision", "bow_direction")}  # hits, counted
     sync: dict[str, list[SyncCounts]] = {"model": [], "still_pose": [], "ground_truth": []}
     n_frames = 0
     per_clip = []
@@ -366,7 +402,7 @@ def evaluate(model: Performer, clips: list[Any], max_seconds: float | None = Non
         state = model.init_state(1, device)
         ro_state = model.init_state(1, device)
         khp_state = state.khp
-        kps_p, kps_r, confs = [], [], []
+        kps_p, kps_r, confs, motion_p = [], [], [], []
         prev: dict[str, tuple[Tensor, Tensor] | None] = {"model": None, "renderer_only": None}
         clip_img = {k: [0.0, 0.0] for k in images}
         want = set(np.linspace(0, n - 1, strip_frames).round().astype(int).tolist()) if ci == 0 else set()
@@ -394,6 +430,8 @@ def evaluate(model: Performer, clips: list[Any], max_seconds: float | None = Non
                 if out.keypoints is not None:
                     kps_p.append(out.keypoints[0].float().cpu().numpy())
                 if kp_only:
+                    if out.motion is not None:
+                        motion_p.append(out.motion[0].float().cpu().numpy())
                     continue
                 r = real[t:t + 1]
                 g = ((out.frame.float() + 1) / 2).clamp(0, 1)  # [1, 3, H, W]
@@ -442,6 +480,12 @@ def evaluate(model: Performer, clips: list[Any], max_seconds: float | None = Non
             amp_sum[name][1] += len(kp)
             rec["rows"].setdefault(name, {})["arm_amplitude"] = float(np.sqrt(sq / max(len(kp), 1)))
         notes = _clip_notes(clip)
+        if notes and motion_p:
+            heard = _motion_onsets(np.stack(motion_p), notes, clip.fps, cfg.instrument)
+            for k, v in heard.items():
+                motion_sum[k][0] += v[0]
+                motion_sum[k][1] += v[1]
+                rec["rows"].setdefault("model", {})[k] = v[0] / v[1] if v[1] else None
         if notes:
             onsets = onset_frames(notes, clip.fps, n)
             for name, kp in (("model", pred_kp), ("still_pose", still), ("ground_truth", real_kp)):
@@ -476,6 +520,9 @@ def evaluate(model: Performer, clips: list[Any], max_seconds: float | None = Non
             rows[name].arm_amplitude = float(np.sqrt(amp_sum[name][0] / amp_sum[name][1]))
     if kp_sum["still_pose"][1]:
         rows["still_pose"].arm_amplitude = 0.0
+    for k, (hit, counted) in motion_sum.items():
+        if counted:
+            setattr(rows["model"], k, hit / counted)
     rows = {k: rows[k] for k in ROW_NAMES if k in rows}
     return EvalResult(rows=rows, frames=n_frames, clips=len(per_clip), seconds=time.perf_counter() - t0,
                       kp_only=kp_only, per_clip=per_clip)
@@ -536,11 +583,17 @@ def _cell(x: Any, nd: int) -> str:
     return str(x) if isinstance(x, int) else f"{x:.{nd}f}"
 
 
+def _onset_cell(r: dict[str, Any]) -> str:
+    if r.get("onset_recall") is None:
+        return "-"
+    return f"{_cell(r.get('onset_recall'), 2)}/{_cell(r.get('onset_precision'), 2)}"
+
+
 def result_table(res: EvalResult | dict[str, Any]) -> str:
     """A compact text table of an evaluation's rows (``-`` where a row has no value)."""
     rows = res.to_dict()["rows"] if isinstance(res, EvalResult) else res["rows"]
     head = ("", "PSNR", "SSIM", "moving PSNR", "checker", "bow/slide", "kp error", "arm amp", "sync F1", "lag",
-            "sync C")
+            "sync C", "onsets R/P", "bow dir")
     lines = [head]
     for name in ROW_NAMES:
         if name not in rows:
@@ -551,7 +604,7 @@ def result_table(res: EvalResult | dict[str, Any]) -> str:
                       _cell(r.get("psnr_moving"), 2), _cell(r.get("checkerboard"), 2), _cell(r.get("thin_part"), 3),
                       _cell(r.get("kp_dist"), 4),
                       _cell(r.get("arm_amplitude"), 4), _cell(s.get("f1"), 3), _cell(s.get("best_lag"), 0),
-                      _cell(s.get("c"), 3)))
+                      _cell(s.get("c"), 3), _onset_cell(r), _cell(r.get("bow_direction"), 3)))
     widths = [max(len(ln[i]) for ln in lines) for i in range(len(head))]
     out = []
     for ln in lines:

@@ -25,6 +25,13 @@ preset): motion that follows the music.
   contact point) integrates a learnt speed in the direction ``q`` gives. Two regression
   heads and a sounding logit complete :data:`MOTION_CHANNELS`. The keypoints are read from
   the LSTM *and* these, so the arm follows the direction and travel states.
+* **Onset detector** (``onset_detector`` > 0, the realtime preset): a note-onset logit from
+  its own streaming encoder, 2-D convolutions over the CQT's bins and columns
+  (:class:`~letsplay.models.streaming_encoder.OnsetDetector`), trained first on its own
+  (``train --stage onset``) and kept as it is while the rest of KHP trains
+  (``--freeze-onset``). One missed or extra onset reverses a cello's bow for the rest of the
+  clip, so the direction state is only as good as the onsets; the LSTM's onset head,
+  trained with the keypoints, found 81 % of the cello's at 69 % precision.
 * Losses (:meth:`KeypointPredictor.loss`): besides Eqs. 2-3, a velocity term (frame-to-frame
   motion, so hedging toward the mean pose costs) and the motion targets where the data
   has them (:mod:`letsplay.models.motion_targets`).
@@ -32,6 +39,7 @@ preset): motion that follows the music.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -46,7 +54,7 @@ from letsplay.models.skeleton import N_KEYPOINTS, HeatmapLayout, dlt_heatmap, he
 from letsplay.models.spec import AudioSpec, VideoSpec
 from letsplay.models.state import State
 from letsplay.models.stepping import unroll
-from letsplay.models.streaming_encoder import StreamingAudioEncoder, StreamingEncoderState
+from letsplay.models.streaming_encoder import OnsetDetector, StreamingAudioEncoder, StreamingEncoderState
 
 # What KeypointOutput.motion holds, channel by channel (targets: letsplay.models.motion_targets):
 # onset logit, direction state q (P(down-bow)), travel state s (bow contact point, 0 frog .. 1 tip),
@@ -87,6 +95,10 @@ class KeypointConfig:
     # loss: frame-to-frame change of the travel and regression states against the real
     # change (L1), relative to the motion targets' loss: a state that jitters costs
     motion_smooth_weight: float = 0.0
+    # motion heads: channels of a dedicated onset detector (2-D convolutions over the CQT's
+    # bins and columns, its own temporal stage; trained first with ``train --stage onset``)
+    # whose logit is the onset channel (0: the onset logit is read from the LSTM)
+    onset_detector: int = 0
 
     def __post_init__(self) -> None:
         heatmap_channels(self.heatmap)  # validates the layout
@@ -101,6 +113,9 @@ class KeypointConfig:
         if self.motion_decoder < 0 or (self.motion_decoder and not self.motion_heads):
             raise ValueError(f"KeypointConfig.motion_decoder is a hidden width >= 0 that reads the motion heads' "
                              f"states; got {self.motion_decoder} with motion_heads={self.motion_heads}")
+        if self.onset_detector < 0 or (self.onset_detector and not self.motion_heads):
+            raise ValueError(f"KeypointConfig.onset_detector is a channel count >= 0 for the motion heads' onset "
+                             f"channel; got {self.onset_detector} with motion_heads={self.motion_heads}")
 
 
 @dataclass(frozen=True)
@@ -111,6 +126,7 @@ class KeypointState(State):
     direction: Tensor | None = None  # [B, 1] motion heads: 1 down-bow / 0 up-bow, flips on onsets
     onset_prev: Tensor | None = None  # [B, 1] motion heads: the previous frame's onset probability
     travel: Tensor | None = None  # [B, 1] motion heads: bow contact point - 0.5 (so a fresh state is zeros)
+    onset_enc: StreamingEncoderState | None = None  # the onset detector's history
 
 
 class KeypointOutput(NamedTuple):
@@ -142,11 +158,13 @@ class KeypointPredictor(nn.Module):
         self.lstm = nn.LSTMCell(lstm_in, cfg.hidden)
         fc_in = cfg.hidden
         if cfg.motion_heads:
-            # onset, aux_a, aux_b, sounding from the LSTM (and the frame's audio feature)
-            self.heads = nn.Linear(cfg.hidden + cfg.audio_features, 4)
+            # onset, aux_a, aux_b, sounding from the LSTM (and the frame's audio feature); with
+            # an onset detector, its logit is the onset channel and the heads give the other three
+            self.heads = nn.Linear(cfg.hidden + cfg.audio_features, 3 if cfg.onset_detector else 4)
             self.speed = nn.Sequential(nn.Linear(cfg.hidden + 2, 32), act(), nn.Linear(32, 1))
             fc_in += len(MOTION_CHANNELS)
         self.fc = nn.Linear(fc_in, 2 * N_KEYPOINTS)
+        self.onset = OnsetDetector(audio, self.video, cfg.onset_detector) if cfg.onset_detector else None
         self.decoder = (nn.Sequential(nn.Linear(len(DECODED), cfg.motion_decoder), act(),
                                       nn.Linear(cfg.motion_decoder, cfg.motion_decoder), act(),
                                       nn.Linear(cfg.motion_decoder, 2 * N_KEYPOINTS))
@@ -179,7 +197,8 @@ class KeypointPredictor(nn.Module):
                              # before the first note: an up-bow, so the first onset starts a down-bow
                              direction=torch.zeros(batch, 1, device=device) if heads else None,
                              onset_prev=torch.zeros(batch, 1, device=device) if heads else None,
-                             travel=torch.zeros(batch, 1, device=device) if heads else None)  # mid-bow
+                             travel=torch.zeros(batch, 1, device=device) if heads else None,  # mid-bow
+                             onset_enc=None if self.onset is None else self.onset.init_state(batch, device))
 
     def reset_where(self, state: KeypointState, reset: Tensor) -> KeypointState:
         """``state`` with the rows where ``reset [B]`` is true back at the initial state."""
@@ -200,11 +219,17 @@ class KeypointPredictor(nn.Module):
             feat, enc = self.motion.step(window, state.enc)
         else:
             feat = self.motion(window)  # [B, audio_features]
-        return self._after_encoder(feat, state, enc, with_heatmap)
+        onset_logit = onset_enc = None
+        if self.onset is not None:
+            onset_logit, onset_enc = self.onset.step(window, state.onset_enc)
+        out, st = self._after_encoder(feat, state, enc, with_heatmap, onset_logit=onset_logit)
+        return out, st if onset_enc is None else dataclasses.replace(st, onset_enc=onset_enc)
 
     def _after_encoder(self, audio_feat: Tensor, state: KeypointState, enc: StreamingEncoderState | None,
-                       with_heatmap: bool, teacher: Tensor | None = None, motion_teacher: Tensor | None = None
-                       ) -> tuple[KeypointOutput, KeypointState]:
+                       with_heatmap: bool, teacher: Tensor | None = None, motion_teacher: Tensor | None = None,
+                       onset_logit: Tensor | None = None) -> tuple[KeypointOutput, KeypointState]:
+        """Everything after the audio encoders for one frame; ``onset_logit [B, 1]``: the onset
+        detector's (when there is one). The returned state's ``onset_enc`` is the caller's."""
         B = audio_feat.shape[0]
         feat = audio_feat
         if self.cfg.avg_condition:
@@ -214,7 +239,10 @@ class KeypointPredictor(nn.Module):
         motion = direction = travel = None
         z = h
         if self.cfg.motion_heads:
-            onset, aux_a, aux_b, sounding = self.heads(torch.cat([h, audio_feat], dim=1)).split(1, dim=1)
+            heads = self.heads(torch.cat([h, audio_feat], dim=1))
+            if onset_logit is not None:
+                heads = torch.cat([onset_logit, heads], dim=1)
+            onset, aux_a, aux_b, sounding = heads.split(1, dim=1)
             p = torch.sigmoid(onset)
             # an onset is where the probability rises through 1/2 (one flip for a detection that
             # spans two frames); gradients pass through the soft form p (1 - p_prev) (straight-through)
@@ -270,14 +298,26 @@ class KeypointPredictor(nn.Module):
             if not bool(torch.isnan(motion_teacher[..., bad]).all()):
                 raise ValueError(f"teacher motion may give only the channels "
                                  f"{[MOTION_CHANNELS[c] for c in DECODED]}; the others must be NaN")
+        onsets = onset_enc = None
+        if self.onset is not None:
+            onsets, onset_enc = self.onset.sequence(windows, state.onset_enc)  # [B, T, 1]
         if self.cfg.encoder != "streaming":
-            return unroll(lambda w, tt, mt, s: self._after_encoder(self.motion(w), s, None, with_heatmap, tt, mt),
-                          state, (windows, teacher, motion_teacher))
+            out, last = unroll(lambda w, tt, mt, o, s: self._after_encoder(self.motion(w), s, None, with_heatmap, tt,
+                                                                           mt, o),
+                               state, (windows, teacher, motion_teacher, onsets))
+            return out, dataclasses.replace(last, onset_enc=onset_enc)
         feats, enc = self.motion.sequence(windows, state.enc)  # every frame's audio feature at once
-        out, last = unroll(lambda f, tt, mt, s: self._after_encoder(f, s, None, with_heatmap, tt, mt), state,
-                           (feats, teacher, motion_teacher))
+        out, last = unroll(lambda f, tt, mt, o, s: self._after_encoder(f, s, None, with_heatmap, tt, mt, o), state,
+                           (feats, teacher, motion_teacher, onsets))
         return out, KeypointState(lstm_h=last.lstm_h, lstm_c=last.lstm_c, enc=enc, direction=last.direction,
-                                  onset_prev=last.onset_prev, travel=last.travel)
+                                  onset_prev=last.onset_prev, travel=last.travel, onset_enc=onset_enc)
+
+    def onset_logits(self, windows: Tensor) -> Tensor:
+        """The onset detector alone over sequences from a fresh state: ``[B, T, n_bins, W] ->
+        [B, T]`` logits (its training stage)."""
+        if self.onset is None:
+            raise ValueError("this KHP has no onset detector (KeypointConfig.onset_detector = 0)")
+        return self.onset.sequence(windows)[0][..., 0]
 
     def loss(self, pred: Tensor, real: Tensor, confidence: Tensor | None = None, *,
              motion: Tensor | None = None, motion_real: Tensor | None = None,

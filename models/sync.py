@@ -124,6 +124,12 @@ def _matches(events: np.ndarray, onsets: np.ndarray, tol: int) -> tuple[int, int
     return m, off
 
 
+def match_count(events: np.ndarray, onsets: np.ndarray, tol: int) -> int:
+    """How many of the sorted ``events`` frames match ``onsets`` frames one to one within
+    ``tol`` frames (the largest such matching)."""
+    return _matches(np.asarray(events), np.asarray(onsets), tol)[0]
+
+
 def _f1(matched: float, events: float, onsets: float) -> float:
     return 0.0 if events + onsets == 0 else 2.0 * matched / (events + onsets)
 

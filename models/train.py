@@ -3,6 +3,8 @@
 Stages, in the paper's order (``--stage all`` runs them one after another, splitting the
 step budget by :attr:`TrainConfig.stage_fractions`):
 
+* ``onset`` -- (before ``kp``, for a KHP with an onset detector) the detector alone: BCE
+  against the notes' onsets on long windows, pitch-shifted and louder or softer at random;
 * ``kp``  -- KHP alone: Eq. 2 (L2 on coordinates) + Eq. 3 (L1 on DLT heatmaps);
 * ``cvg`` -- CVG alone: Eq. 4 (L1) on *rolled-out* sequences: every step feeds back the
   frame CVG generated itself (as in streaming), starting from grey, with noise ``z``;
@@ -76,12 +78,12 @@ from letsplay.models.warp import LABELS
 log = logging.getLogger(__name__)
 
 STAGES = ("kp", "cvg", "stu")
-STAGE_CHOICES = ("kp", "cvg", "stu", "all", "e2e")
+STAGE_CHOICES = ("onset", "kp", "cvg", "stu", "all", "e2e")
 
 
 @dataclass(frozen=True)
 class TrainConfig(DictConfig):
-    stage: str = "all"  # kp | cvg | stu | all (kp, cvg, stu in turn) | e2e (fine-tune all together)
+    stage: str = "all"  # onset | kp | cvg | stu | all (kp, cvg, stu in turn) | e2e (fine-tune all together)
     steps: int = 1000  # optimizer steps in total (for "all": split by stage_fractions)
     stage_fractions: tuple[float, float, float] = (0.2, 0.3, 0.5)  # kp, cvg, stu shares of "all"
     batch: int = 4  # sequences per step (per rank)
@@ -115,6 +117,8 @@ class TrainConfig(DictConfig):
     teacher_onsets: float = 0.5  # kp stage, motion heads: share of clips whose direction state the real onsets drive
     teacher_motion: float = 0.0  # kp stage, motion heads: share of sequences whose readout reads the real motion
     minutes: float = 0.0  # wall-clock budget (0: none): after a probe, as many steps (<= steps) as end in time
+    onset_shift: int = 6  # onset stage: windows shifted by up to this many CQT bins (semitones) up or down
+    freeze_onset: bool = False  # kp stage: the KHP's onset detector (trained by the onset stage) stays as it is
 
     def __post_init__(self) -> None:
         if self.stage not in STAGE_CHOICES:
@@ -139,6 +143,8 @@ class TrainConfig(DictConfig):
             raise ValueError(f"teacher_keypoints is a share of the sequences, 0..1; got {self.teacher_keypoints}")
         if not (math.isfinite(self.thin_weight) and self.thin_weight >= 0):
             raise ValueError(f"thin_weight is an extra L1 weight, >= 0; got {self.thin_weight}")
+        if self.onset_shift < 0:
+            raise ValueError(f"onset_shift is a number of CQT bins, >= 0; got {self.onset_shift}")
         if not (math.isfinite(self.minutes) and self.minutes >= 0):
             raise ValueError(f"minutes is a wall-clock budget, >= 0 (0: none); got {self.minutes}")
 
@@ -235,9 +241,17 @@ class Trainer:
         self.perc.requires_grad_(False)
         self.noise = torch.Generator().manual_seed(cfg.seed + 1)
         self.plan = schedule(cfg)
-        self.dataset.with_frames = any(stage != "kp" for stage, _, _ in self.plan)  # KHP learns from audio alone
+        self.dataset.with_frames = any(stage not in ("kp", "onset") for stage, _, _ in self.plan)  # from audio alone
         self.dataset.with_motion = self.model.khp is not None and self.model.khp.cfg.motion_heads
         self.dataset.with_parts = cfg.thin_weight > 0 and any(st in ("stu", "e2e") for st, _, _ in self.plan)
+        onset = None if self.model.khp is None else self.model.khp.onset
+        if any(stage == "onset" for stage, _, _ in self.plan) and onset is None:
+            raise ValueError("--stage onset trains the KHP's onset detector, and this model has none "
+                             "(KeypointConfig.onset_detector = 0); use the realtime preset")
+        if cfg.freeze_onset:
+            if onset is None:
+                raise ValueError("--freeze-onset keeps the KHP's onset detector as it is, and this model has none")
+            onset.requires_grad_(False)
         self.opts = self._make_optimizers()
         self.use_amp = cfg.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
@@ -258,8 +272,10 @@ class Trainer:
         m = self.model
         if stage == "e2e":
             return [p for p in m.parameters()]
+        if stage == "onset":
+            return [] if m.khp is None or m.khp.onset is None else list(m.khp.onset.parameters())
         mod = {"kp": m.khp, "cvg": m.cvg, "stu": m.stu}[stage]
-        return [] if mod is None else list(mod.parameters())
+        return [] if mod is None else [p for p in mod.parameters() if p.requires_grad]
 
     def _make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         opts = {}
@@ -442,7 +458,22 @@ class Trainer:
         windows = batch["cqt"].to(self.device)  # [B, T, F, W]
         B, T = windows.shape[:2]
         logs: dict[str, Tensor] = {}
-        if stage == "kp":
+        if stage == "onset":
+            if "motion" not in batch:
+                raise ValueError("the onset stage needs the clips' notes (motion targets); this dataset has none")
+            from letsplay.models.keypoints import ONSET_POS_WEIGHT
+
+            windows = self._shift_pitch(windows)
+            with self._autocast():
+                logits = m.khp.onset_logits(windows).float()
+            real = batch["motion"][..., 0].to(self.device)
+            mask = batch["motion_mask"][..., 0].to(self.device)
+            bce = F.binary_cross_entropy_with_logits(logits, real, reduction="none",
+                                                     pos_weight=logits.new_tensor(ONSET_POS_WEIGHT))
+            loss = (bce * mask).sum() / mask.sum().clamp_min(1.0)
+            self._update("onset", loss, self._gen_params("onset"))
+            logs = {"onset": loss}
+        elif stage == "kp":
             kp_real, conf = batch["keypoints"].to(self.device), batch["confidence"].to(self.device)
             state = None
             if "reset" in batch and self.kp_state is not None:  # lanes: go on from the lane's last chunk
@@ -546,6 +577,25 @@ class Trainer:
         batch and this rank's rows taken, the same as one process would draw."""
         d = self.dist
         return (torch.rand(B * d.world, generator=self.noise) < share)[d.rank::d.world]
+
+    def _shift_pitch(self, windows: Tensor) -> Tensor:
+        """The onset stage's augmentation: each sequence's CQT windows ``[B, T, bins, W]``
+        shifted by a random whole number of bins (up to ``onset_shift``: semitones at 12 bins
+        an octave; the bins shifted in are silent) and scaled by a random gain (x 0.5 .. 2),
+        drawn for the global batch like every draw."""
+        B, n = windows.shape[0], self.cfg.onset_shift
+        d = self.dist
+        shift = torch.randint(-n, n + 1, (B * d.world,), generator=self.noise)[d.rank::d.world]
+        gain = torch.exp(torch.empty(B * d.world).uniform_(-0.7, 0.7, generator=self.noise))[d.rank::d.world]
+        out = torch.zeros_like(windows)
+        bins = windows.shape[2]
+        for b in range(B):
+            k = int(shift[b])
+            if k >= 0:
+                out[b, :, k:] = windows[b, :, : bins - k]
+            else:
+                out[b, :, :k] = windows[b, :, -k:]
+        return out * gain.to(windows.device)[:, None, None, None]
 
     def _motion_teacher(self, batch: dict[str, Any]) -> Tensor:
         """[B, T, 6]: the real motion states the keypoint readout reads (``teacher_motion``

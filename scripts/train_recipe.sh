@@ -2,15 +2,17 @@
 # The whole generator recipe for one instrument: the realtime preset's warp variant (the
 # coarse frame is the performer's reference warped part by part to the keypoints; the STU
 # refines it at full resolution). On a CUDA GPU when torch sees one, else on this CPU.
-#   1. KHP (keypoints and motion from audio): whole clips read start to end, every state
+#   1. KHP's onset detector alone: 240-frame windows, pitch-shifted and louder or softer at
+#      random, BCE against the notes' onsets (a bow's direction is the parity of all of them);
+#   2. KHP (keypoints and motion from audio), the onset detector kept: whole clips read start to end, every state
 #      carried, 100 ms of lookahead, half the clips' direction states driven by the real onsets;
 #      the trombone's keypoint readout reads the real motion states in training (it then
 #      commits to its own: sync C 0.60 against 0.43), the cello's its own (a bow arm that
 #      commits to a direction it gets wrong a third of the time costs more than one that hedges);
-#   2. STU with KHP frozen: lanes read whole clips in 16-frame chunks with every state carried
+#   3. STU with KHP frozen: lanes read whole clips in 16-frame chunks with every state carried
 #      (as the performer runs), three quarters of the lanes drawn from the real keypoints (it
 #      learns to draw the pose it is given), L1 + perceptual, no adversarial term;
-#   3. both put together, fp16: OUT/INSTRUMENT.safetensors.
+#   4. both put together, fp16: OUT/INSTRUMENT.safetensors.
 # Every stage has a wall-clock budget (the run times its first steps and trains as many as
 # fit, the learning-rate schedule spanning them) and writes checkpoints: rerunning the
 # script resumes an interrupted stage, and skips a finished one.
@@ -18,9 +20,10 @@
 # Usage: bash scripts/train_recipe.sh INSTRUMENT DATA OUT
 # Environment:
 #   DEVICE        cuda or cpu (default: cuda when torch sees a GPU)
+#   ONSET_MINUTES the onset detector's budget (default GPU 2, CPU 24)
 #   KP_MINUTES    KHP's budget (default GPU 4, CPU 55)
 #   STU_MINUTES   the STU's budget (default GPU 8, CPU 60)
-#   INIT_KHP      take KHP from this performer instead of training it (skips stage 1)
+#   INIT_KHP      take KHP from this performer instead of training it (skips stages 1 and 2)
 #   TEACHER_MOTION  share of KHP's sequences whose readout reads the real motion states
 #                 (default trombone 1, cello 0)
 #   INIT          start the STU from this warp performer's weights (a warm start; its KHP is
@@ -36,10 +39,12 @@ PY=${PYTHON:-.venv/bin/python}
 lp() { "$PY" -m letsplay.ui.cli "$@"; }
 dev=${DEVICE:-$("$PY" -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")}
 if [ "$dev" = cpu ]; then
-  kp_min=${KP_MINUTES:-55} stu_min=${STU_MINUTES:-60}
+  on_min=${ONSET_MINUTES:-24} kp_min=${KP_MINUTES:-55} stu_min=${STU_MINUTES:-60}
+  on_opts=(--batch 8 --seq-len 240 --threads 2)
   kp_opts=(--batch 8 --seq-len 32 --threads 2) stu_opts=(--batch 2 --seq-len 16 --threads 2)
 else
-  kp_min=${KP_MINUTES:-4} stu_min=${STU_MINUTES:-8}
+  on_min=${ONSET_MINUTES:-2} kp_min=${KP_MINUTES:-4} stu_min=${STU_MINUTES:-8}
+  on_opts=(--batch 32 --seq-len 240 --workers 2)
   # the STU in fp32 (TF32 convolutions): its fp16 autocast has not been validated
   kp_opts=(--batch 16 --seq-len 32 --workers 2) stu_opts=(--batch 8 --seq-len 16 --workers 6 --no-amp)
 fi
@@ -56,17 +61,18 @@ stage() {  # stage NAME FOLDER ARGS...: train unless finished, resume when inter
   echo "[recipe] $name: $(cat "$folder/done") s"
 }
 
-# 1. KHP
+# 1-2. KHP: the onset detector, then the rest with the detector kept
 if [ -n "${INIT_KHP:-}" ]; then
   khp=$INIT_KHP
 else
+  stage onset "$out/onset" --stage onset --lookahead 100 --steps 100000 --minutes "$on_min" "${on_opts[@]}"
   tm=${TEACHER_MOTION:-$([ "$inst" = trombone ] && echo 1 || echo 0)}
-  stage kp "$out/kp" --stage kp --lookahead 100 --teacher-motion "$tm" --steps 100000 --minutes "$kp_min" \
-    "${kp_opts[@]}"
+  stage kp "$out/kp" --stage kp --init "$out/onset/performer.safetensors" --freeze-onset --teacher-motion "$tm" \
+    --steps 100000 --minutes "$kp_min" "${kp_opts[@]}"
   khp=$out/kp/performer.safetensors
 fi
 
-# 2. STU on the warp, KHP frozen
+# 3. STU on the warp, KHP frozen
 if [ -n "${INIT:-}" ]; then
   lp model combine "$INIT" --stage "khp=$khp" --out "$out/init.safetensors"
 else
@@ -76,6 +82,6 @@ fi
 stage stu "$out/stu" --stage stu --ablation warp --init "$out/init.safetensors" --teacher-keypoints 0.75 --stu-lanes \
   --lr 3e-4 --lr-final 3e-5 --adv-weight 0 --steps 100000 --minutes "$stu_min" "${stu_opts[@]}"
 
-# 3. together, fp16
+# 4. together, fp16
 lp model combine "$out/stu/performer.safetensors" --stage "khp=$khp" --out "$out/$inst.safetensors" --fp16
 echo "[recipe] $inst on $dev: $out/$inst.safetensors ($(( $(date +%s) - t0 )) s in all)"

@@ -291,3 +291,22 @@ def test_eval_cli_writes_every_row(dataset: Path, tiny_ckpt: Path, tmp_path: Pat
         assert label in text
     assert run(p.parse_args([*argv, "--no-renderer-only"])) == 0
     assert "renderer_only" not in json.loads(out.read_text())["rows"]
+
+
+def test_motion_onsets_count_found_notes_and_the_right_bow_direction() -> None:
+    """The motion heads' figures in a keypoints-only evaluation: onsets are the rising edges
+    of the onset probability, matched one to one within a frame of the notes'; the bow
+    direction is right where it equals the data's bowing."""
+    from letsplay.models.evaluate import _motion_onsets
+
+    notes = [(1.0, 0.5, 48, 80), (2.0, 0.5, 50, 80), (3.0, 0.5, 52, 80)]  # frames 30, 60, 90
+    n = 120
+    motion = np.zeros((n, 6), np.float32)
+    motion[:, 0] = -10.0
+    motion[[31, 32, 60, 100], 0] = 10.0  # one held detection a frame late, one on time, one extra; 90 missed
+    motion[:, 1] = np.repeat([0.0, 1.0, 0.0, 1.0], [31, 29, 40, 20])  # flips where the detections begin
+    got = _motion_onsets(motion, notes, 30.0, "cello")
+    assert got["onset_recall"] == (2.0, 3.0) and got["onset_precision"] == (2.0, 3.0)
+    # the real bow: up before frame 30, down from 30, up from 60, down from 90
+    assert got["bow_direction"] == (float(30 + 29 + 30 + 20), 120.0)
+    assert "bow_direction" not in _motion_onsets(motion, notes, 30.0, "trombone")

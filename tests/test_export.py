@@ -140,7 +140,12 @@ def test_batched_streams(exported, windows):
     w = np.stack([windows[5], windows[6], windows[5]])
     r = ob.step(feeds({"window": w}, st))
     assert r["frame"].shape == (3, 3, 32, 32)
-    assert np.allclose(r["frame"][0], r["frame"][2]) and not np.allclose(r["frame"][0], r["frame"][1])
+    # each stream its own: rows 0 and 2 (the same window) agree in every output, frame and
+    # next state; row 1 (another window) does not (its audio encoders' states differ most
+    # clearly: a randomly initialised generator's frame barely depends on the audio)
+    for k, v in r.items():
+        assert np.allclose(v[0], v[2], atol=1e-6), k
+    assert max(float(np.abs(v[0] - v[1]).max()) for v in r.values()) > 1e-3
 
 
 def test_corrupted_graph_is_refused(exported, tmp_path):

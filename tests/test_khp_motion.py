@@ -86,12 +86,13 @@ def test_khp_with_motion_heads_step_equals_forward_and_sizes() -> None:
 
 
 def _khp_hearing(onset_logit: float) -> KeypointPredictor:
-    """A tiny KHP whose onset head says ``onset_logit`` on every frame."""
+    """A tiny KHP whose onset detector says ``onset_logit`` on every frame."""
     cfg = preset("tiny")
     khp = KeypointPredictor(cfg.khp, cfg.audio, cfg.work_size, cfg.instrument, cfg.video)
+    assert khp.onset is not None
     with torch.no_grad():
-        khp.heads.weight.zero_()
-        khp.heads.bias.copy_(torch.tensor([onset_logit, 0.0, 0.0, 0.0]))
+        khp.onset.out.weight.zero_()
+        khp.onset.out.bias.fill_(onset_logit)
     return khp
 
 
@@ -102,15 +103,11 @@ def test_direction_state_flips_on_onsets() -> None:
     khp = KeypointPredictor(cfg.khp, cfg.audio, cfg.work_size, cfg.instrument, cfg.video)
     F = cfg.khp.audio_features
     with torch.no_grad():
-        khp.heads.weight.zero_()
-        khp.heads.weight[0, cfg.khp.hidden] = 100.0  # the onset logit reads the first audio feature
-        khp.heads.bias.copy_(torch.tensor([-50.0, 0.0, 0.0, 0.0]))
         heard = [1, 0, 1, 1, 0, 0, 1, 0]  # onsets at 0, 2 (held over frame 3) and 6
         st, q = khp.init_state(1), []
-        for h in heard:
-            feat = torch.zeros(1, F)
-            feat[0, 0] = float(h)
-            out, st = khp._after_encoder(feat, st, None, False)
+        for h in heard:  # the onset detector's logit: +50 on an onset frame, -50 elsewhere
+            out, st = khp._after_encoder(torch.zeros(1, F), st, None, False,
+                                         onset_logit=torch.tensor([[100.0 * h - 50.0]]))
             q.append(out.motion[0, 1].item())
     assert q == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0]
     with torch.no_grad():

@@ -269,3 +269,58 @@ def test_thin_parts_weigh_more_in_the_stu_loss(dataset: Path, tmp_path: Path) ->
     assert batch["parts"].dtype == torch.uint8 and batch["parts"].shape[-2:] == batch["frames"].shape[-2:]
     r = tr.run()
     assert r.step == 1 and math.isfinite(r.history[0]["l1"])
+
+
+def test_onset_stage_trains_the_detector_alone_and_kp_can_keep_it(dataset: Path, tmp_path: Path) -> None:
+    """``stage="onset"`` updates the KHP's onset detector and nothing else, on pitch-shifted
+    windows, and resumes exactly; a kp run from it with ``freeze_onset`` leaves the detector
+    as it was while the rest of KHP learns."""
+    torch.set_num_threads(1)
+    mcfg = preset("tiny", "cello")
+    cfg = _cfg(stage="onset", steps=4, batch=2, seq_len=20, ckpt_every=2)
+    full = Trainer(mcfg, cfg, dataset, tmp_path / "a", progress=False)
+    before = {k: v.clone() for k, v in full.model.state_dict().items()}
+    res = full.run()
+    after = full.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("khp.onset.") for k in changed), sorted(changed)
+    assert all(math.isfinite(h["onset"]) for h in res.history)
+    first = Trainer(mcfg, cfg, dataset, tmp_path / "b", progress=False).run(stop_at=2)
+    rest = Trainer(mcfg, cfg, dataset, tmp_path / "b", progress=False).run(resume=True)
+    assert _losses(first.history + rest.history) == _losses(res.history)
+
+    kp = Trainer(mcfg, _cfg(stage="kp", steps=2, freeze_onset=True), dataset, tmp_path / "kp",
+                 init_from=res.performer_path, progress=False)
+    kp.run()
+    now = kp.model.state_dict()
+    assert all(torch.equal(now[k], after[k]) for k in after if k.startswith("khp.onset."))
+    assert not torch.equal(now["khp.fc.weight"], after["khp.fc.weight"])
+
+    from letsplay.models.presets import ablate
+
+    plain = ablate(mcfg, "kp_no_motion")  # a KHP without the detector: the stage and the freeze are refused
+    with pytest.raises(ValueError, match="onset detector"):
+        Trainer(plain, _cfg(stage="onset", steps=1), dataset, tmp_path / "x", progress=False)
+    with pytest.raises(ValueError, match="--freeze-onset"):
+        Trainer(plain, _cfg(stage="kp", steps=1, freeze_onset=True), dataset, tmp_path / "y", progress=False)
+
+
+def test_onset_stage_pitch_shift_moves_whole_bins(dataset: Path, tmp_path: Path) -> None:
+    """The onset stage's augmentation moves each sequence's CQT by whole bins (silence shifted
+    in) and scales it by one gain: the shifted spectrum is the original's, moved."""
+    mcfg = preset("tiny", "cello")
+    tr = Trainer(mcfg, _cfg(stage="onset", steps=1, onset_shift=3), dataset, tmp_path / "s", progress=False)
+    w = torch.rand(6, 2, mcfg.audio.n_bins, 5) + 0.1
+    out = tr._shift_pitch(w)
+    for b in range(6):
+        found = False
+        for k in range(-3, 4):
+            src = w[b, :, max(0, -k): w.shape[2] - max(0, k)]
+            dst = out[b, :, max(0, k): w.shape[2] - max(0, -k)]
+            g = dst.flatten()[0] / src.flatten()[0]
+            if 0.45 < g < 2.1 and torch.allclose(dst, src * g, rtol=1e-5):
+                silent = out[b, :, : max(0, k)].abs().sum() + out[b, :, w.shape[2] - max(0, -k):].abs().sum()
+                found = found or float(silent) == 0.0
+        assert found, b
+    with pytest.raises(ValueError, match="onset_shift"):
+        _cfg(onset_shift=-1)

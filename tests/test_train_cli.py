@@ -189,3 +189,26 @@ def test_every_option_says_what_it_is_and_its_default(path: tuple[str, ...]) -> 
         helps = {a.dest: a.help for a in _options(p)}
         assert "dataset's instrument" in helps["instrument"]
         assert "default 0" in helps["seed"]
+
+
+def test_onset_stage_then_kp_with_the_detector_kept(dataset: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """`train --stage onset` trains the KHP's onset detector; `train --stage kp --init RUN
+    --freeze-onset` keeps it while the rest trains; a model without one is refused in a line."""
+    from letsplay.models.performer import Performer
+
+    onset = tmp_path / "onset"
+    base = ["--preset", "tiny", "--batch", "1", "--log-every", "1", "--threads", "1"]
+    assert main(["train", "--data", str(dataset), "--out", str(onset), "--steps", "2", "--stage", "onset",
+                 "--seq-len", "20", *base]) == 0
+    kp = tmp_path / "kp"
+    assert main(["train", "--data", str(dataset), "--out", str(kp), "--steps", "2", "--stage", "kp",
+                 "--seq-len", "3", "--init", str(onset / "performer.safetensors"), "--freeze-onset", *base]) == 0
+    assert "from performer.safetensors" in capsys.readouterr().out
+    a = Performer.load(onset / "performer.safetensors").khp
+    b = Performer.load(kp / "performer.safetensors").khp
+    for (name, p), q in zip(a.onset.named_parameters(), b.onset.parameters(), strict=True):
+        assert np.array_equal(p.detach().numpy(), q.detach().numpy()), name
+    assert main(["train", "--data", str(dataset), "--out", str(tmp_path / "x"), "--steps", "1", "--stage", "onset",
+                 "--seq-len", "20", "--ablation", "kp_no_motion", *base]) == 2
+    assert "onset detector" in capsys.readouterr().err

@@ -13,7 +13,7 @@ from letsplay.ui.cmd_run import MAX_LOOKAHEAD_MS
 
 PRESET_NAMES = ("tiny", "realtime", "paper")
 INSTRUMENT_NAMES = ("cello", "trombone")
-STAGE_NAMES = ("kp", "cvg", "stu", "all", "e2e")
+STAGE_NAMES = ("onset", "kp", "cvg", "stu", "all", "e2e")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -53,6 +53,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="STU stage: each of --batch lanes reads a clip from start to end in --seq-len chunks with "
                         "every state (KHP, CVG, the STU's CNN-GRU) carried, as the performer runs (default: "
                         "windows from anywhere, each from a fresh state)")
+    p.add_argument("--freeze-onset", action="store_true",
+                   help="kp stage: keep the KHP's onset detector as --init has it (trained by --stage onset)")
     p.add_argument("--no-kp-lanes", action="store_true",
                    help="kp stage: random windows from a fresh state instead of clips read start to end")
 
@@ -75,7 +77,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
                    help="run folder: checkpoints/, metrics.jsonl, train_config.json, performer.safetensors; "
                         "must be new or empty unless --resume or --overwrite")
     p.add_argument("--stage", choices=STAGE_NAMES, default="all",
-                   help="what to train: kp (keypoints, KHP), cvg (coarse video), stu (final frames, KHP and CVG "
+                   help="what to train: onset (the KHP's onset detector alone, before kp: long windows, e.g. "
+                        "--seq-len 240), kp (keypoints, KHP), cvg (coarse video), stu (final frames, KHP and CVG "
                         "frozen), all (kp, cvg, stu in turn, --steps split by --fractions; the default), "
                         "e2e (all stages together: end-to-end fine-tuning, usually with --init)")
     p.add_argument("--init", help="start from the weights of this Performer checkpoint (default: a fresh "
@@ -102,6 +105,7 @@ def _train_config(args: argparse.Namespace, stage: str):  # noqa: ANN202 - lazy 
                        vgg_weights=args.vgg_weights, teacher_keypoints=args.teacher_keypoints,
                        kp_lanes=not args.no_kp_lanes, stu_lanes=args.stu_lanes, minutes=args.minutes,
                        thin_weight=args.thin_weight, teacher_motion=args.teacher_motion,
+                       freeze_onset=args.freeze_onset,
                        **{k: v for k, v in (("lr", args.lr), ("lr_final", args.lr_final),
                                             ("adv_weight", args.adv_weight)) if v is not None})
 
@@ -163,7 +167,8 @@ def _run_train(args: argparse.Namespace) -> int:
     finish_distributed()
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun: rank 0 reports
         return 0
-    print(f"trained {instrument} ({args.preset}), {res.step} steps ({res.steps_per_s:.2f} steps/s, "
+    what = f"from {Path(args.init).name}" if args.init else args.preset
+    print(f"trained {instrument} ({what}), {res.step} steps ({res.steps_per_s:.2f} steps/s, "
           f"{res.wall_s:.0f} s): {res.performer_path}")
     return 0
 
