@@ -208,6 +208,13 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
         random.seed(cfg.seed)
+        loaded = None
+        if init_from is not None:
+            loaded = Performer.load(init_from)
+            if loaded.cfg.instrument != model_cfg.instrument:
+                raise ValueError(f"--init checkpoint is for {loaded.cfg.instrument}, not {model_cfg.instrument}")
+            # the data is read as the checkpoint's model hears it: its audio spec and lookahead
+            model_cfg = loaded.cfg
         clips = [c for c in open_sources(data, split="train") if c.instrument == model_cfg.instrument]
         if not clips:
             raise ValueError(f"{data}: no training clips of instrument {model_cfg.instrument!r}; make a dataset "
@@ -216,10 +223,8 @@ class Trainer:
             clips = clips[: cfg.max_clips]
         self.dataset = PerformanceDataset(clips, cfg.seq_len, model_cfg.audio, model_cfg.video,
                                           cache_dir=Path(data) / ".cache", seed=cfg.seed, random_offset=True)
-        if init_from is not None:
-            self.model = Performer.load(init_from)
-            if self.model.cfg.instrument != model_cfg.instrument:
-                raise ValueError(f"--init checkpoint is for {self.model.cfg.instrument}, not {model_cfg.instrument}")
+        if loaded is not None:
+            self.model = loaded
         else:
             self.model = Performer(model_cfg)
             pose = training_mean_pose(clips) if self.model.khp is not None else None

@@ -324,3 +324,18 @@ def test_onset_stage_pitch_shift_moves_whole_bins(dataset: Path, tmp_path: Path)
         assert found, b
     with pytest.raises(ValueError, match="onset_shift"):
         _cfg(onset_shift=-1)
+
+
+def test_init_reads_the_data_as_the_checkpoint_hears_it(dataset: Path, tmp_path: Path) -> None:
+    """Training from --init reads the clips with the checkpoint's own audio spec and
+    lookahead, whatever model config the caller passed (the preset's 0 ms): a KHP trained
+    to hear 100 ms ahead keeps hearing 100 ms ahead."""
+    import dataclasses
+
+    mcfg = preset("tiny", "cello")
+    ahead = dataclasses.replace(mcfg, video=dataclasses.replace(mcfg.video, lookahead_ms=100.0))
+    ck = tmp_path / "ahead.safetensors"
+    Performer(ahead).save(ck)
+    tr = Trainer(mcfg, _cfg(stage="kp", steps=1), dataset, tmp_path / "t", init_from=ck, progress=False)
+    assert tr.model.cfg.video.lookahead_ms == 100.0
+    assert tr.dataset.video_spec.lookahead_ms == 100.0

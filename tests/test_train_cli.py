@@ -212,3 +212,14 @@ def test_onset_stage_then_kp_with_the_detector_kept(dataset: Path, tmp_path: Pat
     assert main(["train", "--data", str(dataset), "--out", str(tmp_path / "x"), "--steps", "1", "--stage", "onset",
                  "--seq-len", "20", "--ablation", "kp_no_motion", *base]) == 2
     assert "onset detector" in capsys.readouterr().err
+
+
+def test_lookahead_beside_init_must_be_the_checkpoints(dataset: Path, finished: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """--init keeps the checkpoint's lookahead; a different --lookahead beside it is refused
+    in one line instead of being silently ignored."""
+    ck = str(finished / "performer.safetensors")
+    assert _train(dataset, tmp_path / "x", "--init", ck, "--lookahead", "100") == 2
+    assert "hears 0 ms ahead" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    assert _train(dataset, tmp_path / "y", "--init", ck, "--lookahead", "0") == 0

@@ -160,6 +160,13 @@ def _run_train(args: argparse.Namespace) -> int:
         cfg = dataclasses.replace(cfg, video=dataclasses.replace(cfg.video, lookahead_ms=float(args.lookahead)))
     if args.ablation:
         cfg = ablate(cfg, args.ablation)
+    if args.init and args.lookahead is not None:
+        from letsplay.models.performer import Performer
+
+        own = Performer.load(args.init).cfg.video.lookahead_ms
+        if abs(own - float(args.lookahead)) > 1e-9:
+            raise ValueError(f"--lookahead {args.lookahead:g} ms: the --init checkpoint hears {own:g} ms ahead, and "
+                             f"training from it keeps that (drop --lookahead)")
     check_out_folder(args.out, tc, None if args.init else cfg, resume=args.resume, overwrite=args.overwrite)
     _threads(args)
     res = train(cfg, tc, args.data, args.out, resume=args.resume, overwrite=args.overwrite,
