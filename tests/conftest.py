@@ -4,8 +4,14 @@ Qt aborts the whole process on a machine with no screen."""
 from __future__ import annotations
 
 import os
+import signal
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# A shell that starts a job in the background (`pytest &` in a script, some CI runners) sets
+# SIGINT to "ignored", and Python then neither raises KeyboardInterrupt nor lets the children
+# the tests start see Ctrl-C. The Ctrl-C tests need the terminal's behaviour: restore it (a
+# Python handler also makes exec'd children start with the default disposition).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

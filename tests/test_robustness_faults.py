@@ -511,16 +511,18 @@ def test_recording_stopped_between_an_audio_block_and_its_frames_ends_together(t
 # --------------------------------------------------------------------------- Ctrl-C
 
 
-def _interrupt_when(proc: subprocess.Popen, err: StderrReader, cond, what: str) -> None:
+def _interrupt_when(proc: subprocess.Popen, err: StderrReader, cond, what: str, sig=signal.SIGINT) -> None:
     err.wait(cond, 120, proc, what)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     proc.wait(60)
     err.join()
 
 
-def test_ctrl_c_during_render_leaves_a_playable_mp4(tiny_ckpt, tmp_path):
-    """SIGINT while `letsplay render song.wav -o out.mp4` runs: exit 130 with a one-line
-    "interrupted", and out.mp4 holds every frame from 0 on, audio and video ending together."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_during_render_leaves_a_playable_mp4(tiny_ckpt, tmp_path, sig):
+    """SIGINT (Ctrl-C) or SIGTERM (kill, systemd) while `letsplay render song.wav -o out.mp4`
+    runs: exit 130 with a one-line "interrupted", and the partial mp4 holds every frame from 0
+    on, audio and video ending together."""
     wav = tmp_path / "song.wav"
     sf.write(wav, np.tile(music_signal(5.0, seed=12), 12), SR, subtype="FLOAT")  # 60 s
     out = tmp_path / "out.mp4"
@@ -529,21 +531,22 @@ def test_ctrl_c_during_render_leaves_a_playable_mp4(tiny_ckpt, tmp_path):
                             env=child_env(), stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     err = StderrReader(proc)
     out = tmp_path / "out.partial.mp4"  # an interrupted render keeps its partial name
-    _interrupt_when(proc, err, lambda: out.exists() and out.stat().st_size > 30_000, "the mp4 to grow")
+    _interrupt_when(proc, err, lambda: out.exists() and out.stat().st_size > 30_000, "the mp4 to grow", sig)
     assert proc.returncode == 130, err.text[-3000:]
     assert "interrupted" in err.text and "Traceback" not in err.text and str(out) in err.text
     assert assert_playable(out, min_frames=30) < 1800  # really interrupted
 
 
-def test_ctrl_c_during_headless_demo_leaves_a_playable_mp4(tiny_ckpt, tmp_path):
-    """SIGINT while `letsplay demo --no-window --no-play --record demo.mp4` runs (live mode,
-    paced by the wall clock, no audio device): exit 0 and a valid recording."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_during_headless_demo_leaves_a_playable_mp4(tiny_ckpt, tmp_path, sig):
+    """SIGINT or SIGTERM while `letsplay demo --no-window --no-play --record demo.mp4` runs
+    (live mode, paced by the wall clock, no audio device): exit 0 and a valid recording."""
     out = tmp_path / "demo.mp4"
     proc = subprocess.Popen([sys.executable, "-m", "letsplay.ui.cli", "demo", "--no-window", "--no-play",
                              "--record", str(out), "--performer", str(tiny_ckpt), "--backend", "torch"],
                             env=child_env(), stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     err = StderrReader(proc)
-    _interrupt_when(proc, err, lambda: err.frames() >= 45, "45 frames")
+    _interrupt_when(proc, err, lambda: err.frames() >= 45, "45 frames", sig)
     assert proc.returncode == 0, err.text[-3000:]
     assert "Traceback" not in err.text and "recorded the demo" in err.text
     assert assert_playable(out, contiguous=False, min_frames=30) >= 30

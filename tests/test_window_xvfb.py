@@ -35,7 +35,10 @@ def busy_fraction(shot: np.ndarray) -> float:
     return float(((sat > 25) & (rgb.max(-1) > 40)).mean())
 
 
-def test_demo_window_on_a_real_display(display, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_demo_window_on_a_real_display(display, tmp_path, sig):
+    """The demo's window shows the performer on a real X server; Ctrl-C in the terminal, or
+    SIGTERM (kill, systemd stopping an installation), closes it cleanly with exit 0."""
     env = dict(os.environ, DISPLAY=display, LETSPLAY_CACHE=str(tmp_path / "cache"))
     env.pop("QT_QPA_PLATFORM", None)  # the real xcb platform, not offscreen
     blank = screenshot(display)
@@ -53,7 +56,7 @@ def test_demo_window_on_a_real_display(display, tmp_path):
                 shot = screenshot(display)
                 break
         assert shot is not None, "no performer frames appeared on the display within 90 s"
-        demo.send_signal(signal.SIGINT)  # Ctrl-C closes the window cleanly
+        demo.send_signal(sig)  # closes the window cleanly
         _, err = demo.communicate(timeout=30)
     finally:
         if demo.poll() is None:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 
 # Each entry: (name, help, add_arguments(parser), run(args) -> exit code).
 Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
@@ -54,7 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return int(args._run(args) or 0)
+        with _terminate_as_interrupt():
+            return int(args._run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -63,6 +67,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"letsplay {args.command}: error: {e}", file=sys.stderr)  # say what and stop, no traceback
         return 2
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (what ``kill``, systemd and container runtimes send to stop a program) stops a
+    command as Ctrl-C does: recordings are finalised and partial files kept. Only in the main
+    thread, and only where no one else (a host program) has set a handler; the old
+    disposition comes back after."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 class _UserErrorTracebacks(logging.Filter):

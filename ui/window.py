@@ -946,10 +946,11 @@ def run_window(engine: Engine, kiosk: bool = False, record_path: str | Path | No
     if not kiosk:
         win.show()
     win.start()
-    # Ctrl-C in the terminal closes the window cleanly; the timer lets Python see the signal.
-    old = None
+    # Ctrl-C in the terminal (or SIGTERM from kill / systemd) closes the window cleanly, as its
+    # close button does; the timer lets Python see the signal.
+    old = {}
     if threading.current_thread() is threading.main_thread():
-        old = signal.signal(signal.SIGINT, lambda *_: win.close())
+        old = {sig: signal.signal(sig, lambda *_: win.close()) for sig in (signal.SIGINT, signal.SIGTERM)}
     wake = QTimer()
     wake.timeout.connect(lambda: None)
     wake.start(200)
@@ -958,8 +959,8 @@ def run_window(engine: Engine, kiosk: bool = False, record_path: str | Path | No
             app.exec()
     finally:
         wake.stop()
-        if old is not None:
-            signal.signal(signal.SIGINT, old)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
         if not win._closing:
             win.close()
     return win.exit_code
