@@ -214,6 +214,28 @@ def test_keypoints_inside_frame_and_bones_rigid(instrument: str) -> None:
         assert spread.max() < 1e-9, f"bone {EDGES[int(spread.argmax())]} changes length"
 
 
+@pytest.mark.parametrize("instrument", ["cello", "trombone"])
+def test_elbows_never_jump_to_their_mirror_image(instrument: str) -> None:
+    """An elbow stays on its side of the line from the shoulder to the wrist: it may cross
+    only where the arm is straight (where its two possible places meet), over whole
+    melodies. The cellist's left elbow used to flip to its mirror image, up by the head,
+    whenever the hand went down the fingerboard: a jump of a third of the frame between two
+    frames of a bent arm."""
+    for i in range(4):
+        notes = random_melody(instrument, seed=i, seconds=20).notes
+        kp = perform(notes, Body.from_seed(200 + i, instrument), _frames(notes), VideoSpec()).keypoints
+        for shoulder, elbow, wrist in ((2, 3, 4), (5, 6, 7)):
+            upper, line = kp[:, elbow] - kp[:, shoulder], kp[:, wrist] - kp[:, shoulder]
+            side = np.sign(upper[:, 0] * line[:, 1] - upper[:, 1] * line[:, 0])
+            cos = (upper * line).sum(1) / (np.linalg.norm(upper, axis=1) * np.linalg.norm(line, axis=1))
+            bend = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))  # 0: a straight arm
+            crossed = np.flatnonzero(side[1:] != side[:-1])
+            bent = crossed[np.minimum(bend[crossed], bend[crossed + 1]) > 5.0]
+            assert len(bent) == 0, (f"{instrument} melody {i}: the elbow {elbow} flips to its mirror image at "
+                                    f"frames {bent[:5].tolist()} ({len(bent)} in all), its arm bent "
+                                    f"{bend[bent[0]]:.0f} degrees")
+
+
 def test_two_bone_ik_is_exact_and_keeps_its_side() -> None:
     rng = np.random.default_rng(0)
     root = np.zeros((500, 2))

@@ -169,13 +169,19 @@ def ease(x: np.ndarray) -> np.ndarray:
     return x * x * (3.0 - 2.0 * x)
 
 
+_STRAIGHT_ARM = np.radians(3.0)  # elbow angle below which the arm counts as straight (its two elbows meet)
+
+
 def two_bone_ik(root: np.ndarray, target: np.ndarray, a: float, b: float,
                 pole: np.ndarray | tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
     """Elbow and wrist for a two-bone arm of lengths a, b from ``root`` toward ``target``
     ([T, 2] each). Of the two mirror-image elbows, the one nearer ``root + pole`` is taken
-    (``pole``: a direction, e.g. "down and out"); keep targets away from the pole's
-    direction and the elbow never flips. Unreachable targets are approached as closely as
-    the bones allow; both bone lengths are exact in every case."""
+    (``pole``: a direction, e.g. "down and out") at the first frame; after it the elbow
+    keeps its side (a real arm's elbow cannot jump to its mirror image between two frames)
+    and takes the pole's side again only where the arm is straight, where the two
+    solutions meet, so the elbow's track is continuous whatever the target does. Rows of
+    ``root`` / ``target`` are consecutive frames. Unreachable targets are approached as
+    closely as the bones allow; both bone lengths are exact in every case."""
     d = target - root
     dist = np.linalg.norm(d, axis=-1)
     lo, hi = abs(a - b) + 1e-3, a + b - 1e-3
@@ -187,6 +193,11 @@ def two_bone_ik(root: np.ndarray, target: np.ndarray, a: float, b: float,
     e2 = root + a * _unit(theta - beta)
     p = root + 100.0 * np.asarray(pole, dtype=float)
     take1 = np.linalg.norm(e1 - p, axis=-1) <= np.linalg.norm(e2 - p, axis=-1)
+    if take1.ndim == 1 and len(take1) > 1:
+        # the side chosen at frame 0 and at each straight-arm frame holds until the next one
+        n = np.arange(len(take1))
+        free = (beta < _STRAIGHT_ARM) | (n == 0)
+        take1 = take1[np.maximum.accumulate(np.where(free, n, 0))]
     elbow = np.where(take1[..., None], e1, e2)
     wrist = root + dist_c[..., None] * _unit(theta)
     return elbow, wrist
@@ -543,7 +554,7 @@ def _cello(body: Body, notes: Sequence[Note], t: np.ndarray, sway: np.ndarray, n
     lh_ang = np.arctan2(-across[:, 1], -across[:, 0]) + np.radians(12)
     rot_anchor = _rot(anchor * np.array([1.0, 1.0]), lh_ang)
     l_wrist_target = stop - rot_anchor
-    l_elbow, l_wrist = two_bone_ik(W[:, 5], l_wrist_target, body.upper_arm, body.forearm, pole=(0.8, -0.6))
+    l_elbow, l_wrist = two_bone_ik(W[:, 5], l_wrist_target, body.upper_arm, body.forearm, pole=(0.3, -1.0))
     W[:, 6], W[:, 7] = l_elbow, l_wrist
     W[:, LEFT_HAND.start:LEFT_HAND.stop] = place_hand(local, l_wrist, lh_ang, mirror=False)
 
