@@ -309,8 +309,7 @@ class KeypointPredictor(nn.Module):
         feats, enc = self.motion.sequence(windows, state.enc)  # every frame's audio feature at once
         out, last = unroll(lambda f, tt, mt, o, s: self._after_encoder(f, s, None, with_heatmap, tt, mt, o), state,
                            (feats, teacher, motion_teacher, onsets))
-        return out, KeypointState(lstm_h=last.lstm_h, lstm_c=last.lstm_c, enc=enc, direction=last.direction,
-                                  onset_prev=last.onset_prev, travel=last.travel, onset_enc=onset_enc)
+        return out, dataclasses.replace(last, enc=enc, onset_enc=onset_enc)
 
     def onset_logits(self, windows: Tensor) -> Tensor:
         """The onset detector alone over sequences from a fresh state: ``[B, T, n_bins, W] ->
