@@ -50,7 +50,14 @@ from torch import Tensor, nn
 
 from letsplay.models import losses
 from letsplay.models.blocks import AudioEncoder, act, kaiming_init
-from letsplay.models.skeleton import N_KEYPOINTS, HeatmapLayout, dlt_heatmap, heatmap_channels, mean_pose
+from letsplay.models.skeleton import (
+    N_KEYPOINTS,
+    RIGHT_HAND,
+    HeatmapLayout,
+    dlt_heatmap,
+    heatmap_channels,
+    mean_pose,
+)
 from letsplay.models.spec import AudioSpec, VideoSpec
 from letsplay.models.state import State
 from letsplay.models.stepping import unroll
@@ -65,6 +72,9 @@ MOTION_CHANNELS = ("onset", "direction", "travel", "aux_a", "aux_b", "sounding")
 # motion decoder reads: the direction and travel states and the two regressions. The onset
 # and sounding channels are logits, whose real values (0 / 1) are on another scale.
 DECODED = (1, 2, 3, 4)
+# The bowing (cello) / slide (trombone) arm: right elbow, wrist and the 21 right-hand points,
+# read from the motion states alone under ``KeypointConfig.state_readout``.
+STATE_READ_POINTS = (3, 4) + tuple(range(RIGHT_HAND.start, RIGHT_HAND.stop))
 SMOOTHED = (2, 3, 4)  # the continuous states among them, whose frame-to-frame change the loss may hold
 ONSET_POS_WEIGHT = 4.0  # the onset BCE's weight on frames with an onset (a missed onset flips the bow late)
 
@@ -99,6 +109,13 @@ class KeypointConfig:
     # bins and columns, its own temporal stage; trained first with ``train --stage onset``)
     # whose logit is the onset channel (0: the onset logit is read from the LSTM)
     onset_detector: int = 0
+    # motion heads: the bowing / slide arm (right elbow, wrist and hand) is read from the
+    # motion states alone, not the LSTM's hidden state; the readout does not see the onset
+    # and sounding logits; and the two regressions (string and stop, slide position) are
+    # read as they were at the last onset (held between onsets, as a player's string and
+    # hand position are). Each of the three had made the wrist's speed ripple within a
+    # stroke, a motion event at every ripple.
+    state_readout: bool = False
 
     def __post_init__(self) -> None:
         heatmap_channels(self.heatmap)  # validates the layout
@@ -113,6 +130,9 @@ class KeypointConfig:
         if self.motion_decoder < 0 or (self.motion_decoder and not self.motion_heads):
             raise ValueError(f"KeypointConfig.motion_decoder is a hidden width >= 0 that reads the motion heads' "
                              f"states; got {self.motion_decoder} with motion_heads={self.motion_heads}")
+        if self.state_readout and not self.motion_decoder:
+            raise ValueError("KeypointConfig.state_readout reads the bowing / slide arm from the motion states "
+                             "through the motion decoder; set motion_decoder > 0 (and motion_heads)")
         if self.onset_detector < 0 or (self.onset_detector and not self.motion_heads):
             raise ValueError(f"KeypointConfig.onset_detector is a channel count >= 0 for the motion heads' onset "
                              f"channel; got {self.onset_detector} with motion_heads={self.motion_heads}")
@@ -127,6 +147,9 @@ class KeypointState(State):
     onset_prev: Tensor | None = None  # [B, 1] motion heads: the previous frame's onset probability
     travel: Tensor | None = None  # [B, 1] motion heads: bow contact point - 0.5 (so a fresh state is zeros)
     onset_enc: StreamingEncoderState | None = None  # the onset detector's history
+    # [B, 3] state readout: the two regressions as at the last onset, and 1 once an onset has
+    # been heard (before it, the held values follow the regressions)
+    held: Tensor | None = None
 
 
 class KeypointOutput(NamedTuple):
@@ -162,8 +185,14 @@ class KeypointPredictor(nn.Module):
             # an onset detector, its logit is the onset channel and the heads give the other three
             self.heads = nn.Linear(cfg.hidden + cfg.audio_features, 3 if cfg.onset_detector else 4)
             self.speed = nn.Sequential(nn.Linear(cfg.hidden + 2, 32), act(), nn.Linear(32, 1))
-            fc_in += len(MOTION_CHANNELS)
+            fc_in += len(DECODED) if cfg.state_readout else len(MOTION_CHANNELS)
         self.fc = nn.Linear(fc_in, 2 * N_KEYPOINTS)
+        if cfg.state_readout:  # the bowing / slide arm's rows do not read the LSTM's hidden state
+            mask = torch.ones(N_KEYPOINTS, 2, fc_in)
+            mask[list(STATE_READ_POINTS), :, :cfg.hidden] = 0.0
+            self.register_buffer("fc_mask", mask.reshape(2 * N_KEYPOINTS, fc_in), persistent=False)
+        else:
+            self.fc_mask = None
         self.onset = OnsetDetector(audio, self.video, cfg.onset_detector) if cfg.onset_detector else None
         self.decoder = (nn.Sequential(nn.Linear(len(DECODED), cfg.motion_decoder), act(),
                                       nn.Linear(cfg.motion_decoder, cfg.motion_decoder), act(),
@@ -198,7 +227,8 @@ class KeypointPredictor(nn.Module):
                              direction=torch.zeros(batch, 1, device=device) if heads else None,
                              onset_prev=torch.zeros(batch, 1, device=device) if heads else None,
                              travel=torch.zeros(batch, 1, device=device) if heads else None,  # mid-bow
-                             onset_enc=None if self.onset is None else self.onset.init_state(batch, device))
+                             onset_enc=None if self.onset is None else self.onset.init_state(batch, device),
+                             held=torch.zeros(batch, 3, device=device) if self.cfg.state_readout else None)
 
     def reset_where(self, state: KeypointState, reset: Tensor) -> KeypointState:
         """``state`` with the rows where ``reset [B]`` is true back at the initial state."""
@@ -236,7 +266,7 @@ class KeypointPredictor(nn.Module):
             pose = self.pose(self.mean_pose.reshape(1, -1)).expand(B, -1)  # [B, pose_features]
             feat = torch.cat([feat, pose], dim=1)
         h, c = self.lstm(feat, (state.lstm_h, state.lstm_c))
-        motion = direction = travel = None
+        motion = direction = travel = held = None
         z = h
         if self.cfg.motion_heads:
             heads = self.heads(torch.cat([h, audio_feat], dim=1))
@@ -258,10 +288,16 @@ class KeypointPredictor(nn.Module):
             travel = (prev + (2 * direction - 1) * speed / self.video.fps).clamp(0.0, 1.0)
             motion = torch.cat([onset, direction, travel, aux_a, aux_b, sounding], dim=1)  # [B, 6]
             read = motion
+            if self.cfg.state_readout:
+                # the regressions as at the last onset (following them until the first one)
+                take = (flip > 0.5) | (state.held[:, 2:] < 0.5)
+                kept = torch.where(take, torch.cat([aux_a, aux_b], dim=1), state.held[:, :2])
+                held = torch.cat([kept, torch.maximum(state.held[:, 2:], (flip > 0.5).to(flip.dtype))], dim=1)
+                read = torch.cat([onset, direction, travel, kept, sounding], dim=1)
             if motion_teacher is not None:  # training: the readout takes the real states where given (not NaN)
-                read = torch.where(torch.isnan(motion_teacher), motion, motion_teacher)
-            z = torch.cat([h, read], dim=1)
-        out = self.fc(z)
+                read = torch.where(torch.isnan(motion_teacher), read, motion_teacher)
+            z = torch.cat([h, read[:, list(DECODED)] if self.cfg.state_readout else read], dim=1)
+        out = self.fc(z) if self.fc_mask is None else F.linear(z, self.fc.weight * self.fc_mask, self.fc.bias)
         if self.decoder is not None:
             out = out + self.decoder(read[:, list(DECODED)])
         out = out.reshape(B, N_KEYPOINTS, 2)
@@ -270,7 +306,7 @@ class KeypointPredictor(nn.Module):
         return (KeypointOutput(kp, self.heatmap(kp) if with_heatmap else None, motion),
                 KeypointState(lstm_h=h, lstm_c=c, enc=enc, direction=direction,
                               onset_prev=None if motion is None else p,
-                              travel=None if travel is None else travel - 0.5))
+                              travel=None if travel is None else travel - 0.5, held=held))
 
     def forward(self, windows: Tensor, state: KeypointState | None = None, with_heatmap: bool = True,
                 teacher: Tensor | None = None, motion_teacher: Tensor | None = None

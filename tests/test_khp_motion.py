@@ -118,6 +118,51 @@ def test_direction_state_flips_on_onsets() -> None:
     assert out.motion[0, :, 1].tolist() == [0.0] * 4
 
 
+def test_state_readout_holds_the_regressions_and_keeps_the_bow_arm_off_the_lstm() -> None:
+    """``state_readout``: the string / stop (slide) regressions are read as they were at the
+    last onset, following them until the first one; and the bowing arm is a function of the
+    motion states alone -- two different LSTM states with the same states read give the
+    same right elbow, wrist and hand, while the rest of the body still reads the LSTM."""
+    from letsplay.models.keypoints import STATE_READ_POINTS
+
+    cfg = preset("tiny")
+    assert cfg.khp.state_readout
+    torch.manual_seed(3)
+    khp = KeypointPredictor(cfg.khp, cfg.audio, cfg.work_size, cfg.instrument, cfg.video)
+    with torch.no_grad():
+        for p in (khp.fc.weight, khp.decoder[-1].weight, khp.heads.weight):
+            p.normal_(0.0, 0.3)
+    F = cfg.khp.audio_features
+    heard = [0, 0, 1, 0, 0, 0, 1, 0]
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        st, raw, read = khp.init_state(1), [], []
+        for h in heard:  # a new audio feature every frame: the regressions move every frame
+            out, st = khp._after_encoder(torch.randn(1, F, generator=g), st, None, False,
+                                         onset_logit=torch.tensor([[100.0 * h - 50.0]]))
+            raw.append(out.motion[0, 3:5].clone())
+            read.append(st.held[0, :2].clone())
+    for t in range(len(heard)):
+        last = max([i for i in range(t + 1) if heard[i]], default=None)
+        want = raw[t] if last is None else raw[last]  # before the first onset: follows
+        assert torch.equal(read[t], want), t
+    assert not torch.equal(raw[3], raw[4])  # the regressions did move between onsets
+    # the bowing arm reads the states only
+    mt = torch.full((1, len(MOTION_CHANNELS)), float("nan"))
+    mt[0, 1:5] = torch.tensor([1.0, 0.3, 0.6, 0.2])
+    a, b = khp.init_state(1), khp.init_state(1)
+    b = b.__class__(**{**b.__dict__, "lstm_h": torch.randn(1, cfg.khp.hidden, generator=g),
+                       "lstm_c": torch.randn(1, cfg.khp.hidden, generator=g)})
+    with torch.no_grad():
+        feat = torch.randn(1, F, generator=g)
+        oa, _ = khp._after_encoder(feat, a, None, False, motion_teacher=mt, onset_logit=torch.tensor([[-50.0]]))
+        ob, _ = khp._after_encoder(feat, b, None, False, motion_teacher=mt, onset_logit=torch.tensor([[-50.0]]))
+    arm = list(STATE_READ_POINTS)
+    assert torch.equal(oa.keypoints[0, arm], ob.keypoints[0, arm])
+    rest = [i for i in range(67) if i not in arm]
+    assert (oa.keypoints[0, rest] - ob.keypoints[0, rest]).abs().max() > 1e-3
+
+
 def test_reset_where_restarts_only_those_rows() -> None:
     cfg = preset("tiny")
     khp = KeypointPredictor(cfg.khp, cfg.audio, cfg.work_size, cfg.instrument, cfg.video)
