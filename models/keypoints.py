@@ -116,10 +116,6 @@ class KeypointConfig:
     # hand position are). Each of the three had made the wrist's speed ripple within a
     # stroke, a motion event at every ripple.
     state_readout: bool = False
-    # state readout: which keypoints read the held regressions -- "all", or only the bowing /
-    # slide arm ("arm"; the rest reads them as they are, e.g. a left hand that moves just
-    # before the onset it prepares)
-    held_for: Literal["all", "arm"] = "all"
 
     def __post_init__(self) -> None:
         heatmap_channels(self.heatmap)  # validates the layout
@@ -134,8 +130,6 @@ class KeypointConfig:
         if self.motion_decoder < 0 or (self.motion_decoder and not self.motion_heads):
             raise ValueError(f"KeypointConfig.motion_decoder is a hidden width >= 0 that reads the motion heads' "
                              f"states; got {self.motion_decoder} with motion_heads={self.motion_heads}")
-        if self.held_for not in ("all", "arm"):
-            raise ValueError(f"KeypointConfig.held_for must be 'all' or 'arm', got {self.held_for!r}")
         if self.state_readout and not self.motion_decoder:
             raise ValueError("KeypointConfig.state_readout reads the bowing / slide arm from the motion states "
                              "through the motion decoder; set motion_decoder > 0 (and motion_heads)")
@@ -197,9 +191,6 @@ class KeypointPredictor(nn.Module):
             mask = torch.ones(N_KEYPOINTS, 2, fc_in)
             mask[list(STATE_READ_POINTS), :, :cfg.hidden] = 0.0
             self.register_buffer("fc_mask", mask.reshape(2 * N_KEYPOINTS, fc_in), persistent=False)
-            rows = torch.zeros(N_KEYPOINTS, 2, dtype=torch.bool)
-            rows[list(STATE_READ_POINTS)] = True
-            self.register_buffer("arm_rows", rows.reshape(1, 2 * N_KEYPOINTS), persistent=False)
         else:
             self.fc_mask = None
         self.onset = OnsetDetector(audio, self.video, cfg.onset_detector) if cfg.onset_detector else None
@@ -275,7 +266,7 @@ class KeypointPredictor(nn.Module):
             pose = self.pose(self.mean_pose.reshape(1, -1)).expand(B, -1)  # [B, pose_features]
             feat = torch.cat([feat, pose], dim=1)
         h, c = self.lstm(feat, (state.lstm_h, state.lstm_c))
-        motion = direction = travel = held = read = None
+        motion = direction = travel = held = None
         z = h
         if self.cfg.motion_heads:
             heads = self.heads(torch.cat([h, audio_feat], dim=1))
@@ -302,17 +293,13 @@ class KeypointPredictor(nn.Module):
                 take = (flip > 0.5) | (state.held[:, 2:] < 0.5)
                 kept = torch.where(take, torch.cat([aux_a, aux_b], dim=1), state.held[:, :2])
                 held = torch.cat([kept, torch.maximum(state.held[:, 2:], (flip > 0.5).to(flip.dtype))], dim=1)
-                arm_read = torch.cat([onset, direction, travel, kept, sounding], dim=1)
-                read = arm_read if self.cfg.held_for == "all" else motion
+                read = torch.cat([onset, direction, travel, kept, sounding], dim=1)
             if motion_teacher is not None:  # training: the readout takes the real states where given (not NaN)
                 read = torch.where(torch.isnan(motion_teacher), read, motion_teacher)
             z = torch.cat([h, read[:, list(DECODED)] if self.cfg.state_readout else read], dim=1)
-        out = self._readout(z, read)
-        if self.cfg.state_readout and self.cfg.held_for == "arm":  # the arm's rows from the held regressions
-            if motion_teacher is not None:
-                arm_read = torch.where(torch.isnan(motion_teacher), arm_read, motion_teacher)
-            arm = self._readout(torch.cat([h, arm_read[:, list(DECODED)]], dim=1), arm_read)
-            out = torch.where(self.arm_rows, arm, out)
+        out = self.fc(z) if self.fc_mask is None else F.linear(z, self.fc.weight * self.fc_mask, self.fc.bias)
+        if self.decoder is not None:
+            out = out + self.decoder(read[:, list(DECODED)])
         out = out.reshape(B, N_KEYPOINTS, 2)
         base = self.mean_pose if self.cfg.avg_condition else torch.full_like(self.mean_pose, 0.5)
         kp = base + out  # [B, 67, 2]
@@ -320,14 +307,6 @@ class KeypointPredictor(nn.Module):
                 KeypointState(lstm_h=h, lstm_c=c, enc=enc, direction=direction,
                               onset_prev=None if motion is None else p,
                               travel=None if travel is None else travel - 0.5, held=held))
-
-    def _readout(self, z: Tensor, read: Tensor | None) -> Tensor:
-        """The keypoint offsets ``[B, 134]`` from the LSTM state and the states read ``z`` (the
-        linear layer, masked under the state readout) plus the motion decoder's."""
-        out = self.fc(z) if self.fc_mask is None else F.linear(z, self.fc.weight * self.fc_mask, self.fc.bias)
-        if self.decoder is not None:
-            out = out + self.decoder(read[:, list(DECODED)])
-        return out
 
     def forward(self, windows: Tensor, state: KeypointState | None = None, with_heatmap: bool = True,
                 teacher: Tensor | None = None, motion_teacher: Tensor | None = None

@@ -163,43 +163,6 @@ def test_state_readout_holds_the_regressions_and_keeps_the_bow_arm_off_the_lstm(
     assert (oa.keypoints[0, rest] - ob.keypoints[0, rest]).abs().max() > 1e-3
 
 
-def test_held_for_arm_holds_the_regressions_for_the_bowing_arm_only() -> None:
-    """``held_for="arm"``: the bowing arm reads the regressions as at the last onset, the
-    rest of the body reads them as they are. Against ``"all"`` with the same weights: the arm
-    is the same on every frame; the rest is the same on onset frames (held = current there)
-    and differs between onsets, where the regressions moved."""
-    import dataclasses
-
-    from letsplay.models.keypoints import STATE_READ_POINTS
-
-    cfg = preset("tiny")
-    torch.manual_seed(4)
-    models = {}
-    for held_for in ("all", "arm"):
-        kc = dataclasses.replace(cfg.khp, held_for=held_for)
-        models[held_for] = KeypointPredictor(kc, cfg.audio, cfg.work_size, cfg.instrument, cfg.video)
-    with torch.no_grad():
-        for p in (models["all"].fc.weight, models["all"].decoder[-1].weight, models["all"].heads.weight):
-            p.normal_(0.0, 0.3)
-        models["arm"].load_state_dict(models["all"].state_dict())
-    F = cfg.khp.audio_features
-    heard = [1, 0, 0, 1, 0, 0]
-    feats = torch.randn(len(heard), 1, F, generator=torch.Generator().manual_seed(1))
-    kps = {}
-    with torch.no_grad():
-        for name, khp in models.items():
-            st, kps[name] = khp.init_state(1), []
-            for f, h in zip(feats, heard, strict=True):
-                out, st = khp._after_encoder(f, st, None, False, onset_logit=torch.tensor([[100.0 * h - 50.0]]))
-                kps[name].append(out.keypoints[0])
-    arm = list(STATE_READ_POINTS)
-    rest = [i for i in range(67) if i not in arm]
-    for t, h in enumerate(heard):
-        assert torch.allclose(kps["all"][t][arm], kps["arm"][t][arm], atol=1e-6)
-        gap = (kps["all"][t][rest] - kps["arm"][t][rest]).abs().max()
-        assert (gap < 1e-6) if h else (gap > 1e-4), (t, float(gap))
-
-
 def test_reset_where_restarts_only_those_rows() -> None:
     cfg = preset("tiny")
     khp = KeypointPredictor(cfg.khp, cfg.audio, cfg.work_size, cfg.instrument, cfg.video)
