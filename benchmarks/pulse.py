@@ -43,5 +43,45 @@ def start_pulse(folder: Path) -> tuple[subprocess.Popen, dict[str, str]]:
     raise RuntimeError("pulseaudio did not come up within 10 s")
 
 
+def pulse_for_this_process(what: str, folder: str | None, prefix: str) -> tuple[Path, subprocess.Popen]:
+    """A private PulseAudio for a benchmark that captures from it in this process: its
+    working folder (``folder``, or a new temporary one) and the server, whose address is
+    put in ``os.environ`` (before sounddevice is imported, so PortAudio finds it)."""
+    import tempfile
+
+    if not pulse_available():
+        raise RuntimeError(f"{what} needs pulseaudio, pactl and paplay (Debian: pulseaudio pulseaudio-utils)")
+    tmp = Path(folder or tempfile.mkdtemp(prefix=prefix))
+    tmp.mkdir(parents=True, exist_ok=True)
+    proc, env = start_pulse(tmp / "pulse")
+    os.environ.update(env)
+    return tmp, proc
+
+
+def stop_pulse(proc: subprocess.Popen) -> None:
+    """Stop a server :func:`start_pulse` started (killed if it has not gone in 5 s)."""
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def pulse_available() -> bool:
     return bool(shutil.which("pulseaudio") and shutil.which("pactl") and shutil.which("paplay"))
+
+
+def open_live_backend(performer: str):
+    """What ``letsplay live`` opens by default for ``performer`` (a name or a file): returns
+    ``(performer reference, backend, instrument)``; a pipelined backend gets one torch
+    thread per stage, as the command gives it."""
+    import torch
+
+    from letsplay.realtime.backends import BackendOptions, open_backend
+    from letsplay.realtime.performers import performer_instrument, resolve_performer
+
+    ref = resolve_performer(performer, None)
+    backend = open_backend(ref, BackendOptions(pipeline=None))
+    if backend.pipeline:
+        torch.set_num_threads(1)
+    return ref, backend, performer_instrument(ref) or "cello"

@@ -32,7 +32,6 @@ import logging
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import deque
@@ -41,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from .common import machine, pyplot, write_json
-from .pulse import pulse_available, start_pulse
+from .pulse import open_live_backend, pulse_for_this_process, stop_pulse
 from .soak import rss_mb
 
 log = logging.getLogger(__name__)
@@ -116,28 +115,16 @@ def run(minutes: float, performer: str = "cello", out_dir: str | None = None, pr
         interval: float = 60.0) -> dict:
     """Run the live soak for ``minutes`` of wall time, a row of figures every ``interval``
     seconds (a minute by default; the keys say "minute" whatever the interval)."""
-    if not pulse_available():
-        raise RuntimeError("the live soak needs pulseaudio, pactl and paplay (Debian: pulseaudio pulseaudio-utils)")
-    tmp = Path(out_dir or tempfile.mkdtemp(prefix="soak-live-"))
-    tmp.mkdir(parents=True, exist_ok=True)
-    pulse, env = start_pulse(tmp / "pulse")
-    os.environ.update(env)  # before sounddevice is imported: PortAudio finds this server
+    tmp, pulse = pulse_for_this_process("the live soak", out_dir, "soak-live-")
     player = eng = None
     try:
-        import torch
-
-        from letsplay.realtime.backends import BackendOptions, describe, open_backend
+        from letsplay.realtime.backends import describe
         from letsplay.realtime.engine import Engine
-        from letsplay.realtime.performers import performer_instrument, resolve_performer
         from letsplay.realtime.sinks import Mp4Recorder
         from letsplay.realtime.sources import MicSource
 
-        ref = resolve_performer(performer, None)
-        backend = open_backend(ref, BackendOptions(pipeline=None))  # what `letsplay live` opens by default
-        if backend.pipeline:
-            torch.set_num_threads(1)
+        ref, backend, instrument = open_live_backend(performer)  # what `letsplay live` opens by default
         audio, video = backend.audio, backend.video
-        instrument = performer_instrument(ref) or "cello"
         wav = _write_music(instrument, 44100, tmp)
         player = Player(wav, dict(os.environ))
         player.start()
@@ -226,11 +213,7 @@ def run(minutes: float, performer: str = "cello", out_dir: str | None = None, pr
             eng.stop()  # idempotent; here for errors, so no engine thread outlives the benchmark
         if player is not None:
             player.stop()
-        pulse.terminate()
-        try:
-            pulse.wait(5)
-        except subprocess.TimeoutExpired:
-            pulse.kill()
+        stop_pulse(pulse)
 
 
 def _loadavg() -> float | None:
