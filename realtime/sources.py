@@ -33,6 +33,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -141,12 +142,15 @@ class OutageLog:
 def quiet_c_stderr() -> Iterator[None]:
     """File descriptor 2 to /dev/null for the duration (restored after): PortAudio and ALSA
     print their own lines to it from C on every failed device query or open, which a
-    retry loop would repeat every second. Python's own logging is flushed first."""
+    retry loop would repeat every second. Python's own logging is flushed first, and
+    Python's ``sys.stderr`` is moved off fd 2 (:func:`_python_stderr_off_fd2`), so what other
+    threads print meanwhile -- the live status line, log records -- still arrives."""
     try:
         saved = os.dup(2)
     except OSError:  # no fd 2 at all: nothing to silence
         yield
         return
+    _python_stderr_off_fd2()
     try:
         for h in logging.root.handlers:
             with contextlib.suppress(Exception):
@@ -160,6 +164,30 @@ def quiet_c_stderr() -> Iterator[None]:
     finally:
         os.dup2(saved, 2)
         os.close(saved)
+
+
+_STDERR_MOVED = threading.Lock()
+
+
+def _python_stderr_off_fd2() -> None:
+    """Once per process: when ``sys.stderr`` writes to fd 2 itself, give it (and the logging
+    handlers that write to it) a duplicate of fd 2 of its own, so silencing fd 2 for C
+    libraries silences only them. A ``sys.stderr`` that is not fd 2 (a host program's,
+    pytest's capture) is left as it is."""
+    with _STDERR_MOVED:
+        old = sys.stderr
+        try:
+            if old is None or old.fileno() != 2:
+                return
+        except (AttributeError, OSError, ValueError):
+            return
+        old.flush()
+        new = open(os.dup(2), "w", buffering=1, encoding=old.encoding, errors=old.errors)  # noqa: SIM115
+        sys.stderr = new
+        for logger in [logging.root, *logging.root.manager.loggerDict.values()]:
+            for h in getattr(logger, "handlers", []):
+                if isinstance(h, logging.StreamHandler) and h.stream is old:
+                    h.setStream(new)
 
 
 # --------------------------------------------------------------------------- devices

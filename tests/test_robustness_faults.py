@@ -335,6 +335,30 @@ def test_quiet_c_stderr_silences_fd_2_and_restores_it(tmp_path):
     assert r.returncode == 0 and r.stderr == b"before\nafter\n"
 
 
+def test_quiet_c_stderr_keeps_what_python_prints_meanwhile(tmp_path):
+    """While a device retry silences fd 2 for C, another thread's Python output (the live
+    status line, a log record) still arrives: the status line used to vanish for as long
+    as a device outage's retries ran."""
+    code = ("import logging, os, sys, threading, time\n"
+            "from letsplay.realtime.sources import quiet_c_stderr\n"
+            "logging.basicConfig(format='%(message)s')\n"
+            "inside, done = threading.Event(), threading.Event()\n"
+            "def status():\n"
+            "    inside.wait()\n"
+            "    print('status line', file=sys.stderr, flush=True)\n"
+            "    logging.getLogger('x').warning('a log record')\n"
+            "    done.set()\n"
+            "threading.Thread(target=status).start()\n"
+            "with quiet_c_stderr():\n"
+            "    inside.set()\n"
+            "    done.wait(10)\n"
+            "    os.write(2, b'ALSA lib pcm.c: from C\\n')\n"
+            "print('after', file=sys.stderr)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == b"status line\na log record\nafter\n"
+
+
 def _pulse_bed(env: dict[str, str]) -> subprocess.Popen:
     # a null sink's monitor only flows while something plays into the sink
     return subprocess.Popen(["paplay", "--raw", "/dev/zero"], env=env, stdout=subprocess.DEVNULL,
