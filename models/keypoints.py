@@ -50,6 +50,7 @@ from torch import Tensor, nn
 
 from letsplay.models import losses
 from letsplay.models.blocks import AudioEncoder, act, kaiming_init
+from letsplay.models.fingering import check_instrument, fingering_init, fingering_read, fingering_step, pitch_classes
 from letsplay.models.skeleton import (
     N_KEYPOINTS,
     RIGHT_HAND,
@@ -61,7 +62,7 @@ from letsplay.models.skeleton import (
 from letsplay.models.spec import AudioSpec, VideoSpec
 from letsplay.models.state import State
 from letsplay.models.stepping import unroll
-from letsplay.models.streaming_encoder import OnsetDetector, StreamingAudioEncoder, StreamingEncoderState
+from letsplay.models.streaming_encoder import OnsetDetector, PitchDetector, StreamingAudioEncoder, StreamingEncoderState
 
 # What KeypointOutput.motion holds, channel by channel (targets: letsplay.models.motion_targets):
 # onset logit, direction state q (P(down-bow)), travel state s (bow contact point, 0 frog .. 1 tip),
@@ -116,6 +117,22 @@ class KeypointConfig:
     # hand position are). Each of the three had made the wrist's speed ripple within a
     # stroke, a motion event at every ripple.
     state_readout: bool = False
+    # state readout (cello): channels of a pitch detector (its own streaming encoder over the
+    # CQT columns; trained first with ``train --stage pitch``) whose heard pitch drives an
+    # explicit fingering state -- the string played and the left hand's stop, by the players'
+    # rule (letsplay.models.fingering) -- which the readout reads in place of the two
+    # regressions: the stop as it is, the string as it was at the last onset (0: the
+    # regressions, both held between onsets)
+    pitch_detector: int = 0
+    # pitch detector: its target is the note begun by this long after the frame's display
+    # time (at most the lookahead), so the fingering moves this far ahead of the note, as a
+    # player's hand does (the synthetic cellist's string and stop change over the 90 ms before
+    # the onset: half-way 45 ms before it), and the detector has heard the rest of the lookahead
+    fingering_lead_ms: float = 45.0
+    # Eq. 2's form: "squared" -- the mean squared distance (smooth at zero); "distance" -- the
+    # mean distance itself, as the paper writes it (||.||_2) and as the keypoint error is
+    # measured: a readout unsure between two places is pulled to the likelier, not between them
+    coord_loss: Literal["squared", "distance"] = "squared"
 
     def __post_init__(self) -> None:
         heatmap_channels(self.heatmap)  # validates the layout
@@ -133,6 +150,14 @@ class KeypointConfig:
         if self.state_readout and not self.motion_decoder:
             raise ValueError("KeypointConfig.state_readout reads the bowing / slide arm from the motion states "
                              "through the motion decoder; set motion_decoder > 0 (and motion_heads)")
+        if self.pitch_detector < 0 or (self.pitch_detector and not self.state_readout):
+            raise ValueError(f"KeypointConfig.pitch_detector is a channel count >= 0 for the fingering state, "
+                             f"which the state readout reads; got {self.pitch_detector} with "
+                             f"state_readout={self.state_readout}")
+        if not self.fingering_lead_ms >= 0:
+            raise ValueError(f"KeypointConfig.fingering_lead_ms must be >= 0, got {self.fingering_lead_ms}")
+        if self.coord_loss not in ("squared", "distance"):
+            raise ValueError(f"KeypointConfig.coord_loss must be 'squared' or 'distance', got {self.coord_loss!r}")
         if self.onset_detector < 0 or (self.onset_detector and not self.motion_heads):
             raise ValueError(f"KeypointConfig.onset_detector is a channel count >= 0 for the motion heads' onset "
                              f"channel; got {self.onset_detector} with motion_heads={self.motion_heads}")
@@ -150,6 +175,9 @@ class KeypointState(State):
     # [B, 3] state readout: the two regressions as at the last onset, and 1 once an onset has
     # been heard (before it, the held values follow the regressions)
     held: Tensor | None = None
+    # [B, 3] pitch detector: the fingering (pitch heard last, string, stop; letsplay.models.fingering)
+    fingering: Tensor | None = None
+    pitch_enc: StreamingEncoderState | None = None  # the pitch detector's history
 
 
 class KeypointOutput(NamedTuple):
@@ -194,6 +222,13 @@ class KeypointPredictor(nn.Module):
         else:
             self.fc_mask = None
         self.onset = OnsetDetector(audio, self.video, cfg.onset_detector) if cfg.onset_detector else None
+        self.pitch: PitchDetector | None = None
+        self.pitch_low = 0
+        if cfg.pitch_detector:
+            check_instrument(instrument)
+            self.pitch_low, n_pitches = pitch_classes(instrument)
+            self.pitch = PitchDetector(audio, self.video, cfg.pitch_detector, n_pitches,
+                                       features=cfg.pitch_detector * 3 // 2)
         self.decoder = (nn.Sequential(nn.Linear(len(DECODED), cfg.motion_decoder), act(),
                                       nn.Linear(cfg.motion_decoder, cfg.motion_decoder), act(),
                                       nn.Linear(cfg.motion_decoder, 2 * N_KEYPOINTS))
@@ -228,7 +263,9 @@ class KeypointPredictor(nn.Module):
                              onset_prev=torch.zeros(batch, 1, device=device) if heads else None,
                              travel=torch.zeros(batch, 1, device=device) if heads else None,  # mid-bow
                              onset_enc=None if self.onset is None else self.onset.init_state(batch, device),
-                             held=torch.zeros(batch, 3, device=device) if self.cfg.state_readout else None)
+                             held=torch.zeros(batch, 3, device=device) if self.cfg.state_readout else None,
+                             fingering=None if self.pitch is None else fingering_init(batch, device),
+                             pitch_enc=None if self.pitch is None else self.pitch.init_state(batch, device))
 
     def reset_where(self, state: KeypointState, reset: Tensor) -> KeypointState:
         """``state`` with the rows where ``reset [B]`` is true back at the initial state."""
@@ -249,24 +286,29 @@ class KeypointPredictor(nn.Module):
             feat, enc = self.motion.step(window, state.enc)
         else:
             feat = self.motion(window)  # [B, audio_features]
-        onset_logit = onset_enc = None
+        onset_logit = onset_enc = pitch_logits = pitch_enc = None
         if self.onset is not None:
             onset_logit, onset_enc = self.onset.step(window, state.onset_enc)
-        out, st = self._after_encoder(feat, state, enc, with_heatmap, onset_logit=onset_logit)
-        return out, st if onset_enc is None else dataclasses.replace(st, onset_enc=onset_enc)
+        if self.pitch is not None:
+            pitch_logits, pitch_enc = self.pitch.step(window, state.pitch_enc)
+        out, st = self._after_encoder(feat, state, enc, with_heatmap, onset_logit=onset_logit,
+                                      pitch_logits=pitch_logits)
+        return out, dataclasses.replace(st, onset_enc=onset_enc, pitch_enc=pitch_enc)
 
     def _after_encoder(self, audio_feat: Tensor, state: KeypointState, enc: StreamingEncoderState | None,
                        with_heatmap: bool, teacher: Tensor | None = None, motion_teacher: Tensor | None = None,
-                       onset_logit: Tensor | None = None) -> tuple[KeypointOutput, KeypointState]:
+                       onset_logit: Tensor | None = None, pitch_logits: Tensor | None = None
+                       ) -> tuple[KeypointOutput, KeypointState]:
         """Everything after the audio encoders for one frame; ``onset_logit [B, 1]``: the onset
-        detector's (when there is one). The returned state's ``onset_enc`` is the caller's."""
+        detector's, ``pitch_logits [B, n_pitches]``: the pitch detector's (when there are
+        such). The returned state's ``onset_enc`` and ``pitch_enc`` are the caller's."""
         B = audio_feat.shape[0]
         feat = audio_feat
         if self.cfg.avg_condition:
             pose = self.pose(self.mean_pose.reshape(1, -1)).expand(B, -1)  # [B, pose_features]
             feat = torch.cat([feat, pose], dim=1)
         h, c = self.lstm(feat, (state.lstm_h, state.lstm_c))
-        motion = direction = travel = held = None
+        motion = direction = travel = held = fingering = None
         z = h
         if self.cfg.motion_heads:
             heads = self.heads(torch.cat([h, audio_feat], dim=1))
@@ -293,6 +335,16 @@ class KeypointPredictor(nn.Module):
                 take = (flip > 0.5) | (state.held[:, 2:] < 0.5)
                 kept = torch.where(take, torch.cat([aux_a, aux_b], dim=1), state.held[:, :2])
                 held = torch.cat([kept, torch.maximum(state.held[:, 2:], (flip > 0.5).to(flip.dtype))], dim=1)
+                if pitch_logits is not None:
+                    # the string and stop from the fingering state instead: the stop as soon as the
+                    # note is heard (the left hand goes ahead of the note), the string from one onset
+                    # to the next (the bow crosses to it with the stroke: a string change between
+                    # onsets would move the bowing arm off the beat)
+                    fingering = fingering_step(pitch_logits.detach(), state.fingering, self.pitch_low)
+                    now = fingering_read(fingering)
+                    string = torch.where(take, now[:, :1], state.held[:, :1])
+                    kept = torch.cat([string, now[:, 1:]], dim=1)
+                    held = torch.cat([kept, held[:, 2:]], dim=1)
                 read = torch.cat([onset, direction, travel, kept, sounding], dim=1)
             if motion_teacher is not None:  # training: the readout takes the real states where given (not NaN)
                 read = torch.where(torch.isnan(motion_teacher), read, motion_teacher)
@@ -306,7 +358,7 @@ class KeypointPredictor(nn.Module):
         return (KeypointOutput(kp, self.heatmap(kp) if with_heatmap else None, motion),
                 KeypointState(lstm_h=h, lstm_c=c, enc=enc, direction=direction,
                               onset_prev=None if motion is None else p,
-                              travel=None if travel is None else travel - 0.5, held=held))
+                              travel=None if travel is None else travel - 0.5, held=held, fingering=fingering))
 
     def forward(self, windows: Tensor, state: KeypointState | None = None, with_heatmap: bool = True,
                 teacher: Tensor | None = None, motion_teacher: Tensor | None = None
@@ -334,18 +386,20 @@ class KeypointPredictor(nn.Module):
             if not bool(torch.isnan(motion_teacher[..., bad]).all()):
                 raise ValueError(f"teacher motion may give only the channels "
                                  f"{[MOTION_CHANNELS[c] for c in DECODED]}; the others must be NaN")
-        onsets = onset_enc = None
+        onsets = onset_enc = pitches = pitch_enc = None
         if self.onset is not None:
             onsets, onset_enc = self.onset.sequence(windows, state.onset_enc)  # [B, T, 1]
+        if self.pitch is not None:
+            pitches, pitch_enc = self.pitch.sequence(windows, state.pitch_enc)  # [B, T, n_pitches]
         if self.cfg.encoder != "streaming":
-            out, last = unroll(lambda w, tt, mt, o, s: self._after_encoder(self.motion(w), s, None, with_heatmap, tt,
-                                                                           mt, o),
-                               state, (windows, teacher, motion_teacher, onsets))
-            return out, dataclasses.replace(last, onset_enc=onset_enc)
+            out, last = unroll(lambda w, tt, mt, o, pp, s: self._after_encoder(self.motion(w), s, None, with_heatmap,
+                                                                               tt, mt, o, pp),
+                               state, (windows, teacher, motion_teacher, onsets, pitches))
+            return out, dataclasses.replace(last, onset_enc=onset_enc, pitch_enc=pitch_enc)
         feats, enc = self.motion.sequence(windows, state.enc)  # every frame's audio feature at once
-        out, last = unroll(lambda f, tt, mt, o, s: self._after_encoder(f, s, None, with_heatmap, tt, mt, o), state,
-                           (feats, teacher, motion_teacher, onsets))
-        return out, dataclasses.replace(last, enc=enc, onset_enc=onset_enc)
+        out, last = unroll(lambda f, tt, mt, o, pp, s: self._after_encoder(f, s, None, with_heatmap, tt, mt, o, pp),
+                           state, (feats, teacher, motion_teacher, onsets, pitches))
+        return out, dataclasses.replace(last, enc=enc, onset_enc=onset_enc, pitch_enc=pitch_enc)
 
     def onset_logits(self, windows: Tensor) -> Tensor:
         """The onset detector alone over sequences from a fresh state: ``[B, T, n_bins, W] ->
@@ -353,6 +407,13 @@ class KeypointPredictor(nn.Module):
         if self.onset is None:
             raise ValueError("this KHP has no onset detector (KeypointConfig.onset_detector = 0)")
         return self.onset.sequence(windows)[0][..., 0]
+
+    def pitch_logits(self, windows: Tensor) -> Tensor:
+        """The pitch detector alone over sequences from a fresh state: ``[B, T, n_bins, W] ->
+        [B, T, n_pitches]`` logits (its training stage)."""
+        if self.pitch is None:
+            raise ValueError("this KHP has no pitch detector (KeypointConfig.pitch_detector = 0)")
+        return self.pitch.sequence(windows)[0]
 
     def loss(self, pred: Tensor, real: Tensor, confidence: Tensor | None = None, *,
              motion: Tensor | None = None, motion_real: Tensor | None = None,
@@ -365,7 +426,8 @@ class KeypointPredictor(nn.Module):
         keypoint term; the real heatmap is the DLT of the real keypoints with it as alpha.
         Returns ``{"kp_coord": .., ["kp_vis": ..,] ["kp_vel": ..,] ["kp_motion": ..,] "kp": total}``.
         """
-        out = {"kp_coord": losses.keypoint_l2(pred, real, confidence)}
+        coord = losses.keypoint_distance if self.cfg.coord_loss == "distance" else losses.keypoint_l2
+        out = {"kp_coord": coord(pred, real, confidence)}
         total = out["kp_coord"]
         if self.cfg.dlt_loss:
             alpha = self.cfg.heatmap_alpha if confidence is None else confidence * self.cfg.heatmap_alpha

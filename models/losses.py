@@ -37,6 +37,20 @@ def keypoint_l2(pred: Tensor, real: Tensor, confidence: Tensor | None = None) ->
     return (d2 * w).sum() / w.sum().clamp_min(1e-8)
 
 
+def keypoint_distance(pred: Tensor, real: Tensor, confidence: Tensor | None = None) -> Tensor:
+    """Eq. 2 as the paper writes it: the mean distance between predicted and real keypoints
+    ``[..., P, 2]`` (``||.||_2``, not squared), confidence-weighted like :func:`keypoint_l2`.
+    Its gradient has the same size at every error, so a point the audio leaves uncertain
+    is pulled to its likelier place rather than to the mean of the candidates."""
+    if pred.shape != real.shape:
+        raise ValueError(f"keypoint shapes differ: pred {tuple(pred.shape)}, real {tuple(real.shape)}")
+    d = ((pred - real).pow(2).sum(-1) + 1e-8).sqrt()  # [..., P]; the epsilon keeps the gradient finite at 0
+    if confidence is None:
+        return d.mean()
+    w = confidence.to(d.dtype)
+    return (d * w).sum() / w.sum().clamp_min(1e-8)
+
+
 def heatmap_l1(pred: Tensor, real: Tensor) -> Tensor:
     """Eq. 3: mean absolute difference between DLT heatmaps ``[..., C, H, W]``."""
     if pred.shape != real.shape:

@@ -289,6 +289,29 @@ class Performer(nn.Module):
         return model.to(device)
 
 
+def adopt_weights(model: Performer, source: Performer) -> dict[str, list[str]]:
+    """Copy into ``model`` every tensor of ``source`` with the same name and shape (weights,
+    the mean pose, the warp's reference): a preset that adds a part to a trained performer
+    (the cellist's pitch detector) starts from everything that performer learnt. Returns
+    ``{"taken": [...], "fresh": [...], "reshaped": [...]}`` (names; reshaped: same name,
+    another shape, left fresh)."""
+    mine, theirs = model.state_dict(), source.state_dict()
+    out: dict[str, list[str]] = {"taken": [], "fresh": [], "reshaped": []}
+    for k, v in mine.items():
+        t = theirs.get(k)
+        if t is None:
+            out["fresh"].append(k)
+        elif t.shape != v.shape:
+            out["reshaped"].append(k)
+        else:
+            mine[k] = t.detach().to(v.dtype).clone()
+            out["taken"].append(k)
+    model.load_state_dict(mine, strict=True)
+    log.info("adopted %d tensors; %d fresh, %d of another shape", len(out["taken"]), len(out["fresh"]),
+             len(out["reshaped"]))
+    return out
+
+
 def _as_khp_source(cfg: PerformerConfig) -> PerformerConfig:
     """What a KHP depends on: the config with what only the frames' stages read (the
     coarse frame, the STU, the variant's name) set to defaults, so a KHP moves between a

@@ -172,7 +172,29 @@ class _ConvColumns(nn.Module):
         return F.leaky_relu(self.proj(h.permute(0, 3, 1, 2).flatten(2)), LEAK).transpose(1, 2)
 
 
-class OnsetDetector(nn.Module):
+class _Detector(nn.Module):
+    """A streaming encoder of its own and a linear head: the onset and pitch detectors.
+    Subclasses set ``encoder`` and ``out``."""
+
+    encoder: StreamingAudioEncoder
+    out: nn.Linear
+
+    def init_state(self, batch: int = 1, device: torch.device | str | None = None) -> StreamingEncoderState:
+        return self.encoder.init_state(batch, device)
+
+    def step(self, window: Tensor, state: StreamingEncoderState) -> tuple[Tensor, StreamingEncoderState]:
+        """One frame: ``window [B, n_bins, W]`` -> the head's logits ``[B, outputs]``."""
+        f, state = self.encoder.step(window, state)
+        return self.out(f), state
+
+    def sequence(self, windows: Tensor, state: StreamingEncoderState | None = None
+                 ) -> tuple[Tensor, StreamingEncoderState]:
+        """``windows [B, T, n_bins, W]`` -> logits ``[B, T, outputs]``; equal to a loop of :meth:`step`."""
+        f, state = self.encoder.sequence(windows, state)
+        return self.out(f), state
+
+
+class OnsetDetector(_Detector):
     """A streaming note-onset detector: the 2-D column stage (``conv_channels``), the
     temporal stage over frames (``layers``, state carried), one logit per frame.
 
@@ -188,16 +210,21 @@ class OnsetDetector(nn.Module):
                                              conv_channels=conv_channels)
         self.out = nn.Linear(features, 1)
 
-    def init_state(self, batch: int = 1, device: torch.device | str | None = None) -> StreamingEncoderState:
-        return self.encoder.init_state(batch, device)
 
-    def step(self, window: Tensor, state: StreamingEncoderState) -> tuple[Tensor, StreamingEncoderState]:
-        """One frame: ``window [B, n_bins, W]`` -> the onset logit ``[B, 1]``."""
-        f, state = self.encoder.step(window, state)
-        return self.out(f), state
+class PitchDetector(_Detector):
+    """A streaming pitch detector: the pointwise column stage (each column's spectrum and
+    flux through ``channels`` features: a learnt template over the partials), the temporal
+    stage over frames (``layers``, state carried), one logit per pitch per frame.
 
-    def sequence(self, windows: Tensor, state: StreamingEncoderState | None = None
-                 ) -> tuple[Tensor, StreamingEncoderState]:
-        """``windows [B, T, n_bins, W]`` -> logits ``[B, T, 1]``; equal to a loop of :meth:`step`."""
-        f, state = self.encoder.sequence(windows, state)
-        return self.out(f), state
+    Trained alone (``letsplay train --stage pitch``: cross-entropy against the pitch of the
+    latest note begun by ``KeypointConfig.fingering_lead_ms`` after the frame's display time),
+    it names the note being played, from which the KHP's fingering state follows
+    (:mod:`letsplay.models.fingering`)."""
+
+    def __init__(self, audio: AudioSpec, video: VideoSpec, channels: int, n_pitches: int,
+                 features: int = 96, layers: int = 4) -> None:
+        super().__init__()
+        if n_pitches < 2:
+            raise ValueError(f"PitchDetector needs >= 2 pitches, got {n_pitches}")
+        self.encoder = StreamingAudioEncoder(audio, video, channels, features, layers)
+        self.out = nn.Linear(features, n_pitches)

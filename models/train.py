@@ -78,12 +78,12 @@ from letsplay.models.warp import LABELS
 log = logging.getLogger(__name__)
 
 STAGES = ("kp", "cvg", "stu")
-STAGE_CHOICES = ("onset", "kp", "cvg", "stu", "all", "e2e")
+STAGE_CHOICES = ("onset", "pitch", "kp", "cvg", "stu", "all", "e2e")
 
 
 @dataclass(frozen=True)
 class TrainConfig(DictConfig):
-    stage: str = "all"  # onset | kp | cvg | stu | all (kp, cvg, stu in turn) | e2e (fine-tune all together)
+    stage: str = "all"  # onset | pitch | kp | cvg | stu | all (kp, cvg, stu in turn) | e2e (fine-tune all together)
     steps: int = 1000  # optimizer steps in total (for "all": split by stage_fractions)
     stage_fractions: tuple[float, float, float] = (0.2, 0.3, 0.5)  # kp, cvg, stu shares of "all"
     batch: int = 4  # sequences per step (per rank)
@@ -117,7 +117,7 @@ class TrainConfig(DictConfig):
     teacher_onsets: float = 0.5  # kp stage, motion heads: share of clips whose direction state the real onsets drive
     teacher_motion: float = 0.0  # kp stage, motion heads: share of sequences whose readout reads the real motion
     minutes: float = 0.0  # wall-clock budget (0: none): after a probe, as many steps (<= steps) as end in time
-    onset_shift: int = 6  # onset stage: windows shifted by up to this many CQT bins (semitones) up or down
+    onset_shift: int = 6  # onset and pitch stages: windows shifted by up to this many CQT bins (semitones) up or down
     freeze_onset: bool = False  # kp stage: the KHP's onset detector (trained by the onset stage) stays as it is
 
     def __post_init__(self) -> None:
@@ -246,13 +246,20 @@ class Trainer:
         self.perc.requires_grad_(False)
         self.noise = torch.Generator().manual_seed(cfg.seed + 1)
         self.plan = schedule(cfg)
-        self.dataset.with_frames = any(stage not in ("kp", "onset") for stage, _, _ in self.plan)  # from audio alone
+        # the KHP's stages learn from audio alone
+        self.dataset.with_frames = any(stage not in ("kp", "onset", "pitch") for stage, _, _ in self.plan)
         self.dataset.with_motion = self.model.khp is not None and self.model.khp.cfg.motion_heads
+        if self.model.khp is not None:  # the pitch detector's targets lead the display time by the config's lead
+            self.dataset.pitch_lead_ms = self.model.khp.cfg.fingering_lead_ms
         self.dataset.with_parts = cfg.thin_weight > 0 and any(st in ("stu", "e2e") for st, _, _ in self.plan)
         onset = None if self.model.khp is None else self.model.khp.onset
         if any(stage == "onset" for stage, _, _ in self.plan) and onset is None:
             raise ValueError("--stage onset trains the KHP's onset detector, and this model has none "
                              "(KeypointConfig.onset_detector = 0); use the realtime preset")
+        if any(stage == "pitch" for stage, _, _ in self.plan) and (self.model.khp is None
+                                                                   or self.model.khp.pitch is None):
+            raise ValueError("--stage pitch trains the KHP's pitch detector, and this model has none "
+                             "(KeypointConfig.pitch_detector = 0); the realtime preset's cellist has one")
         if cfg.freeze_onset:
             if onset is None:
                 raise ValueError("--freeze-onset keeps the KHP's onset detector as it is, and this model has none")
@@ -279,8 +286,14 @@ class Trainer:
             return [p for p in m.parameters()]
         if stage == "onset":
             return [] if m.khp is None or m.khp.onset is None else list(m.khp.onset.parameters())
+        if stage == "pitch":
+            return [] if m.khp is None or m.khp.pitch is None else list(m.khp.pitch.parameters())
         mod = {"kp": m.khp, "cvg": m.cvg, "stu": m.stu}[stage]
-        return [] if mod is None else [p for p in mod.parameters() if p.requires_grad]
+        if mod is None:
+            return []
+        # the pitch detector is trained by its own stage alone (the fingering it drives has no gradient)
+        own = set() if stage != "kp" or m.khp.pitch is None else {id(p) for p in m.khp.pitch.parameters()}
+        return [p for p in mod.parameters() if p.requires_grad and id(p) not in own]
 
     def _make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         opts = {}
@@ -478,6 +491,24 @@ class Trainer:
             loss = (bce * mask).sum() / mask.sum().clamp_min(1.0)
             self._update("onset", loss, self._gen_params("onset"))
             logs = {"onset": loss}
+        elif stage == "pitch":
+            if "pitch" not in batch:
+                raise ValueError("the pitch stage needs the clips' notes (pitch targets); this dataset has none")
+            target = batch["pitch"].to(self.device)
+            # a shift of whole semitones needs 12 bins an octave; other CQTs get the gain alone
+            semitone = m.cfg.audio.bins_per_octave == 12
+            windows, shift = self._shift_pitch(windows, with_shift=True, most=None if semitone else 0)
+            target = target + shift.to(self.device)[:, None]  # the same semitones up or down
+            n = m.khp.pitch.out.out_features
+            target = torch.where((batch["pitch"].to(self.device) >= 0) & (target >= 0) & (target < n), target, -1)
+            if not bool((target >= 0).any()):
+                logs = {"pitch": windows.new_zeros(())}
+            else:
+                with self._autocast():
+                    logits = m.khp.pitch_logits(windows).float()
+                loss = F.cross_entropy(logits.reshape(-1, n), target.reshape(-1), ignore_index=-1)
+                self._update("pitch", loss, self._gen_params("pitch"))
+                logs = {"pitch": loss}
         elif stage == "kp":
             kp_real, conf = batch["keypoints"].to(self.device), batch["confidence"].to(self.device)
             state = None
@@ -583,12 +614,13 @@ class Trainer:
         d = self.dist
         return (torch.rand(B * d.world, generator=self.noise) < share)[d.rank::d.world]
 
-    def _shift_pitch(self, windows: Tensor) -> Tensor:
-        """The onset stage's augmentation: each sequence's CQT windows ``[B, T, bins, W]``
+    def _shift_pitch(self, windows: Tensor, with_shift: bool = False, most: int | None = None) -> Any:
+        """The onset and pitch stages' augmentation: each sequence's CQT windows ``[B, T, bins, W]``
         shifted by a random whole number of bins (up to ``onset_shift``: semitones at 12 bins
         an octave; the bins shifted in are silent) and scaled by a random gain (x 0.5 .. 2),
-        drawn for the global batch like every draw."""
-        B, n = windows.shape[0], self.cfg.onset_shift
+        drawn for the global batch like every draw. ``with_shift``: also the shifts ``[B]``
+        (bins up), to move the pitch targets with them; ``most``: another largest shift."""
+        B, n = windows.shape[0], self.cfg.onset_shift if most is None else most
         d = self.dist
         shift = torch.randint(-n, n + 1, (B * d.world,), generator=self.noise)[d.rank::d.world]
         gain = torch.exp(torch.empty(B * d.world).uniform_(-0.7, 0.7, generator=self.noise))[d.rank::d.world]
@@ -600,7 +632,8 @@ class Trainer:
                 out[b, :, k:] = windows[b, :, : bins - k]
             else:
                 out[b, :, :k] = windows[b, :, -k:]
-        return out * gain.to(windows.device)[:, None, None, None]
+        out = out * gain.to(windows.device)[:, None, None, None]
+        return (out, shift) if with_shift else out
 
     def _motion_teacher(self, batch: dict[str, Any]) -> Tensor:
         """[B, T, 6]: the real motion states the keypoint readout reads (``teacher_motion``

@@ -4,7 +4,10 @@
 # refines it at full resolution). On a CUDA GPU when torch sees one, else on this CPU.
 #   1. KHP's onset detector alone: 240-frame windows, pitch-shifted and louder or softer at
 #      random, BCE against the notes' onsets (a bow's direction is the parity of all of them);
-#   2. KHP (keypoints and motion from audio), the onset detector kept: whole clips read start to end, every state
+#   1b. (cello) KHP's pitch detector alone: 64-frame windows, shifted by whole semitones with
+#      their targets, cross-entropy against the note begun 45 ms after each frame (the
+#      fingering state -- string and stop -- follows the pitch it names);
+#   2. KHP (keypoints and motion from audio), the onset (and pitch) detector kept: whole clips read start to end, every state
 #      carried, 100 ms of lookahead, half the clips' direction states driven by the real onsets;
 #      the trombone's keypoint readout reads the real motion states in training (it then
 #      commits to its own: sync C 0.60 against 0.43), the cello's its own (a bow arm that
@@ -21,6 +24,7 @@
 # Environment:
 #   DEVICE        cuda or cpu (default: cuda when torch sees a GPU)
 #   ONSET_MINUTES the onset detector's budget (default GPU 2, CPU 24)
+#   PITCH_MINUTES the cello's pitch detector's budget (default GPU 1, CPU 4)
 #   KP_MINUTES    KHP's budget (default GPU 4, CPU 55)
 #   STU_MINUTES   the STU's budget (default GPU 8, CPU 60)
 #   INIT_KHP      take KHP from this performer instead of training it (skips stages 1 and 2)
@@ -30,7 +34,7 @@
 #                 replaced by stage 1's or INIT_KHP's)
 #   PYTHON        the Python with letsplay installed (default .venv/bin/python, else python3)
 set -euo pipefail
-[ $# -eq 3 ] || { sed -n 2,29p "$0" >&2; exit 2; }
+[ $# -eq 3 ] || { sed -n 2,33p "$0" >&2; exit 2; }
 inst=$1 data=$2 out=$3
 case "$inst" in cello|trombone) ;; *) echo "INSTRUMENT must be cello or trombone, got '$inst'" >&2; exit 2 ;; esac
 [ -f "$data/manifest.json" ] || { echo "$data is not a letsplay dataset (no manifest.json)" >&2; exit 2; }
@@ -39,12 +43,12 @@ PY=${PYTHON:-.venv/bin/python}
 lp() { "$PY" -m letsplay.ui.cli "$@"; }
 dev=${DEVICE:-$("$PY" -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")}
 if [ "$dev" = cpu ]; then
-  on_min=${ONSET_MINUTES:-24} kp_min=${KP_MINUTES:-55} stu_min=${STU_MINUTES:-60}
-  on_opts=(--batch 8 --seq-len 240 --threads 2)
+  on_min=${ONSET_MINUTES:-24} kp_min=${KP_MINUTES:-55} stu_min=${STU_MINUTES:-60} pitch_min=${PITCH_MINUTES:-4}
+  on_opts=(--batch 8 --seq-len 240 --threads 2) pitch_opts=(--batch 8 --seq-len 64 --threads 2)
   kp_opts=(--batch 8 --seq-len 32 --threads 2) stu_opts=(--batch 2 --seq-len 16 --threads 2)
 else
-  on_min=${ONSET_MINUTES:-2} kp_min=${KP_MINUTES:-4} stu_min=${STU_MINUTES:-8}
-  on_opts=(--batch 32 --seq-len 240 --workers 2)
+  on_min=${ONSET_MINUTES:-2} kp_min=${KP_MINUTES:-4} stu_min=${STU_MINUTES:-8} pitch_min=${PITCH_MINUTES:-1}
+  on_opts=(--batch 32 --seq-len 240 --workers 2) pitch_opts=(--batch 32 --seq-len 64 --workers 2)
   # the STU in fp32 (TF32 convolutions): its fp16 autocast has not been validated
   kp_opts=(--batch 16 --seq-len 32 --workers 2) stu_opts=(--batch 8 --seq-len 16 --workers 6 --no-amp)
 fi
@@ -66,8 +70,13 @@ if [ -n "${INIT_KHP:-}" ]; then
   khp=$INIT_KHP
 else
   stage onset "$out/onset" --stage onset --lookahead 100 --steps 100000 --minutes "$on_min" "${on_opts[@]}"
+  before_kp=$out/onset/performer.safetensors
+  if [ "$inst" = cello ]; then
+    stage pitch "$out/pitch" --stage pitch --init "$before_kp" --steps 100000 --minutes "$pitch_min" "${pitch_opts[@]}"
+    before_kp=$out/pitch/performer.safetensors
+  fi
   tm=${TEACHER_MOTION:-$([ "$inst" = trombone ] && echo 1 || echo 0)}
-  stage kp "$out/kp" --stage kp --init "$out/onset/performer.safetensors" --freeze-onset --teacher-motion "$tm" \
+  stage kp "$out/kp" --stage kp --init "$before_kp" --freeze-onset --teacher-motion "$tm" \
     --steps 100000 --minutes "$kp_min" "${kp_opts[@]}"
   khp=$out/kp/performer.safetensors
 fi

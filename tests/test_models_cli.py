@@ -49,6 +49,37 @@ def test_init_then_info(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert "preset tiny (trombone)" in capsys.readouterr().out
 
 
+def test_init_weights_from_a_trained_performer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``init --weights-from``: the preset built with the source's specs and instrument, every
+    tensor of the source that fits taken over, what the preset adds (the cellist's pitch
+    detector, missing from a performer made without it) left fresh and named."""
+    import dataclasses
+
+    import torch
+
+    from letsplay.models.presets import ablate
+    from letsplay.models.spec import VideoSpec
+
+    torch.manual_seed(3)
+    cfg = ablate(preset("tiny", "cello", video=VideoSpec(height=32, width=32, lookahead_ms=100.0)), "kp_no_fingering")
+    src = Performer(cfg)
+    with torch.no_grad():
+        for p in src.parameters():
+            p.add_(0.5)  # unlike any fresh initialisation
+    src.save(tmp_path / "src.safetensors")
+    out = tmp_path / "new.safetensors"
+    assert _run(["init", "--preset", "tiny", "--weights-from", str(tmp_path / "src.safetensors"), str(out)]) == 0
+    msg = capsys.readouterr().out
+    new = Performer.load(out)
+    assert new.cfg.video.lookahead_ms == 100.0 and new.cfg.instrument == "cello"
+    assert new.khp.pitch is not None and dataclasses.replace(new.cfg.khp, pitch_detector=0) == cfg.khp
+    theirs, mine = src.state_dict(), new.state_dict()
+    assert all(torch.equal(mine[k], v) for k, v in theirs.items())
+    fresh = sorted(k for k in mine if k not in theirs)
+    assert fresh and all(k.startswith("khp.pitch.") for k in fresh)
+    assert f"{len(theirs)} tensors from" in msg and "khp.pitch" in msg
+
+
 def test_realtime_preset_fits_its_budget() -> None:
     """The real-time preset: 256x256 video within ~1 GFLOP per frame (see models/presets.py)."""
     cfg = preset("realtime")

@@ -271,6 +271,23 @@ def test_thin_parts_weigh_more_in_the_stu_loss(dataset: Path, tmp_path: Path) ->
     assert r.step == 1 and math.isfinite(r.history[0]["l1"])
 
 
+def _trains_alone_and_resumes(mcfg, cfg: TrainConfig, dataset: Path, tmp_path: Path, prefix: str, loss: str):
+    """Run ``cfg`` (4 steps, checkpoints every 2): only the tensors under ``prefix`` change,
+    the ``loss`` logged is finite, and a run stopped at step 2 and resumed logs the same
+    losses. Returns (the full run's result, its weights)."""
+    full = Trainer(mcfg, cfg, dataset, tmp_path / "a", progress=False)
+    before = {k: v.clone() for k, v in full.model.state_dict().items()}
+    res = full.run()
+    after = full.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(prefix) for k in changed), sorted(changed)
+    assert all(math.isfinite(h[loss]) for h in res.history)
+    first = Trainer(mcfg, cfg, dataset, tmp_path / "b", progress=False).run(stop_at=2)
+    rest = Trainer(mcfg, cfg, dataset, tmp_path / "b", progress=False).run(resume=True)
+    assert _losses(first.history + rest.history) == _losses(res.history)
+    return res, after
+
+
 def test_onset_stage_trains_the_detector_alone_and_kp_can_keep_it(dataset: Path, tmp_path: Path) -> None:
     """``stage="onset"`` updates the KHP's onset detector and nothing else, on pitch-shifted
     windows, and resumes exactly; a kp run from it with ``freeze_onset`` leaves the detector
@@ -278,16 +295,7 @@ def test_onset_stage_trains_the_detector_alone_and_kp_can_keep_it(dataset: Path,
     torch.set_num_threads(1)
     mcfg = preset("tiny", "cello")
     cfg = _cfg(stage="onset", steps=4, batch=2, seq_len=20, ckpt_every=2)
-    full = Trainer(mcfg, cfg, dataset, tmp_path / "a", progress=False)
-    before = {k: v.clone() for k, v in full.model.state_dict().items()}
-    res = full.run()
-    after = full.model.state_dict()
-    changed = {k for k in before if not torch.equal(before[k], after[k])}
-    assert changed and all(k.startswith("khp.onset.") for k in changed), sorted(changed)
-    assert all(math.isfinite(h["onset"]) for h in res.history)
-    first = Trainer(mcfg, cfg, dataset, tmp_path / "b", progress=False).run(stop_at=2)
-    rest = Trainer(mcfg, cfg, dataset, tmp_path / "b", progress=False).run(resume=True)
-    assert _losses(first.history + rest.history) == _losses(res.history)
+    res, after = _trains_alone_and_resumes(mcfg, cfg, dataset, tmp_path, "khp.onset.", "onset")
 
     kp = Trainer(mcfg, _cfg(stage="kp", steps=2, freeze_onset=True), dataset, tmp_path / "kp",
                  init_from=res.performer_path, progress=False)
@@ -303,6 +311,31 @@ def test_onset_stage_trains_the_detector_alone_and_kp_can_keep_it(dataset: Path,
         Trainer(plain, _cfg(stage="onset", steps=1), dataset, tmp_path / "x", progress=False)
     with pytest.raises(ValueError, match="--freeze-onset"):
         Trainer(plain, _cfg(stage="kp", steps=1, freeze_onset=True), dataset, tmp_path / "y", progress=False)
+
+
+def test_pitch_stage_trains_the_detector_alone_and_kp_leaves_it(dataset: Path, tmp_path: Path) -> None:
+    """``stage="pitch"`` updates the KHP's pitch detector and nothing else (its targets: the
+    pitch of the latest note heard, moved with the windows' shift), and resumes exactly; the
+    kp stage never changes the detector (the fingering it drives has no gradient)."""
+    torch.set_num_threads(1)
+    mcfg = preset("tiny", "cello")
+    cfg = _cfg(stage="pitch", steps=4, batch=2, seq_len=20, ckpt_every=2, onset_shift=2)
+    batch = Trainer(mcfg, cfg, dataset, tmp_path / "c", progress=False).batches.next()
+    assert batch["pitch"].dtype == torch.int64 and int(batch["pitch"].max()) >= 0
+    res, after = _trains_alone_and_resumes(mcfg, cfg, dataset, tmp_path, "khp.pitch.", "pitch")
+
+    kp = Trainer(mcfg, _cfg(stage="kp", steps=2), dataset, tmp_path / "kp", init_from=res.performer_path,
+                 progress=False)
+    kp.run()
+    now = kp.model.state_dict()
+    assert all(torch.equal(now[k], after[k]) for k in after if k.startswith("khp.pitch."))
+    assert not torch.equal(now["khp.fc.weight"], after["khp.fc.weight"])
+
+    from letsplay.models.presets import ablate
+
+    with pytest.raises(ValueError, match="pitch detector"):
+        Trainer(ablate(mcfg, "kp_no_fingering"), _cfg(stage="pitch", steps=1), dataset, tmp_path / "x",
+                progress=False)
 
 
 def test_onset_stage_pitch_shift_moves_whole_bins(dataset: Path, tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 PRESET_NAMES = ("tiny", "realtime", "paper")  # models.presets.PRESETS, without importing torch here
 ABLATION_NAMES = ("no_cvg", "no_khp", "no_stu", "no_gcn", "no_gru", "kp_no_avg", "kp_no_dlt", "kp_paper",
-                  "kp_no_motion", "warp", "cvg_audio")
+                  "kp_no_motion", "kp_no_fingering", "warp", "cvg_audio")
 INSTRUMENT_NAMES = ("cello", "trombone")
 
 
@@ -48,6 +48,10 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     _add_model_source(init)
     init.add_argument("out", help="output .safetensors path (its folder is made; an existing file is replaced)")
     init.add_argument("--seed", type=int, default=0, help="initialisation seed (default 0)")
+    init.add_argument("--weights-from", metavar="CHECKPOINT",
+                      help="start from a trained performer: its audio / video specs and instrument, and every "
+                           "tensor whose name and shape fit (weights, mean pose, reference); what the preset adds "
+                           "(e.g. the cellist's pitch detector) starts fresh (default: all fresh)")
     init.set_defaults(_model_run=_run_init)
     comb = sub.add_parser("combine", help="put stages trained in separate runs into one checkpoint",
                           description="Copy the weights of the named stages from other checkpoints of the "
@@ -125,6 +129,19 @@ def _run_init(args: argparse.Namespace) -> int:
     import torch
 
     torch.manual_seed(args.seed)
+    if args.weights_from:
+        from letsplay.models.performer import Performer, adopt_weights
+        from letsplay.models.presets import ablate, preset
+
+        src = Performer.load(args.weights_from)
+        cfg = preset(args.preset, instrument=src.cfg.instrument, audio=src.cfg.audio, video=src.cfg.video)
+        model = Performer(ablate(cfg, args.ablation) if args.ablation else cfg)
+        got = adopt_weights(model, src)
+        model.save(args.out)
+        fresh = sorted({".".join(k.split(".")[:2]) for k in got["fresh"] + got["reshaped"]})
+        print(f"wrote {args.out}: {len(got['taken'])} tensors from {args.weights_from}, "
+              f"{len(got['fresh']) + len(got['reshaped'])} fresh" + (f" ({', '.join(fresh)})" if fresh else ""))
+        return 0
     model = _build(args)
     model.save(args.out)
     n = sum(p.numel() for p in model.parameters())

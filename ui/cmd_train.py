@@ -13,7 +13,7 @@ from letsplay.ui.cmd_run import MAX_LOOKAHEAD_MS
 
 PRESET_NAMES = ("tiny", "realtime", "paper")
 INSTRUMENT_NAMES = ("cello", "trombone")
-STAGE_NAMES = ("onset", "kp", "cvg", "stu", "all", "e2e")
+STAGE_NAMES = ("onset", "pitch", "kp", "cvg", "stu", "all", "e2e")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -78,7 +78,9 @@ def _add_train(p: argparse.ArgumentParser) -> None:
                         "must be new or empty unless --resume or --overwrite")
     p.add_argument("--stage", choices=STAGE_NAMES, default="all",
                    help="what to train: onset (the KHP's onset detector alone, before kp: long windows, e.g. "
-                        "--seq-len 240), kp (keypoints, KHP), cvg (coarse video), stu (final frames, KHP and CVG "
+                        "--seq-len 240), pitch (the cellist's pitch detector alone, before kp: it names the note "
+                        "the fingering state follows, e.g. --seq-len 64), kp (keypoints, KHP; the pitch detector "
+                        "stays as it is), cvg (coarse video), stu (final frames, KHP and CVG "
                         "frozen), all (kp, cvg, stu in turn, --steps split by --fractions; the default), "
                         "e2e (all stages together: end-to-end fine-tuning, usually with --init)")
     p.add_argument("--init", help="start from the weights of this Performer checkpoint (default: a fresh "

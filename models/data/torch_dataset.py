@@ -166,6 +166,9 @@ class PerformanceDataset(Dataset):
         self.with_frames = True  # False: items carry no "frames" (keypoint training needs none)
         self.with_parts = False  # True: items carry "parts", the part-label maps (format-2 clips)
         self.with_motion = False  # True: items carry "motion" / "motion_mask", KHP's motion targets
+        # with_motion: items carry "pitch" too, the note begun this long after each frame's display
+        # time (None: the lookahead, the newest audio the frame hears)
+        self.pitch_lead_ms: float | None = None
         self.index: list[tuple[int, int]] = []
         for ci, c in enumerate(self.clips):
             for s in range(0, c.n_frames - seq_len + 1, self.stride):
@@ -179,6 +182,7 @@ class PerformanceDataset(Dataset):
         self._inst: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._parts: dict[int, np.ndarray | None] = {}  # the last clip's maps only (they are large)
         self._motion: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._pitch: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.index)
@@ -273,6 +277,23 @@ class PerformanceDataset(Dataset):
             self._motion[ci] = motion_targets(clip.instrument, notes, motion, clip.n_frames, float(clip.fps))
         return self._motion[ci]
 
+    def _pitch_targets(self, ci: int) -> np.ndarray:
+        """[T] int64: the pitch detector's targets (:func:`letsplay.models.fingering.heard_pitch`),
+        all -1 for a clip without notes."""
+        if ci not in self._pitch:
+            from letsplay.models.fingering import heard_pitch, pitch_classes
+
+            clip = self.clips[ci]
+            try:
+                notes = clip.notes()
+            except (AttributeError, OSError, ValueError, KeyError):
+                notes = None
+            low, n = pitch_classes(clip.instrument)
+            v = self._video_for(clip)
+            lead = v.lookahead_ms if self.pitch_lead_ms is None else min(self.pitch_lead_ms, v.lookahead_ms)
+            self._pitch[ci] = heard_pitch(notes, clip.n_frames, float(clip.fps), lead / 1000.0, low, n)
+        return self._pitch[ci]
+
     def _part_maps(self, ci: int) -> np.ndarray | None:
         if ci not in self._parts:
             self._parts.clear()
@@ -324,6 +345,7 @@ class PerformanceDataset(Dataset):
             mv, mm = self._motion_targets(ci)
             item["motion"] = torch.from_numpy(np.ascontiguousarray(mv[s:s + T]))
             item["motion_mask"] = torch.from_numpy(np.ascontiguousarray(mm[s:s + T]))
+            item["pitch"] = torch.from_numpy(self._pitch_targets(ci)[s:s + T])
         if self.with_parts:
             maps = self._part_maps(ci)
             if maps is None or len(maps) < s + T:
