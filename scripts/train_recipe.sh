@@ -24,7 +24,7 @@
 # Environment:
 #   DEVICE        cuda or cpu (default: cuda when torch sees a GPU)
 #   ONSET_MINUTES the onset detector's budget (default GPU 2, CPU 24)
-#   PITCH_MINUTES the cello's pitch detector's budget (default GPU 1, CPU 4)
+#   PITCH_MINUTES the cello's pitch detector's budget (default GPU 1, CPU 7: about 12000 steps)
 #   KP_MINUTES    KHP's budget (default GPU 4, CPU 55)
 #   STU_MINUTES   the STU's budget (default GPU 8, CPU 60)
 #   INIT_KHP      take KHP from this performer instead of training it (skips stages 1 and 2)
@@ -43,7 +43,7 @@ PY=${PYTHON:-.venv/bin/python}
 lp() { "$PY" -m letsplay.ui.cli "$@"; }
 dev=${DEVICE:-$("$PY" -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")}
 if [ "$dev" = cpu ]; then
-  on_min=${ONSET_MINUTES:-24} kp_min=${KP_MINUTES:-55} stu_min=${STU_MINUTES:-60} pitch_min=${PITCH_MINUTES:-4}
+  on_min=${ONSET_MINUTES:-24} kp_min=${KP_MINUTES:-55} stu_min=${STU_MINUTES:-60} pitch_min=${PITCH_MINUTES:-7}
   on_opts=(--batch 8 --seq-len 240 --threads 2) pitch_opts=(--batch 8 --seq-len 64 --threads 2)
   kp_opts=(--batch 8 --seq-len 32 --threads 2) stu_opts=(--batch 2 --seq-len 16 --threads 2)
 else
