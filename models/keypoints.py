@@ -172,8 +172,9 @@ class KeypointState(State):
     onset_prev: Tensor | None = None  # [B, 1] motion heads: the previous frame's onset probability
     travel: Tensor | None = None  # [B, 1] motion heads: bow contact point - 0.5 (so a fresh state is zeros)
     onset_enc: StreamingEncoderState | None = None  # the onset detector's history
-    # [B, 3] state readout: the two regressions as at the last onset, and 1 once an onset has
-    # been heard (before it, the held values follow the regressions)
+    # [B, 3] state readout: the two regressions as at the last onset (with a pitch detector: the
+    # fingering's string as at the last onset and its stop), and 1 once an onset has been
+    # heard (before it, the held values follow the regressions)
     held: Tensor | None = None
     # [B, 3] pitch detector: the fingering (pitch heard last, string, stop; letsplay.models.fingering)
     fingering: Tensor | None = None
