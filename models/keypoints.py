@@ -334,18 +334,17 @@ class KeypointPredictor(nn.Module):
             if self.cfg.state_readout:
                 # the regressions as at the last onset (following them until the first one)
                 take = (flip > 0.5) | (state.held[:, 2:] < 0.5)
-                kept = torch.where(take, torch.cat([aux_a, aux_b], dim=1), state.held[:, :2])
-                held = torch.cat([kept, torch.maximum(state.held[:, 2:], (flip > 0.5).to(flip.dtype))], dim=1)
-                if pitch_logits is not None:
+                if pitch_logits is None:
+                    kept = torch.where(take, torch.cat([aux_a, aux_b], dim=1), state.held[:, :2])
+                else:
                     # the string and stop from the fingering state instead: the stop as soon as the
                     # note is heard (the left hand goes ahead of the note), the string from one onset
                     # to the next (the bow crosses to it with the stroke: a string change between
                     # onsets would move the bowing arm off the beat)
                     fingering = fingering_step(pitch_logits.detach(), state.fingering, self.pitch_low)
                     now = fingering_read(fingering)
-                    string = torch.where(take, now[:, :1], state.held[:, :1])
-                    kept = torch.cat([string, now[:, 1:]], dim=1)
-                    held = torch.cat([kept, held[:, 2:]], dim=1)
+                    kept = torch.cat([torch.where(take, now[:, :1], state.held[:, :1]), now[:, 1:]], dim=1)
+                held = torch.cat([kept, torch.maximum(state.held[:, 2:], (flip > 0.5).to(flip.dtype))], dim=1)
                 read = torch.cat([onset, direction, travel, kept, sounding], dim=1)
             if motion_teacher is not None:  # training: the readout takes the real states where given (not NaN)
                 read = torch.where(torch.isnan(motion_teacher), read, motion_teacher)

@@ -265,17 +265,20 @@ class PerformanceDataset(Dataset):
             from letsplay.models.motion_targets import motion_targets
 
             clip = self.clips[ci]
-            notes = motion = None
-            try:
-                notes = clip.notes()
-            except (AttributeError, OSError, ValueError, KeyError):
-                notes = None
+            notes, motion = self._notes(ci), None
             try:
                 motion = clip.motion()
             except (AttributeError, OSError, ValueError, KeyError):
                 motion = None
             self._motion[ci] = motion_targets(clip.instrument, notes, motion, clip.n_frames, float(clip.fps))
         return self._motion[ci]
+
+    def _notes(self, ci: int) -> list | None:
+        """The clip's notes, or None for a clip without them (a prepared video)."""
+        try:
+            return self.clips[ci].notes()
+        except (AttributeError, OSError, ValueError, KeyError):
+            return None
 
     def _pitch_targets(self, ci: int) -> np.ndarray:
         """[T] int64: the pitch detector's targets (:func:`letsplay.models.fingering.heard_pitch`),
@@ -284,14 +287,10 @@ class PerformanceDataset(Dataset):
             from letsplay.models.fingering import heard_pitch, pitch_classes
 
             clip = self.clips[ci]
-            try:
-                notes = clip.notes()
-            except (AttributeError, OSError, ValueError, KeyError):
-                notes = None
             low, n = pitch_classes(clip.instrument)
             v = self._video_for(clip)
             lead = v.lookahead_ms if self.pitch_lead_ms is None else min(self.pitch_lead_ms, v.lookahead_ms)
-            self._pitch[ci] = heard_pitch(notes, clip.n_frames, float(clip.fps), lead / 1000.0, low, n)
+            self._pitch[ci] = heard_pitch(self._notes(ci), clip.n_frames, float(clip.fps), lead / 1000.0, low, n)
         return self._pitch[ci]
 
     def _part_maps(self, ci: int) -> np.ndarray | None:
