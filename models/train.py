@@ -36,6 +36,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,7 @@ from letsplay.models.train_checkpoint import (
     restore_rng,
     write_checkpoint,
 )
-from letsplay.models.train_data import Batches, Lanes, training_mean_pose
+from letsplay.models.train_data import Batches, Lanes, data_roots, training_mean_pose
 from letsplay.models.train_dist import (
     barrier,
     broadcast_module,
@@ -119,6 +120,7 @@ class TrainConfig(DictConfig):
     minutes: float = 0.0  # wall-clock budget (0: none): after a probe, as many steps (<= steps) as end in time
     onset_shift: int = 6  # onset and pitch stages: windows shifted by up to this many CQT bins (semitones) up or down
     freeze_onset: bool = False  # kp stage: the KHP's onset detector (trained by the onset stage) stays as it is
+    timbre: float = 0.0  # onset, pitch, kp stages: strength of a random instrument-body EQ on the CQT (0: none)
 
     def __post_init__(self) -> None:
         if self.stage not in STAGE_CHOICES:
@@ -143,6 +145,8 @@ class TrainConfig(DictConfig):
             raise ValueError(f"teacher_keypoints is a share of the sequences, 0..1; got {self.teacher_keypoints}")
         if not (math.isfinite(self.thin_weight) and self.thin_weight >= 0):
             raise ValueError(f"thin_weight is an extra L1 weight, >= 0; got {self.thin_weight}")
+        if not (math.isfinite(self.timbre) and 0.0 <= self.timbre <= 2.0):
+            raise ValueError(f"timbre is the strength of the random EQ, 0..2 (0: none); got {self.timbre}")
         if self.onset_shift < 0:
             raise ValueError(f"onset_shift is a number of CQT bins, >= 0; got {self.onset_shift}")
         if not (math.isfinite(self.minutes) and self.minutes >= 0):
@@ -199,8 +203,9 @@ class TrainResult:
 class Trainer:
     """Trains a Performer on a dataset folder; see the module docstring."""
 
-    def __init__(self, model_cfg: PerformerConfig, cfg: TrainConfig, data: str | Path, out: str | Path,
-                 device: str | None = None, init_from: str | Path | None = None, progress: bool = True) -> None:
+    def __init__(self, model_cfg: PerformerConfig, cfg: TrainConfig, data: str | Path | Sequence[str | Path],
+                 out: str | Path, device: str | None = None, init_from: str | Path | None = None,
+                 progress: bool = True) -> None:
         from letsplay.models.data.torch_dataset import PerformanceDataset, open_sources
 
         self.cfg, self.out, self.progress = cfg, Path(out), progress
@@ -215,14 +220,19 @@ class Trainer:
                 raise ValueError(f"--init checkpoint is for {loaded.cfg.instrument}, not {model_cfg.instrument}")
             # the data is read as the checkpoint's model hears it: its audio spec and lookahead
             model_cfg = loaded.cfg
-        clips = [c for c in open_sources(data, split="train") if c.instrument == model_cfg.instrument]
-        if not clips:
-            raise ValueError(f"{data}: no training clips of instrument {model_cfg.instrument!r}; make a dataset "
-                             f"with 'letsplay data synth --instrument {model_cfg.instrument}'")
+        roots = data_roots(data)
+        clips = []
+        for root in roots:  # several datasets: their training clips together, in the order given
+            found = [c for c in open_sources(root, split="train") if c.instrument == model_cfg.instrument]
+            if not found:
+                raise ValueError(f"{root}: no training clips of instrument {model_cfg.instrument!r}; make a dataset "
+                                 f"with 'letsplay data synth --instrument {model_cfg.instrument}'")
+            clips += found
         if cfg.max_clips:
             clips = clips[: cfg.max_clips]
+        # the features' cache keys name each clip's audio file, so one folder serves every dataset
         self.dataset = PerformanceDataset(clips, cfg.seq_len, model_cfg.audio, model_cfg.video,
-                                          cache_dir=Path(data) / ".cache", seed=cfg.seed, random_offset=True)
+                                          cache_dir=roots[0] / ".cache", seed=cfg.seed, random_offset=True)
         if loaded is not None:
             self.model = loaded
         else:
@@ -276,6 +286,7 @@ class Trainer:
         self._teacher: Tensor | None = None  # lanes whose direction state the real onsets drive
         self.stu_state: PerformerState | None = None  # stu lanes: the whole performer's state per lane
         self._stu_teach: Tensor | None = None  # stu lanes: lanes drawn from the real keypoints (per clip)
+        self._timbre_curve: Tensor | None = None  # kp lanes: each lane's timbre curve [B, bins] (per clip)
         self._writer: Any = None
         self._budget_decided = False  # cfg.minutes: the step count has been set from the measured rate
 
@@ -314,6 +325,7 @@ class Trainer:
         kp_state = None if self.kp_state is None else {
             k: gather_rows(v, self.dist) for k, v in self.kp_state.to_dict().items()}
         teacher = None if self._teacher is None else gather_rows(self._teacher.float().to(self.device), self.dist)
+        curve = None if self._timbre_curve is None else gather_rows(self._timbre_curve.float(), self.dist)
         stu_state = None if self.stu_state is None else {
             k: gather_rows(v, self.dist) for k, v in self.stu_state.to_dict().items()}
         stu_teach = None if self._stu_teach is None else gather_rows(self._stu_teach.float().to(self.device),
@@ -329,6 +341,8 @@ class Trainer:
             tensors.update({f"lanes.{k}": v.detach().to("cpu").contiguous().clone() for k, v in kp_state.items()})
         if teacher is not None:
             tensors["lanes_teacher"] = teacher.to("cpu").contiguous().clone()
+        if curve is not None:
+            tensors["lanes_timbre"] = curve.to("cpu").contiguous().clone()
         meta = {
             "step": self.step, "train_config": self.cfg.to_dict(), "schedule": self.plan,
             "model_config": self.model.cfg.to_dict(),
@@ -377,6 +391,8 @@ class Trainer:
             self.kp_state = KeypointState.from_dict(lane_t) if lane_t else None
             if "lanes_teacher" in tensors:
                 self._teacher = tensors["lanes_teacher"][self.dist.rank::self.dist.world] > 0.5
+            if "lanes_timbre" in tensors:
+                self._timbre_curve = tensors["lanes_timbre"][self.dist.rank::self.dist.world].to(self.device)
             stu_t = {k[9:]: v[self.dist.rank::self.dist.world].to(self.device)
                      for k, v in tensors.items() if k.startswith("stulanes.")}
             self.stu_state = PerformerState.from_dict(stu_t) if stu_t else None
@@ -481,7 +497,7 @@ class Trainer:
                 raise ValueError("the onset stage needs the clips' notes (motion targets); this dataset has none")
             from letsplay.models.keypoints import ONSET_POS_WEIGHT
 
-            windows = self._shift_pitch(windows)
+            windows = self._timbre(self._shift_pitch(windows))
             with self._autocast():
                 logits = m.khp.onset_logits(windows).float()
             real = batch["motion"][..., 0].to(self.device)
@@ -499,6 +515,7 @@ class Trainer:
             semitone = m.cfg.audio.bins_per_octave == 12
             windows, shift = self._shift_pitch(windows, with_shift=True, most=None if semitone else 0)
             target = target + shift.to(self.device)[:, None]  # the same semitones up or down
+            windows = self._timbre(windows)
             n = m.khp.pitch.out.out_features
             target = torch.where((batch["pitch"].to(self.device) >= 0) & (target >= 0) & (target < n), target, -1)
             if not bool((target >= 0).any()):
@@ -511,6 +528,7 @@ class Trainer:
                 logs = {"pitch": loss}
         elif stage == "kp":
             kp_real, conf = batch["keypoints"].to(self.device), batch["confidence"].to(self.device)
+            windows = self._timbre(windows, batch.get("reset"))
             state = None
             if "reset" in batch and self.kp_state is not None:  # lanes: go on from the lane's last chunk
                 state = m.khp.reset_where(self.kp_state, batch["reset"].to(self.device))
@@ -634,6 +652,31 @@ class Trainer:
                 out[b, :, :k] = windows[b, :, -k:]
         out = out * gain.to(windows.device)[:, None, None, None]
         return (out, shift) if with_shift else out
+
+    def _timbre(self, windows: Tensor, reset: Tensor | None = None) -> Tensor:
+        """The timbre augmentation (``cfg.timbre`` = s > 0): each sequence's CQT windows
+        ``[B, T, bins, W]`` multiplied, bin by bin, by ``exp(eq + tilt + gain)`` -- a smooth
+        random EQ (8 knots spread over the bins, each N(0, s), linear between them), a
+        spectral tilt (uniform +-2s from the lowest bin to the highest) and a gain (uniform
+        +-1.4s): another instrument body, another microphone, another soundfont. One
+        curve per sequence, constant over its frames; with lanes (``reset`` given) one per
+        clip, drawn again when a lane starts a clip. Off (s = 0) it draws nothing, so runs
+        without it keep their random streams."""
+        s = self.cfg.timbre
+        if s <= 0:
+            return windows
+        B, bins = windows.shape[0], windows.shape[2]
+        d, n = self.dist, B * self.dist.world
+        knots = torch.randn(n, 8, generator=self.noise) * s
+        tilt = torch.empty(n, 1).uniform_(-2 * s, 2 * s, generator=self.noise)
+        gain = torch.empty(n, 1).uniform_(-1.4 * s, 1.4 * s, generator=self.noise)
+        eq = F.interpolate(knots[:, None], size=bins, mode="linear", align_corners=True)[:, 0]
+        ramp = torch.linspace(-0.5, 0.5, bins)[None]
+        curve = (eq + tilt * ramp + gain)[d.rank::d.world].to(windows.device)
+        if reset is not None:
+            curve = _per_lane(self._timbre_curve, curve, reset.to(windows.device)[:, None])
+            self._timbre_curve = curve
+        return windows * torch.exp(curve).to(windows.dtype)[:, None, :, None]
 
     def _motion_teacher(self, batch: dict[str, Any]) -> Tensor:
         """[B, T, 6]: the real motion states the keypoint readout reads (``teacher_motion``
@@ -771,7 +814,7 @@ class Trainer:
                            self.out / "performer.safetensors")
 
 
-def train(model_cfg: PerformerConfig, cfg: TrainConfig, data: str | Path, out: str | Path, *,
+def train(model_cfg: PerformerConfig, cfg: TrainConfig, data: str | Path | Sequence[str | Path], out: str | Path, *,
           resume: bool = False, overwrite: bool = False, device: str | None = None,
           init_from: str | Path | None = None, progress: bool = True) -> TrainResult:
     """Train (or resume training) a Performer; returns the run's summary. The out folder is

@@ -10,7 +10,7 @@ global batch (:class:`letsplay.models.train_dist.Dist`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -178,9 +178,29 @@ def dataset_instruments(data: str | Path) -> list[str]:
     return sorted({c.instrument for c in open_sources(data, split="train")})
 
 
-def resolve_instrument(data: str | Path, instrument: str | None = None) -> str:
+def data_roots(data: str | Path | Sequence[str | Path]) -> list[Path]:
+    """One dataset folder or several (``train --data A B``: their training clips together,
+    e.g. the same pieces rendered with two soundfonts) as a list; a folder given twice is refused."""
+    roots = [Path(data)] if isinstance(data, (str, Path)) else [Path(d) for d in data]
+    if not roots:
+        raise ValueError("no dataset given; name one or more dataset folders")
+    seen = [r.resolve() for r in roots]
+    if len(set(seen)) < len(seen):
+        raise ValueError(f"a dataset is given twice: {[str(r) for r in roots]}")
+    return roots
+
+
+def resolve_instrument(data: str | Path | Sequence[str | Path], instrument: str | None = None) -> str:
     """``instrument`` if the dataset's training clips hold it; None: the dataset's own one
-    (refused, with the list, when it holds several)."""
+    (refused, with the list, when it holds several). Several datasets must agree."""
+    roots = data_roots(data)
+    if len(roots) > 1:
+        found = {r: resolve_instrument(r, instrument) for r in roots}
+        if len(set(found.values())) > 1:
+            raise ValueError("the datasets hold different instruments (" + ", ".join(
+                f"{r}: {i}" for r, i in found.items()) + "); train one instrument at a time")
+        return next(iter(found.values()))
+    data = roots[0]
     held = dataset_instruments(data)
     if not held:
         raise ValueError(f"{data} has no training clips (split 'train'); make a dataset with 'letsplay data synth' "

@@ -3,7 +3,8 @@
 # coarse frame is the performer's reference warped part by part to the keypoints; the STU
 # refines it at full resolution). On a CUDA GPU when torch sees one, else on this CPU.
 #   1. KHP's onset detector alone: 240-frame windows, pitch-shifted and louder or softer at
-#      random, BCE against the notes' onsets (a bow's direction is the parity of all of them);
+#      random (here and in 1b and 2 also through a random instrument-body EQ: TIMBRE), BCE
+#      against the notes' onsets (a bow's direction is the parity of all of them);
 #   1b. (cello) KHP's pitch detector alone: 64-frame windows, shifted by whole semitones with
 #      their targets, cross-entropy against the note begun 45 ms after each frame (the
 #      fingering state -- string and stop -- follows the pitch it names);
@@ -28,13 +29,16 @@
 #   KP_MINUTES    KHP's budget (default GPU 4, CPU 55)
 #   STU_MINUTES   the STU's budget (default GPU 8, CPU 60)
 #   INIT_KHP      take KHP from this performer instead of training it (skips stages 1 and 2)
+#   TIMBRE        strength of the timbre augmentation in stages 1-2: each sequence's CQT
+#                 multiplied by a random smooth EQ, tilt and gain, so the motion does not hang
+#                 on the one soundfont the data was rendered with (default 0.5; 0: none)
 #   TEACHER_MOTION  share of KHP's sequences whose readout reads the real motion states
 #                 (default trombone 1, cello 0)
 #   INIT          start the STU from this warp performer's weights (a warm start; its KHP is
 #                 replaced by stage 1's or INIT_KHP's)
 #   PYTHON        the Python with letsplay installed (default .venv/bin/python, else python3)
 set -euo pipefail
-[ $# -eq 3 ] || { sed -n 2,33p "$0" >&2; exit 2; }
+[ $# -eq 3 ] || { sed -n 2,39p "$0" >&2; exit 2; }
 inst=$1 data=$2 out=$3
 case "$inst" in cello|trombone) ;; *) echo "INSTRUMENT must be cello or trombone, got '$inst'" >&2; exit 2 ;; esac
 [ -f "$data/manifest.json" ] || { echo "$data is not a letsplay dataset (no manifest.json)" >&2; exit 2; }
@@ -54,6 +58,7 @@ else
 fi
 mkdir -p "$out"
 common=(--data "$data" --preset realtime --instrument "$inst" --device "$dev")
+timbre=(--timbre "${TIMBRE:-0.5}")
 t0=$(date +%s)
 stage() {  # stage NAME FOLDER ARGS...: train unless finished, resume when interrupted
   local name=$1 folder=$2; shift 2
@@ -69,15 +74,15 @@ stage() {  # stage NAME FOLDER ARGS...: train unless finished, resume when inter
 if [ -n "${INIT_KHP:-}" ]; then
   khp=$INIT_KHP
 else
-  stage onset "$out/onset" --stage onset --lookahead 100 --steps 100000 --minutes "$on_min" "${on_opts[@]}"
+  stage onset "$out/onset" --stage onset --lookahead 100 --steps 100000 --minutes "$on_min" "${on_opts[@]}" "${timbre[@]}"
   before_kp=$out/onset/performer.safetensors
   if [ "$inst" = cello ]; then
-    stage pitch "$out/pitch" --stage pitch --init "$before_kp" --steps 100000 --minutes "$pitch_min" "${pitch_opts[@]}"
+    stage pitch "$out/pitch" --stage pitch --init "$before_kp" --steps 100000 --minutes "$pitch_min" "${pitch_opts[@]}" "${timbre[@]}"
     before_kp=$out/pitch/performer.safetensors
   fi
   tm=${TEACHER_MOTION:-$([ "$inst" = trombone ] && echo 1 || echo 0)}
   stage kp "$out/kp" --stage kp --init "$before_kp" --freeze-onset --teacher-motion "$tm" \
-    --steps 100000 --minutes "$kp_min" "${kp_opts[@]}"
+    --steps 100000 --minutes "$kp_min" "${kp_opts[@]}" "${timbre[@]}"
   khp=$out/kp/performer.safetensors
 fi
 

@@ -39,12 +39,14 @@ def music_signal(seconds: float, sr: int = 44100, seed: int = 0) -> np.ndarray:
     return (x / np.abs(x).max() * 0.8).astype(np.float32)
 
 
-def synth_tiny(root, instrument: str, minutes: float, clip_seconds: float, min_clip_seconds: float):
-    """A small synthetic dataset (one identity, JPEG frames) at ``root``; returns ``root``."""
+def synth_tiny(root, instrument: str, minutes: float, clip_seconds: float, min_clip_seconds: float, **kw):
+    """A small synthetic dataset (one identity, JPEG frames) at ``root``; returns ``root``.
+    ``kw``: other SynthDatasetConfig fields (e.g. ``soundfont``)."""
     from letsplay.models.data.synth_dataset import SynthDatasetConfig, synthesize_dataset
 
     synthesize_dataset(root, SynthDatasetConfig(instrument=instrument, minutes=minutes, clip_seconds=clip_seconds,
-                                                identities=1, frames="jpeg", min_clip_seconds=min_clip_seconds),
+                                                identities=1, frames="jpeg", min_clip_seconds=min_clip_seconds,
+                                                **kw),
                        workers=1)
     return root
 

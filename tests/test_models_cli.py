@@ -79,6 +79,21 @@ def test_init_weights_from_a_trained_performer(tmp_path: Path, capsys: pytest.Ca
     assert fresh and all(k.startswith("khp.pitch.") for k in fresh)
     assert f"{len(theirs)} tensors from" in msg and "khp.pitch" in msg
 
+    # --lookahead: the same weights, heard at another lookahead (a sync-vs-lookahead curve's start)
+    moved = tmp_path / "moved.safetensors"
+    assert _run(["init", "--preset", "tiny", "--weights-from", str(out), "--lookahead", "33", str(moved)]) == 0
+    m33 = Performer.load(moved)
+    assert m33.cfg.video.lookahead_ms == 33.0 and m33.cfg.video.height == 32
+    assert all(torch.equal(v, mine[k]) for k, v in m33.state_dict().items())
+    plain, at0 = tmp_path / "plain.safetensors", tmp_path / "at0.safetensors"
+    assert _run(["init", "--preset", "tiny", str(plain)]) == 0
+    assert _run(["init", "--preset", "tiny", "--lookahead", "50", str(at0)]) == 0
+    a, b = Performer.load(plain), Performer.load(at0)
+    assert b.cfg.video.lookahead_ms == 50.0 and a.cfg.video.lookahead_ms != 50.0
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    with pytest.raises(ValueError, match="--lookahead must be"):
+        _run(["init", "--preset", "tiny", "--lookahead", "-5", str(at0)])
+
 
 def test_realtime_preset_fits_its_budget() -> None:
     """The real-time preset: 256x256 video within ~1 GFLOP per frame (see models/presets.py)."""

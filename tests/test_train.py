@@ -6,10 +6,12 @@ same loss sequence as an uninterrupted one; evaluation scores a trained model.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers import synth_tiny
@@ -357,6 +359,86 @@ def test_onset_stage_pitch_shift_moves_whole_bins(dataset: Path, tmp_path: Path)
         assert found, b
     with pytest.raises(ValueError, match="onset_shift"):
         _cfg(onset_shift=-1)
+
+
+def test_timbre_augmentation_is_one_smooth_curve_per_clip_and_resumes(dataset: Path, tmp_path: Path) -> None:
+    """``timbre`` multiplies each sequence's CQT by one curve over the bins (the same at every
+    frame and window column), smooth, different between sequences and bounded by its
+    strength; off, it draws nothing. In kp lanes a lane keeps its curve until it starts a new
+    clip, and a run stopped and resumed mid-clip logs the same losses."""
+    torch.set_num_threads(1)
+    mcfg = preset("tiny", "cello")
+    off = Trainer(mcfg, _cfg(stage="kp", steps=1), dataset, tmp_path / "o", progress=False)
+    w = torch.rand(4, 3, mcfg.audio.n_bins, 5) + 0.1
+    rng = off.noise.get_state()
+    assert off._timbre(w) is w and torch.equal(off.noise.get_state(), rng)
+
+    tr = Trainer(mcfg, _cfg(stage="kp", steps=1, timbre=0.5), dataset, tmp_path / "t", progress=False)
+    out = tr._timbre(w)
+    ratio = (out / w).log()  # [B, T, bins, W]: the log curve each sequence was multiplied by
+    curve = ratio[:, 0, :, 0]
+    assert torch.allclose(ratio, curve[:, None, :, None].expand_as(ratio), atol=1e-5)
+    assert (curve[0] - curve[1]).abs().max() > 0.05  # each sequence its own body
+    assert curve.abs().max() < 0.5 * 4 + 2 * 0.5 + 1.4 * 0.5  # 4 sigma of the knots, tilt, gain
+    steps = curve.diff(dim=1).abs().max()
+    assert steps < (4.0 * 7 + 1.0) / (mcfg.audio.n_bins - 1) + 1e-4  # linear between 8 knots, plus the tilt
+
+    kept = tr._timbre(w, torch.tensor([True, False, True, False]))  # lanes: the first chunk draws for all
+    again = tr._timbre(w, torch.tensor([False, False, True, False]))
+    assert torch.equal(again[[0, 1, 3]], kept[[0, 1, 3]]) and not torch.equal(again[2], kept[2])
+    with pytest.raises(ValueError, match="timbre"):
+        _cfg(timbre=-0.1)
+
+    cfg = _cfg(stage="kp", steps=5, batch=1, seq_len=30, ckpt_every=2, timbre=0.5)
+    full = Trainer(mcfg, cfg, dataset, tmp_path / "a", progress=False).run()
+    first = Trainer(mcfg, cfg, dataset, tmp_path / "b", progress=False).run(stop_at=2)
+    rest = Trainer(mcfg, cfg, dataset, tmp_path / "b", progress=False).run(resume=True)
+    assert _losses(first.history + rest.history) == _losses(full.history)
+    plain = Trainer(mcfg, dataclasses.replace(cfg, timbre=0.0), dataset, tmp_path / "p", progress=False).run()
+    assert _losses(plain.history) != _losses(full.history)
+
+
+def test_training_on_two_soundfonts_reads_both_datasets(dataset: Path, tmp_path: Path) -> None:
+    """``data synth --soundfont`` plays the same pieces, motion and frames in another
+    instrument's sound; ``train --data A B`` trains on both datasets' clips together, and
+    refuses a dataset given twice or a soundfont that is not one."""
+    from letsplay.models.data.synth_audio import fluidsynth_available, tim_gm_soundfont
+    from letsplay.models.data.synth_dataset import SynthDatasetConfig
+    from letsplay.models.data.torch_dataset import open_sources
+
+    if not fluidsynth_available():
+        pytest.skip("needs fluidsynth + FluidR3_GM (scripts/system-packages.sh) beside the TimGM6mb soundfont")
+    other = synth_tiny(tmp_path / "tim", "cello", 0.2, 6.0, 3.0, synth="fluidsynth",
+                       soundfont=str(tim_gm_soundfont()))
+    manifest = json.loads((other / "manifest.json").read_text())
+    assert manifest["config"]["soundfont"] == str(tim_gm_soundfont().resolve())
+    assert "soundfont" not in json.loads((dataset / "manifest.json").read_text())["config"]  # the backend's own
+    a = {c.id: c for c in open_sources(dataset)}
+    b = {c.id: c for c in open_sources(other)}
+    assert a.keys() == b.keys()
+    from letsplay.models.spec import AudioSpec
+
+    for cid in a:
+        assert np.array_equal(a[cid].keypoints()[0], b[cid].keypoints()[0])  # the same performance
+        wa, wb = a[cid].audio(AudioSpec()), b[cid].audio(AudioSpec())
+        n = min(len(wa), len(wb))
+        assert np.abs(wa[:n] - wb[:n]).mean() > 0.1 * np.abs(wa[:n]).mean()  # another sound
+    clip_meta = json.loads(next(other.glob("clips/*/clip.json")).read_text())
+    assert clip_meta["synth"]["soundfont"] == "TimGM6mb.sf2"
+
+    mcfg = preset("tiny", "cello")
+    one = Trainer(mcfg, _cfg(stage="kp", steps=1), dataset, tmp_path / "one", progress=False)
+    both = Trainer(mcfg, _cfg(stage="kp", steps=2, batch=2, seq_len=10), [dataset, other], tmp_path / "both",
+                   progress=False)
+    assert len(both.dataset.clips) == 2 * len(one.dataset.clips)
+    assert {c.root for c in both.dataset.clips} == {dataset, other}
+    res = both.run()
+    assert all(math.isfinite(h["kp"]) for h in res.history)
+    with pytest.raises(ValueError, match="given twice"):
+        Trainer(mcfg, _cfg(stage="kp", steps=1), [dataset, dataset], tmp_path / "twice", progress=False)
+    for bad, msg in ((tmp_path / "missing.sf2", "no such file"), (other / "manifest.json", "ends in .sf2")):
+        with pytest.raises(ValueError, match=msg):
+            SynthDatasetConfig(instrument="cello", minutes=0.2, soundfont=str(bad)).validate()
 
 
 def test_init_reads_the_data_as_the_checkpoint_hears_it(dataset: Path, tmp_path: Path) -> None:

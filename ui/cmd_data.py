@@ -56,6 +56,10 @@ def _add_data(p: argparse.ArgumentParser) -> None:
     s.add_argument("--synth", choices=("auto", "tinysoundfont", "fluidsynth"), default="auto",
                    help="audio backend (default auto: fluidsynth + FluidR3_GM when installed, else "
                         "tinysoundfont + TimGM6mb)")
+    s.add_argument("--soundfont", metavar="FILE",
+                   help="play the notes with this General MIDI soundfont (.sf2; .sf3 needs --synth fluidsynth), "
+                        "e.g. Debian's MuseScore_General.sf3: the same pieces and motion in another instrument's "
+                        "sound, to train on more than one (default: the backend's own)")
     s.add_argument("--frames", choices=("mp4", "jpeg"), default="mp4",
                    help="how frames are stored: H.264 video.mp4 or one JPEG per frame (default mp4)")
     s.set_defaults(_data_run=_run_synth)
@@ -116,6 +120,7 @@ def _run_synth(args: argparse.Namespace) -> int:
     cfg = SynthDatasetConfig(instrument=args.instrument, minutes=args.minutes, seed=args.seed,
                              clip_seconds=args.clip_seconds,
                              identities=4 if args.identities is None else args.identities, synth=args.synth,
+                             soundfont=args.soundfont,
                              frames=args.frames, score_files=tuple(args.score or ()), part=args.part,
                              identity=args.identity, split=args.split, keep_splits=args.keep_splits)
     t0 = time.monotonic()

@@ -4,7 +4,9 @@ ones, put stages trained in separate runs together."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 from typing import Any
 
 PRESET_NAMES = ("tiny", "realtime", "paper")  # models.presets.PRESETS, without importing torch here
@@ -52,6 +54,10 @@ def _add_model(p: argparse.ArgumentParser) -> None:
                       help="start from a trained performer: its audio / video specs and instrument, and every "
                            "tensor whose name and shape fit (weights, mean pose, reference); what the preset adds "
                            "(e.g. the cellist's pitch detector) starts fresh (default: all fresh)")
+    init.add_argument("--lookahead", type=float, metavar="MS",
+                      help="ms of future audio the performer hears (default: the preset's, or with --weights-from "
+                           "the trained performer's; another value starts its audio stages over from that "
+                           "performer's weights at the new lookahead, e.g. to measure sync against lookahead)")
     init.set_defaults(_model_run=_run_init)
     comb = sub.add_parser("combine", help="put stages trained in separate runs into one checkpoint",
                           description="Copy the weights of the named stages from other checkpoints of the "
@@ -125,6 +131,16 @@ def _run_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_lookahead(cfg: Any, ms: float | None) -> Any:
+    if ms is None:
+        return cfg
+    from letsplay.ui.cmd_run import MAX_LOOKAHEAD_MS
+
+    if not (math.isfinite(ms) and 0 <= ms <= MAX_LOOKAHEAD_MS):
+        raise ValueError(f"--lookahead must be 0..{MAX_LOOKAHEAD_MS:g} ms of future audio, got {ms:g}")
+    return dataclasses.replace(cfg, video=dataclasses.replace(cfg.video, lookahead_ms=float(ms)))
+
+
 def _run_init(args: argparse.Namespace) -> int:
     import torch
 
@@ -134,7 +150,8 @@ def _run_init(args: argparse.Namespace) -> int:
         from letsplay.models.presets import ablate, preset
 
         src = Performer.load(args.weights_from)
-        cfg = preset(args.preset, instrument=src.cfg.instrument, audio=src.cfg.audio, video=src.cfg.video)
+        cfg = preset(args.preset, instrument=src.cfg.instrument, audio=src.cfg.audio,
+                     video=_with_lookahead(src.cfg, args.lookahead).video)
         model = Performer(ablate(cfg, args.ablation) if args.ablation else cfg)
         got = adopt_weights(model, src)
         model.save(args.out)
@@ -143,6 +160,11 @@ def _run_init(args: argparse.Namespace) -> int:
               f"{len(got['fresh']) + len(got['reshaped'])} fresh" + (f" ({', '.join(fresh)})" if fresh else ""))
         return 0
     model = _build(args)
+    if args.lookahead is not None:
+        from letsplay.models.performer import Performer
+
+        torch.manual_seed(args.seed)  # the same weights as without --lookahead
+        model = Performer(_with_lookahead(model.cfg, args.lookahead))
     model.save(args.out)
     n = sum(p.numel() for p in model.parameters())
     print(f"wrote untrained {model.cfg.preset} performer ({n / 1e6:.2f}M parameters) to {args.out}")

@@ -53,6 +53,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="STU stage: each of --batch lanes reads a clip from start to end in --seq-len chunks with "
                         "every state (KHP, CVG, the STU's CNN-GRU) carried, as the performer runs (default: "
                         "windows from anywhere, each from a fresh state)")
+    p.add_argument("--timbre", type=float, default=0.0, metavar="S",
+                   help="onset, pitch and kp stages: multiply each sequence's CQT by a random smooth EQ, spectral "
+                        "tilt and gain of strength S (another instrument body, microphone or soundfont), so the "
+                        "motion does not hang on one recorded sound (0..2; default 0: none; the recipe uses 0.5)")
     p.add_argument("--freeze-onset", action="store_true",
                    help="kp stage: keep the KHP's onset detector as --init has it (trained by --stage onset)")
     p.add_argument("--no-kp-lanes", action="store_true",
@@ -65,8 +69,10 @@ PRESET_HELP = ("model size: tiny (32x32 frames, a few thousand parameters per st
 
 
 def _add_train(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, help="dataset folder (letsplay format or Sub-URMP tree); its 'train' "
-                                                 "split is trained on")
+    p.add_argument("--data", required=True, nargs="+", metavar="FOLDER",
+                   help="dataset folder (letsplay format or Sub-URMP tree); its 'train' split is trained on. "
+                        "Several: their training clips together (e.g. the same pieces rendered with two "
+                        "soundfonts, so the motion does not hang on one instrument's sound)")
     p.add_argument("--preset", choices=PRESET_NAMES, default="realtime", help=PRESET_HELP)
     p.add_argument("--instrument", choices=INSTRUMENT_NAMES, default=None,
                    help="whose clips to train on (default: the dataset's instrument; required when the dataset "
@@ -107,7 +113,7 @@ def _train_config(args: argparse.Namespace, stage: str):  # noqa: ANN202 - lazy 
                        vgg_weights=args.vgg_weights, teacher_keypoints=args.teacher_keypoints,
                        kp_lanes=not args.no_kp_lanes, stu_lanes=args.stu_lanes, minutes=args.minutes,
                        thin_weight=args.thin_weight, teacher_motion=args.teacher_motion,
-                       freeze_onset=args.freeze_onset,
+                       freeze_onset=args.freeze_onset, timbre=args.timbre,
                        **{k: v for k, v in (("lr", args.lr), ("lr_final", args.lr_final),
                                             ("adv_weight", args.adv_weight)) if v is not None})
 
@@ -137,6 +143,8 @@ def _check_train_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--fractions are shares of --steps: >= 0 and not all 0, got {list(args.fractions)}")
     if not 0.0 <= args.teacher_motion <= 1.0:
         raise ValueError(f"--teacher-motion is a share of the sequences, 0..1; got {args.teacher_motion}")
+    if not (math.isfinite(args.timbre) and 0.0 <= args.timbre <= 2.0):
+        raise ValueError(f"--timbre is the strength of the random EQ, 0..2 (0: none); got {args.timbre}")
     if not 0.0 <= args.teacher_keypoints <= 1.0:
         raise ValueError(f"--teacher-keypoints is a share of the sequences, 0..1; got {args.teacher_keypoints}")
     if args.lookahead is not None and not (math.isfinite(args.lookahead) and 0 <= args.lookahead <= MAX_LOOKAHEAD_MS):

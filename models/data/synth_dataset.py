@@ -57,6 +57,7 @@ class SynthDatasetConfig:
     clip_seconds: float = 30.0  # clip length (the last clip of a piece may be shorter, >= min_clip_seconds)
     identities: int = 4  # performers (identity seeds) in the dataset (1 when ``identity`` is set)
     synth: str = "auto"  # "auto" | "tinysoundfont" | "fluidsynth" (stored resolved)
+    soundfont: str | None = None  # another GM soundfont (.sf2; .sf3 with fluidsynth) instead of the backend's own
     frames: str = "mp4"  # "mp4" (H.264) | "jpeg"
     random_fraction: float = 0.25  # share of the time played from seeded random melodies
     max_piece_seconds: float = 120.0  # at most this much of one corpus piece (more pieces, better splits)
@@ -106,6 +107,15 @@ class SynthDatasetConfig:
                              f"got {self.identity}")
         if self.split not in (None, "auto", *fmt.SPLITS):
             raise ValueError(f"--split must be one of auto, {', '.join(fmt.SPLITS)}; got {self.split!r}")
+        if self.soundfont is not None:
+            sf = Path(self.soundfont)
+            if not sf.is_file():
+                raise ValueError(f"--soundfont {sf}: " + ("not a file" if sf.exists() else "no such file")
+                                 + "; give a General MIDI soundfont (.sf2, or .sf3 with --synth fluidsynth)")
+            if sf.suffix.lower() not in (".sf2", ".sf3"):
+                raise ValueError(f"--soundfont {sf}: a soundfont ends in .sf2 or .sf3, not {sf.suffix or 'nothing'}")
+            if sf.suffix.lower() == ".sf3" and self.synth == "tinysoundfont":
+                raise ValueError(f"--soundfont {sf}: TinySoundFont reads .sf2 only; use --synth fluidsynth for .sf3")
         if self.frames not in ("mp4", "jpeg"):
             raise ValueError(f"frames must be 'mp4' or 'jpeg', got {self.frames!r}")
         if self.keep_splits is not None:
@@ -123,6 +133,7 @@ class SynthDatasetConfig:
 
         return SynthDatasetConfig(**{
             **asdict(self), "synth": resolve_backend(self.synth),
+            "soundfont": None if self.soundfont is None else str(Path(self.soundfont).resolve()),
             "score_files": tuple(str(f) for f in self.score_files),
             "score_sha256": tuple(file_sha256(f) for f in self.score_files),
             "split": self.split or ("test" if self.score_files else "auto"),
@@ -131,6 +142,8 @@ class SynthDatasetConfig:
 
     def to_manifest(self) -> dict[str, Any]:
         d = {**asdict(self), "renderer_version": RENDERER_VERSION}
+        if d["soundfont"] is None:  # the backend's own: as manifests written before the option read
+            del d["soundfont"]
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}  # as it reads back from JSON
 
 
@@ -319,7 +332,8 @@ def render_clip(root: Path, clip: dict[str, Any], cfg: SynthDatasetConfig, audio
     else:
         vib, allowed = NO_VIBRATO, None
     audio = render_notes(notes, inst, n_frames / video_spec.fps, audio_spec.sample_rate,
-                         SynthConfig(backend=cfg.synth), vib, room_seed=seed, vibrato_allowed=allowed)
+                         SynthConfig(backend=cfg.synth, soundfont=cfg.soundfont), vib, room_seed=seed,
+                         vibrato_allowed=allowed)
     perf = perform(notes, body, n_frames, video_spec)
     renderer = PerformerRenderer(body, look, perf, video_spec.width, video_spec.height)
 
@@ -350,7 +364,8 @@ def render_clip(root: Path, clip: dict[str, Any], cfg: SynthDatasetConfig, audio
             "duration": n_frames / video_spec.fps, "frames": cfg.frames,
             "score": {"source": score.source, "piece": clip["piece"], "start": clip["start"], "qpm": score.qpm,
                       "transpose": score.transpose, "n_notes": len(notes)},
-            "synth": {"backend": cfg.synth, "gm_program": inst.gm_program},
+            "synth": {"backend": cfg.synth, "gm_program": inst.gm_program,
+                      "soundfont": Path(SynthConfig(cfg.synth, cfg.soundfont).soundfont_path(cfg.synth)).name},
             "audio_spec": audio_spec.to_dict(), "video_spec": video_spec.to_dict(),
         }
         fmt.commit_clip(root, clip["id"], files, manifest)
