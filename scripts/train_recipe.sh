@@ -32,13 +32,16 @@
 #   TIMBRE        strength of the timbre augmentation in stages 1-2: each sequence's CQT
 #                 multiplied by a random smooth EQ, tilt and gain, so the motion does not hang
 #                 on the one soundfont the data was rendered with (default 0.5; 0: none)
+#   MORE_DATA     more datasets for stages 1-2, space-separated: the same pieces rendered with
+#                 another soundfont (letsplay data synth ... --soundfont FILE), so the motion
+#                 follows the notes whatever instrument plays them (default: none)
 #   TEACHER_MOTION  share of KHP's sequences whose readout reads the real motion states
 #                 (default trombone 1, cello 0)
 #   INIT          start the STU from this warp performer's weights (a warm start; its KHP is
 #                 replaced by stage 1's or INIT_KHP's)
 #   PYTHON        the Python with letsplay installed (default .venv/bin/python, else python3)
 set -euo pipefail
-[ $# -eq 3 ] || { sed -n 2,39p "$0" >&2; exit 2; }
+[ $# -eq 3 ] || { sed -n 2,42p "$0" >&2; exit 2; }
 inst=$1 data=$2 out=$3
 case "$inst" in cello|trombone) ;; *) echo "INSTRUMENT must be cello or trombone, got '$inst'" >&2; exit 2 ;; esac
 [ -f "$data/manifest.json" ] || { echo "$data is not a letsplay dataset (no manifest.json)" >&2; exit 2; }
@@ -59,6 +62,11 @@ fi
 mkdir -p "$out"
 common=(--data "$data" --preset realtime --instrument "$inst" --device "$dev")
 timbre=(--timbre "${TIMBRE:-0.5}")
+read -r -a more <<<"${MORE_DATA:-}"
+for d in "${more[@]}"; do
+  [ -f "$d/manifest.json" ] || { echo "MORE_DATA: $d is not a letsplay dataset (no manifest.json)" >&2; exit 2; }
+done
+khp_data=(--data "$data" "${more[@]}")  # stages 1-2: every dataset; later options override --data
 t0=$(date +%s)
 stage() {  # stage NAME FOLDER ARGS...: train unless finished, resume when interrupted
   local name=$1 folder=$2; shift 2
@@ -74,15 +82,15 @@ stage() {  # stage NAME FOLDER ARGS...: train unless finished, resume when inter
 if [ -n "${INIT_KHP:-}" ]; then
   khp=$INIT_KHP
 else
-  stage onset "$out/onset" --stage onset --lookahead 100 --steps 100000 --minutes "$on_min" "${on_opts[@]}" "${timbre[@]}"
+  stage onset "$out/onset" --stage onset --lookahead 100 --steps 100000 --minutes "$on_min" "${on_opts[@]}" "${timbre[@]}" "${khp_data[@]}"
   before_kp=$out/onset/performer.safetensors
   if [ "$inst" = cello ]; then
-    stage pitch "$out/pitch" --stage pitch --init "$before_kp" --steps 100000 --minutes "$pitch_min" "${pitch_opts[@]}" "${timbre[@]}"
+    stage pitch "$out/pitch" --stage pitch --init "$before_kp" --steps 100000 --minutes "$pitch_min" "${pitch_opts[@]}" "${timbre[@]}" "${khp_data[@]}"
     before_kp=$out/pitch/performer.safetensors
   fi
   tm=${TEACHER_MOTION:-$([ "$inst" = trombone ] && echo 1 || echo 0)}
   stage kp "$out/kp" --stage kp --init "$before_kp" --freeze-onset --teacher-motion "$tm" \
-    --steps 100000 --minutes "$kp_min" "${kp_opts[@]}" "${timbre[@]}"
+    --steps 100000 --minutes "$kp_min" "${kp_opts[@]}" "${timbre[@]}" "${khp_data[@]}"
   khp=$out/kp/performer.safetensors
 fi
 
