@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 from typing import Any
 
 PRESET_NAMES = ("tiny", "realtime", "paper")  # models.presets.PRESETS, without importing torch here
@@ -56,8 +55,8 @@ def _add_model(p: argparse.ArgumentParser) -> None:
                            "(e.g. the cellist's pitch detector) starts fresh (default: all fresh)")
     init.add_argument("--lookahead", type=float, metavar="MS",
                       help="ms of future audio the performer hears (default: the preset's, or with --weights-from "
-                           "the trained performer's; another value starts its audio stages over from that "
-                           "performer's weights at the new lookahead, e.g. to measure sync against lookahead)")
+                           "the trained performer's; with --weights-from another value keeps its weights as they "
+                           "are, a start for fine-tuning at that lookahead, e.g. to measure sync against it)")
     init.set_defaults(_model_run=_run_init)
     comb = sub.add_parser("combine", help="put stages trained in separate runs into one checkpoint",
                           description="Copy the weights of the named stages from other checkpoints of the "
@@ -86,7 +85,7 @@ def _build(args: argparse.Namespace) -> Any:
     cfg = preset(args.preset, instrument=args.instrument)
     if args.ablation:
         cfg = ablate(cfg, args.ablation)
-    return Performer(cfg)
+    return Performer(_with_lookahead(cfg, getattr(args, "lookahead", None)))
 
 
 def _run_info(args: argparse.Namespace) -> int:
@@ -134,10 +133,9 @@ def _run_info(args: argparse.Namespace) -> int:
 def _with_lookahead(cfg: Any, ms: float | None) -> Any:
     if ms is None:
         return cfg
-    from letsplay.ui.cmd_run import MAX_LOOKAHEAD_MS
+    from letsplay.ui.cmd_run import check_lookahead
 
-    if not (math.isfinite(ms) and 0 <= ms <= MAX_LOOKAHEAD_MS):
-        raise ValueError(f"--lookahead must be 0..{MAX_LOOKAHEAD_MS:g} ms of future audio, got {ms:g}")
+    check_lookahead(ms)
     return dataclasses.replace(cfg, video=dataclasses.replace(cfg.video, lookahead_ms=float(ms)))
 
 
@@ -160,11 +158,6 @@ def _run_init(args: argparse.Namespace) -> int:
               f"{len(got['fresh']) + len(got['reshaped'])} fresh" + (f" ({', '.join(fresh)})" if fresh else ""))
         return 0
     model = _build(args)
-    if args.lookahead is not None:
-        from letsplay.models.performer import Performer
-
-        torch.manual_seed(args.seed)  # the same weights as without --lookahead
-        model = Performer(_with_lookahead(model.cfg, args.lookahead))
     model.save(args.out)
     n = sum(p.numel() for p in model.parameters())
     print(f"wrote untrained {model.cfg.preset} performer ({n / 1e6:.2f}M parameters) to {args.out}")

@@ -93,11 +93,15 @@ def _open(args: argparse.Namespace):
 # --------------------------------------------------------------------------- checks before any work
 
 
+def check_lookahead(ms: float | None) -> None:
+    """Refuse a ``--lookahead`` outside 0..MAX_LOOKAHEAD_MS (None: not given)."""
+    if ms is not None and not (math.isfinite(ms) and 0 <= ms <= MAX_LOOKAHEAD_MS):
+        raise ValueError(f"--lookahead must be 0..{MAX_LOOKAHEAD_MS:g} ms of future audio, got {ms:g}")
+
+
 def _check_settings(args: argparse.Namespace) -> None:
     """Values that make no sense, refused before anything is loaded or written."""
-    la = getattr(args, "lookahead", None)
-    if la is not None and not (math.isfinite(la) and 0 <= la <= MAX_LOOKAHEAD_MS):
-        raise ValueError(f"--lookahead must be 0..{MAX_LOOKAHEAD_MS:g} ms of future audio, got {la:g}")
+    check_lookahead(getattr(args, "lookahead", None))
     threads = getattr(args, "threads", None)
     if threads is not None and threads < 1:
         raise ValueError(f"--threads must be at least 1 (leave it out for the default), got {threads}")

@@ -9,7 +9,7 @@ import math
 import os
 from pathlib import Path
 
-from letsplay.ui.cmd_run import MAX_LOOKAHEAD_MS
+from letsplay.ui.cmd_run import check_lookahead
 
 PRESET_NAMES = ("tiny", "realtime", "paper")
 INSTRUMENT_NAMES = ("cello", "trombone")
@@ -147,8 +147,7 @@ def _check_train_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--timbre is the strength of the random EQ, 0..2 (0: none); got {args.timbre}")
     if not 0.0 <= args.teacher_keypoints <= 1.0:
         raise ValueError(f"--teacher-keypoints is a share of the sequences, 0..1; got {args.teacher_keypoints}")
-    if args.lookahead is not None and not (math.isfinite(args.lookahead) and 0 <= args.lookahead <= MAX_LOOKAHEAD_MS):
-        raise ValueError(f"--lookahead must be 0..{MAX_LOOKAHEAD_MS:g} ms of future audio, got {args.lookahead:g}")
+    check_lookahead(args.lookahead)
     if args.resume and args.overwrite:
         raise ValueError("--resume continues the run in --out and --overwrite starts it over; choose one")
     if args.init is not None and not Path(args.init).is_file():
