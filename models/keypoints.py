@@ -117,12 +117,13 @@ class KeypointConfig:
     # hand position are). Each of the three had made the wrist's speed ripple within a
     # stroke, a motion event at every ripple.
     state_readout: bool = False
-    # state readout (cello): channels of a pitch detector (its own streaming encoder over the
-    # CQT columns; trained first with ``train --stage pitch``) whose heard pitch drives an
-    # explicit fingering state -- the string played and the left hand's stop, by the players'
-    # rule (letsplay.models.fingering) -- which the readout reads in place of the two
-    # regressions: the stop as it is, the string as it was at the last onset (0: the
-    # regressions, both held between onsets)
+    # state readout: channels of a pitch detector (its own streaming encoder over the CQT
+    # columns; trained first with ``train --stage pitch``) whose heard pitch drives an explicit
+    # fingering state (letsplay.models.fingering), which the readout reads in place of the
+    # regressions: the cello's string played and the left hand's stop, by the players' rule
+    # (the stop as it is, the string as it was at the last onset); the trombone's slide
+    # position by the chart (as it is; the loudness stays a regression). 0: the regressions,
+    # held between onsets
     pitch_detector: int = 0
     # pitch detector: its target is the note begun by this long after the frame's display
     # time (at most the lookahead), so the fingering moves this far ahead of the note, as a
@@ -225,6 +226,7 @@ class KeypointPredictor(nn.Module):
         self.onset = OnsetDetector(audio, self.video, cfg.onset_detector) if cfg.onset_detector else None
         self.pitch: PitchDetector | None = None
         self.pitch_low = 0
+        self.instrument = instrument
         if cfg.pitch_detector:
             check_instrument(instrument)
             self.pitch_low, n_pitches = pitch_classes(instrument)
@@ -337,13 +339,19 @@ class KeypointPredictor(nn.Module):
                 if pitch_logits is None:
                     kept = torch.where(take, torch.cat([aux_a, aux_b], dim=1), state.held[:, :2])
                 else:
-                    # the string and stop from the fingering state instead: the stop as soon as the
-                    # note is heard (the left hand goes ahead of the note), the string from one onset
-                    # to the next (the bow crosses to it with the stroke: a string change between
-                    # onsets would move the bowing arm off the beat)
-                    fingering = fingering_step(pitch_logits.detach(), state.fingering, self.pitch_low)
-                    now = fingering_read(fingering)
-                    kept = torch.cat([torch.where(take, now[:, :1], state.held[:, :1]), now[:, 1:]], dim=1)
+                    fingering = fingering_step(pitch_logits.detach(), state.fingering, self.pitch_low,
+                                               self.instrument)
+                    now = fingering_read(fingering, self.instrument)
+                    if self.instrument == "trombone":
+                        # the slide from the fingering state as soon as the note is heard (it moves
+                        # ahead of the note); the loudness, a slow envelope, from its regression
+                        kept = torch.cat([now[:, :1], aux_b], dim=1)
+                    else:
+                        # the string and stop from the fingering state instead: the stop as soon as
+                        # the note is heard (the left hand goes ahead of the note), the string from one
+                        # onset to the next (the bow crosses to it with the stroke: a string change
+                        # between onsets would move the bowing arm off the beat)
+                        kept = torch.cat([torch.where(take, now[:, :1], state.held[:, :1]), now[:, 1:]], dim=1)
                 held = torch.cat([kept, torch.maximum(state.held[:, 2:], (flip > 0.5).to(flip.dtype))], dim=1)
                 read = torch.cat([onset, direction, travel, kept, sounding], dim=1)
             if motion_teacher is not None:  # training: the readout takes the real states where given (not NaN)

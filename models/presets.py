@@ -40,8 +40,8 @@ _MOTION_KHP: dict[str, object] = {"encoder": "streaming", "motion_heads": True, 
 
 
 def _pitch_detector(instrument: str, channels: int) -> int:
-    """The pitch detector's channels for ``instrument``: the cellist's fingering state reads
-    it (letsplay.models.fingering); the trombone has none."""
+    """The pitch detector's channels for ``instrument``: the fingering state (the cellist's
+    string and stop, the trombonist's slide; letsplay.models.fingering) reads it."""
     return channels if instrument in FINGERING_INSTRUMENTS else 0
 
 

@@ -269,7 +269,7 @@ class Trainer:
         if any(stage == "pitch" for stage, _, _ in self.plan) and (self.model.khp is None
                                                                    or self.model.khp.pitch is None):
             raise ValueError("--stage pitch trains the KHP's pitch detector, and this model has none "
-                             "(KeypointConfig.pitch_detector = 0); the realtime preset's cellist has one")
+                             "(KeypointConfig.pitch_detector = 0); the realtime preset has one")
         if cfg.freeze_onset:
             if onset is None:
                 raise ValueError("--freeze-onset keeps the KHP's onset detector as it is, and this model has none")

@@ -5,10 +5,11 @@
 #   1. KHP's onset detector alone: 240-frame windows, pitch-shifted and louder or softer at
 #      random (here and in 1b and 2 also through a random instrument-body EQ: TIMBRE), BCE
 #      against the notes' onsets (a bow's direction is the parity of all of them);
-#   1b. (cello) KHP's pitch detector alone: 64-frame windows, shifted by whole semitones with
+#   1b. KHP's pitch detector alone: 64-frame windows, shifted by whole semitones with
 #      their targets, cross-entropy against the note begun 45 ms after each frame (the
-#      fingering state -- string and stop -- follows the pitch it names);
-#   2. KHP (keypoints and motion from audio), the onset (and pitch) detector kept: whole clips read start to end, every state
+#      fingering state -- the cello's string and stop, the trombone's slide -- follows the
+#      pitch it names);
+#   2. KHP (keypoints and motion from audio), the onset and pitch detectors kept: whole clips read start to end, every state
 #      carried, 100 ms of lookahead, half the clips' direction states driven by the real onsets;
 #      the trombone's keypoint readout reads the real motion states in training (it then
 #      commits to its own: sync C 0.60 against 0.43), the cello's its own (a bow arm that
@@ -25,7 +26,7 @@
 # Environment:
 #   DEVICE        cuda or cpu (default: cuda when torch sees a GPU)
 #   ONSET_MINUTES the onset detector's budget (default GPU 2, CPU 24)
-#   PITCH_MINUTES the cello's pitch detector's budget (default GPU 1, CPU 7: about 12000 steps)
+#   PITCH_MINUTES the pitch detector's budget (default GPU 1, CPU 7: about 12000 steps)
 #   KP_MINUTES    KHP's budget (default GPU 4, CPU 55)
 #   STU_MINUTES   the STU's budget (default GPU 8, CPU 60)
 #   INIT_KHP      take KHP from this performer instead of training it (skips stages 1 and 2)
@@ -84,10 +85,8 @@ if [ -n "${INIT_KHP:-}" ]; then
 else
   stage onset "$out/onset" --stage onset --lookahead 100 --steps 100000 --minutes "$on_min" "${on_opts[@]}" "${timbre[@]}" "${khp_data[@]}"
   before_kp=$out/onset/performer.safetensors
-  if [ "$inst" = cello ]; then
-    stage pitch "$out/pitch" --stage pitch --init "$before_kp" --steps 100000 --minutes "$pitch_min" "${pitch_opts[@]}" "${timbre[@]}" "${khp_data[@]}"
-    before_kp=$out/pitch/performer.safetensors
-  fi
+  stage pitch "$out/pitch" --stage pitch --init "$before_kp" --steps 100000 --minutes "$pitch_min" "${pitch_opts[@]}" "${timbre[@]}" "${khp_data[@]}"
+  before_kp=$out/pitch/performer.safetensors
   tm=${TEACHER_MOTION:-$([ "$inst" = trombone ] && echo 1 || echo 0)}
   stage kp "$out/kp" --stage kp --init "$before_kp" --freeze-onset --teacher-motion "$tm" \
     --steps 100000 --minutes "$kp_min" "${kp_opts[@]}" "${timbre[@]}" "${khp_data[@]}"
