@@ -15,6 +15,17 @@ non-saturating BCE-with-logits form, numerically stable on logits:
 * G (Eq. 5): ``BCE(D(G, A), 1) = -log D(G, A)``, whose gradient does not vanish while
   D confidently rejects G early in training.
 
+**PatchGAN** (``DiscriminatorConfig.patch``, beyond the paper): pooling the whole frame into
+one logit lets D judge the picture as a whole and miss what is wrong in a small part of it
+(a blurred bow, a smeared hand). The patch form keeps D's frame CNN fully convolutional and
+gives a logit per patch (each sees about ``receptive_field`` pixels), conditioned on the
+audio by projection: ``logit[h, w] = psi(v[:, h, w]) + <embed(a), v[:, h, w]>`` (Miyato &
+Koyama's projection discriminator, with the CQT window's feature as the condition), so a
+patch is judged for looking real *and* fitting the music. The same losses apply, averaged
+over the patches. **Feature matching** (:func:`feature_matching_loss`, pix2pixHD): the L1
+distance between D's intermediate frame features of the real and the generated frame, a
+steadier signal for the generator than the logit alone.
+
 D is training-only and stateless (one frame at a time), so it has no State.
 """
 
@@ -41,11 +52,23 @@ class DiscriminatorConfig(DictConfig):
     audio_channels: int = 128  # audio encoder (1D-CNN) width
     audio_layers: int = 3  # audio encoder stride-2 conv layers
     audio_features: int = 256  # audio feature size
-    hidden: int = 256  # joint MLP width
+    hidden: int = 256  # joint MLP width (the global form)
+    # PatchGAN: a logit per patch of the frame, conditioned on the audio by projection (the
+    # joint MLP unused); False: the frame's features pooled into one logit, as in the paper
+    patch: bool = False
+
+    def receptive_field(self) -> int:
+        """Pixels of the frame each patch logit sees (a side; the patch form)."""
+        rf, jump = 1, 1
+        for i in range(self.layers):
+            rf += ((4 if i == 0 else 3) - 1) * jump
+            jump *= 2
+        return rf + (3 - 1) * jump  # the last, stride-1 layer
 
 
 class AudioVideoDiscriminator(nn.Module):
-    """``D(frame [..., 3, H, W], window [..., n_bins, W_cqt]) -> logits [...]``."""
+    """``D(frame [..., 3, H, W], window [..., n_bins, W_cqt]) -> logits [...]`` (the patch
+    form: ``[..., h, w]``, a logit per patch)."""
 
     def __init__(self, cfg: DiscriminatorConfig, audio: AudioSpec) -> None:
         super().__init__()
@@ -56,17 +79,37 @@ class AudioVideoDiscriminator(nn.Module):
             cout = min(cfg.base_channels * 2**i, cfg.max_channels)
             layers += [conv(cin, cout, 4 if i == 0 else 3, 2), act()]
             cin = cout
+        if cfg.patch:  # one more layer at stride 1: each patch's features see their neighbours
+            layers += [conv(cin, cin, 3, 1), act()]
         self.frame_enc = nn.Sequential(*layers)
         self.audio_enc = AudioEncoder(audio, cfg.audio_channels, cfg.audio_layers, cfg.audio_features)
-        self.mlp = nn.Sequential(nn.Linear(cin + cfg.audio_features, cfg.hidden), act(), nn.Linear(cfg.hidden, 1))
+        if cfg.patch:
+            self.psi = nn.Conv2d(cin, 1, 1)  # how real a patch looks
+            self.embed = nn.Linear(cfg.audio_features, cin)  # the projection: does it fit the music
+            self.mlp = None
+        else:
+            self.mlp = nn.Sequential(nn.Linear(cin + cfg.audio_features, cfg.hidden), act(), nn.Linear(cfg.hidden, 1))
         kaiming_init(self)
+
+    def features(self, frame: Tensor) -> list[Tensor]:
+        """The frame CNN's activations after each layer, ``[N, c, h, w]`` each (feature matching)."""
+        x = frame.reshape(-1, *frame.shape[-3:])
+        out = []
+        for layer in self.frame_enc:
+            x = layer(x)
+            if not isinstance(layer, nn.Conv2d):  # after each activation
+                out.append(x)
+        return out
 
     def forward(self, frame: Tensor, window: Tensor) -> Tensor:
         lead = frame.shape[:-3]
         C, H, W = frame.shape[-3:]
-        v = self.frame_enc(frame.reshape(-1, C, H, W)).mean(dim=(2, 3))  # [N, c] global pool
+        v = self.frame_enc(frame.reshape(-1, C, H, W))  # [N, c, h, w]
         a = self.audio_enc(window.reshape(-1, *window.shape[-2:]))  # [N, audio_features]
-        return self.mlp(torch.cat([v, a], dim=1)).reshape(lead)
+        if self.mlp is None:
+            proj = (self.embed(a)[:, :, None, None] * v).sum(dim=1) / v.shape[1] ** 0.5  # [N, h, w]
+            return (self.psi(v)[:, 0] + proj).reshape(*lead, *v.shape[-2:])
+        return self.mlp(torch.cat([v.mean(dim=(2, 3)), a], dim=1)).reshape(lead)  # global pool
 
 
 def _bce(logits: Tensor, target: float) -> Tensor:
@@ -96,6 +139,16 @@ def g_adv_loss(d: nn.Module, fake: Tensor, window: Tensor) -> Tensor:
     """Eq. 5, non-saturating: ``-log D(G, A)``. Wrap in :func:`frozen` (d) so the
     backward pass leaves D's gradients alone."""
     return _bce(d(fake, window), 1.0)
+
+
+def feature_matching_loss(d: AudioVideoDiscriminator, real: Tensor, fake: Tensor) -> Tensor:
+    """pix2pixHD's feature matching: the mean L1 distance between D's frame features of the
+    real and the generated frames, layer by layer, averaged over the layers. The real side
+    is a target (no gradient); wrap in :func:`frozen` (d) so D's gradients stay alone."""
+    with torch.no_grad():
+        want = d.features(real)
+    got = d.features(fake)
+    return torch.stack([F.l1_loss(g, w) for g, w in zip(got, want, strict=True)]).mean()
 
 
 @contextlib.contextmanager

@@ -48,7 +48,14 @@ from torch import Tensor, nn
 
 from letsplay.models import losses
 from letsplay.models.config import DictConfig
-from letsplay.models.discriminator import AudioVideoDiscriminator, DiscriminatorConfig, d_loss, frozen, g_adv_loss
+from letsplay.models.discriminator import (
+    AudioVideoDiscriminator,
+    DiscriminatorConfig,
+    d_loss,
+    feature_matching_loss,
+    frozen,
+    g_adv_loss,
+)
 from letsplay.models.discriminator import mismatched as mismatched_audio
 from letsplay.models.keypoints import KeypointState
 from letsplay.models.performer import Performer, PerformerConfig, PerformerState
@@ -82,6 +89,14 @@ STAGES = ("kp", "cvg", "stu")
 STAGE_CHOICES = ("onset", "pitch", "kp", "cvg", "stu", "all", "e2e")
 
 
+def stu_discriminator(patch: bool = False) -> DiscriminatorConfig:
+    """The STU stage's audio-video discriminator: a small one (a few per cent of a step's
+    work). ``patch``: the PatchGAN form, four stride-2 layers and a logit per patch (each sees
+    64 px of the frame); else five layers pooled into one logit, as in the paper."""
+    return DiscriminatorConfig(base_channels=16, max_channels=128, layers=4 if patch else 5, audio_channels=32,
+                               audio_layers=3, audio_features=64, hidden=64, patch=patch)
+
+
 @dataclass(frozen=True)
 class TrainConfig(DictConfig):
     stage: str = "all"  # onset | pitch | kp | cvg | stu | all (kp, cvg, stu in turn) | e2e (fine-tune all together)
@@ -95,14 +110,13 @@ class TrainConfig(DictConfig):
     l1_weight: float = 10.0  # STU pixel L1 weight
     perc_weight: float = 2.0  # STU perceptual (Eq. 7) weight
     adv_weight: float = 0.05  # STU adversarial (Eq. 5) weight
+    fm_weight: float = 0.0  # STU feature matching against the discriminator's frame features (needs adv_weight > 0)
     kp_weight: float = 1.0  # e2e: KHP loss weight
     coarse_weight: float = 1.0  # e2e: CVG loss weight
     perc_size: int = 128  # perceptual loss at most this frame side (frames are area-downsampled)
     perc_width_div: int = 4  # VGG-19 width divisor of the perceptual loss (1 = full VGG-19)
     vgg_weights: str | None = None  # local ImageNet VGG-19 weights for the perceptual loss (else random)
-    disc: DiscriminatorConfig = field(default_factory=lambda: DiscriminatorConfig(
-        base_channels=16, max_channels=128, layers=5, audio_channels=32, audio_layers=3,
-        audio_features=64, hidden=64))
+    disc: DiscriminatorConfig = field(default_factory=lambda: stu_discriminator())
     grad_clip: float = 5.0  # gradient norm clip per optimizer (0 = off)
     seed: int = 0  # init, data order, noise
     ckpt_every: int = 200  # steps between checkpoints
@@ -145,6 +159,11 @@ class TrainConfig(DictConfig):
             raise ValueError(f"teacher_keypoints is a share of the sequences, 0..1; got {self.teacher_keypoints}")
         if not (math.isfinite(self.thin_weight) and self.thin_weight >= 0):
             raise ValueError(f"thin_weight is an extra L1 weight, >= 0; got {self.thin_weight}")
+        if not (math.isfinite(self.fm_weight) and self.fm_weight >= 0):
+            raise ValueError(f"fm_weight is a loss weight, >= 0; got {self.fm_weight}")
+        if self.fm_weight > 0 and self.adv_weight <= 0:
+            raise ValueError("feature matching (fm_weight > 0) reads the discriminator's features, which only an "
+                             "adversarial term trains: give adv_weight > 0 as well")
         if not (math.isfinite(self.timbre) and 0.0 <= self.timbre <= 2.0):
             raise ValueError(f"timbre is the strength of the random EQ, 0..2 (0: none); got {self.timbre}")
         if self.onset_shift < 0:
@@ -476,6 +495,10 @@ class Trainer:
         else:  # no adversarial term: the discriminator is neither run nor trained
             out["adv"] = fake.new_zeros(())
         out["g"] = cfg.l1_weight * out["l1"] + cfg.perc_weight * out["perc"] + cfg.adv_weight * out["adv"]
+        if cfg.fm_weight > 0:
+            with frozen(self.disc):
+                out["fm"] = feature_matching_loss(self.disc, real.flatten(0, 1), fake.flatten(0, 1))
+            out["g"] = out["g"] + cfg.fm_weight * out["fm"]
         return out
 
     def _d_step(self, fake: Tensor, real: Tensor, windows: Tensor) -> dict[str, Tensor]:

@@ -171,6 +171,27 @@ def test_no_adversarial_weight_leaves_the_discriminator_alone(dataset: Path, tmp
     assert any(h.get("l1", 0) > 0 for h in r.history)
 
 
+def test_patch_discriminator_and_feature_matching_train_the_stu(dataset: Path, tmp_path: Path) -> None:
+    """``disc=stu_discriminator(patch=True)`` with ``fm_weight``: the STU stage trains the
+    patch discriminator and adds feature matching to the generator's loss; a run stopped and
+    resumed logs the same losses; feature matching without an adversarial term is refused."""
+    from letsplay.models.train import stu_discriminator
+
+    torch.set_num_threads(1)
+    mcfg = preset("tiny", "cello")
+    cfg = _cfg(stage="stu", steps=3, ckpt_every=1, disc=stu_discriminator(patch=True), fm_weight=1.0)
+    tr = Trainer(mcfg, cfg, dataset, tmp_path / "a", progress=False)
+    before = [p.detach().clone() for p in tr.disc.parameters()]
+    full = tr.run()
+    assert tr.disc.cfg.patch and not all(torch.equal(a, b) for a, b in zip(before, tr.disc.parameters(), strict=True))
+    assert all(h["fm"] > 0 and math.isfinite(h["d"]) for h in full.history)
+    first = Trainer(mcfg, cfg, dataset, tmp_path / "b", progress=False).run(stop_at=1)
+    rest = Trainer(mcfg, cfg, dataset, tmp_path / "b", progress=False).run(resume=True)
+    assert _losses(first.history + rest.history) == _losses(full.history)
+    with pytest.raises(ValueError, match="adv_weight"):
+        _cfg(fm_weight=1.0, adv_weight=0.0)
+
+
 def test_rank_shards_partition_the_one_process_batch(dataset: Path) -> None:
     """What makes distributed training equal one process's (see test_ddp.py): under
     ``torchrun`` rank r's sequences are the global batch's r, r + world, ... -- for the

@@ -46,6 +46,13 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                                             "paper's; a warp performer's STU corrects a near-exact frame: 2e-4)")
     p.add_argument("--lr-final", type=float, help="the learning rate at the end of each stage (default 1.25e-4)")
     p.add_argument("--adv-weight", type=float, help="weight of the STU's adversarial loss (default 0.05; 0: none)")
+    p.add_argument("--disc", choices=("global", "patch"), default="global",
+                   help="the audio-video discriminator: global -- the frame pooled into one logit, as in the paper; "
+                        "patch -- a PatchGAN, a logit per 64-px patch conditioned on the audio by projection, "
+                        "which judges the small parts (bow, hands) a pooled logit overlooks (default global)")
+    p.add_argument("--fm-weight", type=float, default=0.0, metavar="W",
+                   help="STU stage: feature matching, the L1 distance between the discriminator's features of the "
+                        "real and the generated frame, weighted W (needs --adv-weight > 0; default 0: none)")
     p.add_argument("--thin-weight", type=float, default=0.0, metavar="W",
                    help="STU stage: the L1 loss weighs the pixels of thin parts (bow, slide, hands; from the part "
                         "maps) 1 + W times (default 0: every pixel alike)")
@@ -105,7 +112,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
 
 
 def _train_config(args: argparse.Namespace, stage: str):  # noqa: ANN202 - lazy torch import
-    from letsplay.models.train import TrainConfig
+    from letsplay.models.train import TrainConfig, stu_discriminator
 
     return TrainConfig(stage=stage, steps=args.steps, batch=args.batch, seq_len=args.seq_len,
                        stage_fractions=tuple(args.fractions), seed=args.seed, ckpt_every=args.ckpt_every,
@@ -114,6 +121,7 @@ def _train_config(args: argparse.Namespace, stage: str):  # noqa: ANN202 - lazy 
                        kp_lanes=not args.no_kp_lanes, stu_lanes=args.stu_lanes, minutes=args.minutes,
                        thin_weight=args.thin_weight, teacher_motion=args.teacher_motion,
                        freeze_onset=args.freeze_onset, timbre=args.timbre,
+                       disc=stu_discriminator(patch=args.disc == "patch"), fm_weight=args.fm_weight,
                        **{k: v for k, v in (("lr", args.lr), ("lr_final", args.lr_final),
                                             ("adv_weight", args.adv_weight)) if v is not None})
 
@@ -143,6 +151,11 @@ def _check_train_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--fractions are shares of --steps: >= 0 and not all 0, got {list(args.fractions)}")
     if not 0.0 <= args.teacher_motion <= 1.0:
         raise ValueError(f"--teacher-motion is a share of the sequences, 0..1; got {args.teacher_motion}")
+    if not (math.isfinite(args.fm_weight) and args.fm_weight >= 0):
+        raise ValueError(f"--fm-weight is a loss weight, >= 0; got {args.fm_weight}")
+    if args.fm_weight > 0 and args.adv_weight is not None and args.adv_weight <= 0:
+        raise ValueError("--fm-weight reads the discriminator's features, which only the adversarial term trains: "
+                         "give --adv-weight > 0 (or leave it at its default)")
     if not (math.isfinite(args.timbre) and 0.0 <= args.timbre <= 2.0):
         raise ValueError(f"--timbre is the strength of the random EQ, 0..2 (0: none); got {args.timbre}")
     if not 0.0 <= args.teacher_keypoints <= 1.0:
