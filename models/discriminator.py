@@ -101,15 +101,20 @@ class AudioVideoDiscriminator(nn.Module):
                 out.append(x)
         return out
 
-    def forward(self, frame: Tensor, window: Tensor) -> Tensor:
+    def score(self, frame: Tensor, window: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """(the logits :meth:`forward` gives, the frame features :meth:`features` gives), from
+        one pass over the frame."""
         lead = frame.shape[:-3]
-        C, H, W = frame.shape[-3:]
-        v = self.frame_enc(frame.reshape(-1, C, H, W))  # [N, c, h, w]
+        feats = self.features(frame)
+        v = feats[-1]  # [N, c, h, w]
         a = self.audio_enc(window.reshape(-1, *window.shape[-2:]))  # [N, audio_features]
         if self.mlp is None:
             proj = (self.embed(a)[:, :, None, None] * v).sum(dim=1) / v.shape[1] ** 0.5  # [N, h, w]
-            return (self.psi(v)[:, 0] + proj).reshape(*lead, *v.shape[-2:])
-        return self.mlp(torch.cat([v.mean(dim=(2, 3)), a], dim=1)).reshape(lead)  # global pool
+            return (self.psi(v)[:, 0] + proj).reshape(*lead, *v.shape[-2:]), feats
+        return self.mlp(torch.cat([v.mean(dim=(2, 3)), a], dim=1)).reshape(lead), feats  # global pool
+
+    def forward(self, frame: Tensor, window: Tensor) -> Tensor:
+        return self.score(frame, window)[0]
 
 
 def _bce(logits: Tensor, target: float) -> Tensor:
@@ -141,14 +146,31 @@ def g_adv_loss(d: nn.Module, fake: Tensor, window: Tensor) -> Tensor:
     return _bce(d(fake, window), 1.0)
 
 
+def _matching(got: list[Tensor], want: list[Tensor]) -> Tensor:
+    return torch.stack([F.l1_loss(g, w) for g, w in zip(got, want, strict=True)]).mean()
+
+
 def feature_matching_loss(d: AudioVideoDiscriminator, real: Tensor, fake: Tensor) -> Tensor:
     """pix2pixHD's feature matching: the mean L1 distance between D's frame features of the
     real and the generated frames, layer by layer, averaged over the layers. The real side
     is a target (no gradient); wrap in :func:`frozen` (d) so D's gradients stay alone."""
     with torch.no_grad():
         want = d.features(real)
-    got = d.features(fake)
-    return torch.stack([F.l1_loss(g, w) for g, w in zip(got, want, strict=True)]).mean()
+    return _matching(d.features(fake), want)
+
+
+def generator_losses(d: AudioVideoDiscriminator, fake: Tensor, window: Tensor,
+                     real: Tensor | None = None) -> dict[str, Tensor]:
+    """``{"adv": Eq. 5}`` (:func:`g_adv_loss`) and, given the real frames, ``"fm"``
+    (:func:`feature_matching_loss`), from one pass of D over the generated frames. Wrap in
+    :func:`frozen` (d)."""
+    logits, got = d.score(fake, window)
+    out = {"adv": _bce(logits, 1.0)}
+    if real is not None:
+        with torch.no_grad():
+            want = d.features(real)
+        out["fm"] = _matching(got, want)
+    return out
 
 
 @contextlib.contextmanager

@@ -35,6 +35,8 @@ plain tensor arithmetic (max, gather, where), exported with the KHP like every s
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -77,8 +79,10 @@ def _rest(instrument: str, dtype: torch.dtype, device: torch.device | str | None
                         dtype=dtype, device=device)
 
 
+@functools.lru_cache(maxsize=4)
 def slide_chart(low: int, n_pitches: int) -> Tensor:
-    """``[n_pitches]``: the trombone's slide position for pitch ``low + i``, 0 off the chart."""
+    """``[n_pitches]``: the trombone's slide position for pitch ``low + i``, 0 off the chart
+    (made once: every frame's step reads it)."""
     return torch.tensor([float(TROMBONE_POSITIONS.get(low + i, 0)) for i in range(n_pitches)])
 
 

@@ -48,14 +48,7 @@ from torch import Tensor, nn
 
 from letsplay.models import losses
 from letsplay.models.config import DictConfig
-from letsplay.models.discriminator import (
-    AudioVideoDiscriminator,
-    DiscriminatorConfig,
-    d_loss,
-    feature_matching_loss,
-    frozen,
-    g_adv_loss,
-)
+from letsplay.models.discriminator import AudioVideoDiscriminator, DiscriminatorConfig, d_loss, frozen, generator_losses
 from letsplay.models.discriminator import mismatched as mismatched_audio
 from letsplay.models.keypoints import KeypointState
 from letsplay.models.performer import Performer, PerformerConfig, PerformerState
@@ -116,7 +109,7 @@ class TrainConfig(DictConfig):
     perc_size: int = 128  # perceptual loss at most this frame side (frames are area-downsampled)
     perc_width_div: int = 4  # VGG-19 width divisor of the perceptual loss (1 = full VGG-19)
     vgg_weights: str | None = None  # local ImageNet VGG-19 weights for the perceptual loss (else random)
-    disc: DiscriminatorConfig = field(default_factory=lambda: stu_discriminator())
+    disc: DiscriminatorConfig = field(default_factory=stu_discriminator)
     grad_clip: float = 5.0  # gradient norm clip per optimizer (0 = off)
     seed: int = 0  # init, data order, noise
     ckpt_every: int = 200  # steps between checkpoints
@@ -489,15 +482,14 @@ class Trainer:
             fr = F.interpolate(fr, size=(cfg.perc_size, cfg.perc_size), mode="area")
             rr = F.interpolate(rr, size=(cfg.perc_size, cfg.perc_size), mode="area")
         out["perc"] = self.perc(fr, rr) if cfg.perc_weight > 0 else fake.new_zeros(())
-        if cfg.adv_weight > 0:
+        if cfg.adv_weight > 0:  # with feature matching (fm_weight > 0) from the same pass of D
             with frozen(self.disc):
-                out["adv"] = g_adv_loss(self.disc, fake.flatten(0, 1), windows.flatten(0, 1))
+                out.update(generator_losses(self.disc, fake.flatten(0, 1), windows.flatten(0, 1),
+                                            real.flatten(0, 1) if cfg.fm_weight > 0 else None))
         else:  # no adversarial term: the discriminator is neither run nor trained
             out["adv"] = fake.new_zeros(())
         out["g"] = cfg.l1_weight * out["l1"] + cfg.perc_weight * out["perc"] + cfg.adv_weight * out["adv"]
-        if cfg.fm_weight > 0:
-            with frozen(self.disc):
-                out["fm"] = feature_matching_loss(self.disc, real.flatten(0, 1), fake.flatten(0, 1))
+        if "fm" in out:
             out["g"] = out["g"] + cfg.fm_weight * out["fm"]
         return out
 

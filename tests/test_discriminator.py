@@ -85,3 +85,11 @@ def test_feature_matching_pulls_the_fake_toward_the_real() -> None:
     assert all(p.grad is None for p in d.parameters())
     feats = d.features(real)
     assert len(feats) == d.cfg.layers + 1 and feats[-1].shape[-1] == 32 // 2 ** d.cfg.layers
+    # the training step's one pass of D gives both, as computed apart
+    audio = preset("tiny", "cello").audio
+    w = torch.rand(2, audio.n_bins, audio.window_columns)
+    with torch.no_grad():
+        both = dm.generator_losses(d, fake, w, real)
+        assert torch.allclose(both["adv"], dm.g_adv_loss(d, fake, w))
+        assert torch.allclose(both["fm"], dm.feature_matching_loss(d, real, fake))
+        assert set(dm.generator_losses(d, fake, w)) == {"adv"}
