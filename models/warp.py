@@ -273,10 +273,10 @@ class LayeredWarp(nn.Module):
     def _tables(self, device: torch.device) -> tuple[Tensor, ...]:
         """What :meth:`forward` reads, derived from the reference and cached until it changes
         (so that an exported graph holds them as constants): the flat indices of the pixels a
-        part can reach [N], their centres x, y [N], the plate there [1, 3, N], the layers'
-        rank table [L * (H+2) * (W+2)]: ``l + 1`` where the reference's (zero-bordered) part
-        map holds layer ``l``'s part, else 0, and the layers' part maps [L, 1, H, W] (1 on the
-        part and its outline)."""
+        part can reach [N], their centres x, y [N], the plate there [1, 3, N], and the layers'
+        part maps [L * (H+2) * (W+2)]: where the reference's (zero-bordered) map holds layer
+        ``l``'s part or its outline, 1 at a cell, 2 at the cell right of it, 4 below, 8 below
+        right, summed (the four corners a bilinear read takes, in one lookup)."""
         key = tuple((t.data_ptr(), t._version) for t in (self.ref_labels, self.reach, self.plate)) + (device,)
         dtype = torch.float32
         if getattr(self, "_cache_key", None) != key:
@@ -287,72 +287,92 @@ class LayeredWarp(nn.Module):
                 y = torch.div(idx, W, rounding_mode="floor").to(dtype) + 0.5
                 padded = F.pad(self.ref_labels.long(), (1, 1, 1, 1))  # off the picture: no part
                 ids = self.layer_ids.long()[:, None, None]
-                rank = torch.arange(1, len(self.rig) + 1, device=padded.device)[:, None, None]
                 own = padded[None] == ids  # [L, H+2, W+2]
                 # a part's layer also holds the one-pixel background ring around it: its outline,
                 # which bilinear sampling blends into the part's edge in the reference
                 ring = F.max_pool2d(own.float()[:, None], 3, stride=1, padding=1)[:, 0] > 0
                 own = own | (ring & (padded == 0)[None])
-                table = (own * rank).to(dtype).reshape(-1).to(device)
-                masks = own[:, None, 1:-1, 1:-1].to(device, dtype)
+                # each cell's four corners (its own, right, below, below right) as one number
+                m = F.pad(own.to(dtype), (0, 1, 0, 1))  # [L, H+3, W+3]
+                code = m[:, :-1, :-1] + 2 * m[:, :-1, 1:] + 4 * m[:, 1:, :-1] + 8 * m[:, 1:, 1:]
+                table = code.reshape(-1).to(device)
                 plate = self.plate.to(device, dtype).reshape(1, 3, H * W)[:, :, idx]
-            self._cache = (idx, x, y, plate, table, masks)
+            self._cache = (idx, x, y, plate, table)
             self._cache_key = key
         return self._cache
 
     def flops(self) -> int:
         """Arithmetic per frame, estimated (elementwise work and gathers, which a FLOP counter
         of matrix products does not see): per reachable pixel and layer the reference
-        position (8), a bilinear coverage sample (11), a bilinear RGB sample (31) and the
-        composite (6)."""
-        return int(self._reach().sum()) * (56 * len(self.rig))
+        position (8), its bilinear coverage (24) and its share (3); per reachable pixel the
+        two layers that show most (2 L), two bilinear RGB samples (62) and the mix (12)."""
+        return int(self._reach().sum()) * (37 * len(self.rig) + 74)
 
     def _reach(self) -> Tensor:
         """[H, W] bool: the pixels computed (a blank warp's empty reach: every pixel)."""
         return self.reach.bool() if bool(self.reach.any()) else torch.ones_like(self.reach, dtype=torch.bool)
 
     def forward(self, keypoints: Tensor) -> tuple[Tensor, Tensor]:
-        """Keypoints [B, 67, 2] (normalised) -> (frame [B, 3, H, W] in [0, 1], the frontmost
+        """Keypoints [B, 67, 2] (normalised) -> (frame [B, 3, H, W] in [0, 1], the visible
         layer's rank per pixel [B, H, W]: 0 for the plate, ``l + 1`` for layer ``l``).
 
-        Every layer is sampled where each pixel falls in the reference: its coverage (the
-        layer's part map, bilinear: 1 inside, 0 outside, a fraction across its edge) and the
-        reference's colour there (bilinear); the layers are composited back to front over the
-        plate, each covering what is behind it by its coverage. The frame is a continuous
-        function of the keypoints -- an edge moves by fractions of a pixel, anti-aliased, as the
-        renderer draws it, and the exported graph computes the same frame (a discrete choice of
-        the front layer would flip whole pixels on differences of 1e-6). Only the pixels some
-        part can reach (``reach``, from the reference's clip) are computed; the others show
-        the plate. The rank (what is in front, for tests and inspection) is the frontmost layer
-        whose part map holds the pixel (nearest), outside the differentiable frame."""
+        For every layer the pixel's reference position is computed (elementwise) and the
+        layer's coverage read there: its part map (with its outline), bilinear -- 1 inside, 0
+        outside, a fraction across its edge. Composited back to front over the plate, each
+        layer shows by its coverage times what the layers in front leave uncovered. The
+        reference's colour is read (bilinear) at the positions of the two layers that show
+        most -- every pixel but where three part edges cross is exactly the composite -- and
+        mixed by their shares with the plate's. The frame is a continuous function of the
+        keypoints: an edge moves by fractions of a pixel, anti-aliased as the renderer draws
+        it, and the exported graph draws the same frame (a discrete choice of the front layer
+        flips whole pixels on rounding differences of 1e-6). Only the pixels some part can
+        reach (``reach``, from the reference's clip) are computed; the others show the plate."""
         B, L = keypoints.shape[0], len(self.rig)
         H, W = self.size
         dtype = keypoints.dtype  # positions and indices are computed in fp32 whatever the caller's dtype:
         T = self.transforms(keypoints.float())  # fp16 holds whole numbers only up to 2048  [B, L, 2, 3]
-        idx, x, y, plate_n, table, masks = self._tables(T.device)
+        idx, x, y, plate_n, table = self._tables(T.device)
         c = T[..., None]  # [B, L, 2, 3, 1]
         sx = c[:, :, 0, 0] * x + c[:, :, 0, 1] * y + c[:, :, 0, 2]  # [B, L, N] reference x, pixels
         sy = c[:, :, 1, 0] * x + c[:, :, 1, 1] * y + c[:, :, 1, 2]
+        # bilinear coverage from the zero-bordered part maps: the four pixel centres around
+        # the position (centres at i + 0.5), by hand
+        u, v = sx - 0.5, sy - 0.5
+        x0, y0 = torch.floor(u), torch.floor(v)
+        wx, wy = u - x0, v - y0
+        ix = (x0 + 1).clamp(0, W)  # padded column of the left corner; off the picture: the zero border
+        iy = (y0 + 1).clamp(0, H)
+        off = torch.arange(L, device=T.device, dtype=T.dtype)[:, None] * float((H + 2) * (W + 2))
+        # the cell's four corners come packed in one number (the gather is the costly part)
+        code = table[(iy * float(W + 2) + ix + off).long()]  # exact in fp32 below 2^24
+        b11 = torch.floor(code * 0.125)
+        code = code - 8 * b11
+        b01 = torch.floor(code * 0.25)
+        code = code - 4 * b01
+        b10 = torch.floor(code * 0.5)
+        b00 = code - 2 * b10
+        cov = (b00 + (b10 - b00) * wx) * (1 - wy) + (b01 + (b11 - b01) * wx) * wy  # [B, L, N]
+        # what each layer shows: its coverage times what the layers in front leave uncovered
+        shares = []
+        left = torch.ones_like(cov[:, 0])
+        for k in range(L - 1, -1, -1):  # front to back
+            shares.append(cov[:, k] * left)
+            left = left * (1 - cov[:, k])
+        share = torch.stack(shares[::-1], 1)  # [B, L, N]; the plate shows by `left`
+        top, which = torch.topk(share, 2, dim=1)  # [B, 2, N]: the two layers that show most
+        gx = torch.gather(sx, 1, which) * (2.0 / W) - 1  # grid_sample's [-1, 1]
+        gy = torch.gather(sy, 1, which) * (2.0 / H) - 1
         N = sx.shape[-1]
-        grid = torch.stack([sx * (2.0 / W) - 1, sy * (2.0 / H) - 1], -1).reshape(B * L, 1, N, 2)
-        # each layer's coverage (off the picture: none) and the reference's colour there
-        cov = F.grid_sample(masks.to(T.dtype).repeat(B, 1, 1, 1), grid, mode="bilinear", padding_mode="zeros",
-                            align_corners=False)[:, 0, 0].reshape(B, L, 1, N)
-        ref = self.ref_rgb.to(T.dtype)[None].expand(B * L, 3, H, W)
-        rgb = F.grid_sample(ref, grid, mode="bilinear", padding_mode="border",
-                            align_corners=False)[:, :, 0].reshape(B, L, 3, N)
-        val = plate_n.expand(B, 3, N)
-        for k in range(L):  # back to front
-            val = val + cov[:, k] * (rgb[:, k] - val)
-        with torch.no_grad():  # the frontmost layer whose part map holds the pixel (nearest)
-            ix = torch.floor(sx).clamp(-1, W) + 1  # the zero-bordered map's column
-            iy = torch.floor(sy).clamp(-1, H) + 1
-            off = torch.arange(L, device=T.device, dtype=T.dtype)[:, None] * float((H + 2) * (W + 2))
-            flat = (iy * float(W + 2) + ix + off).long()  # exact in fp32 below 2^24
-            top = table[flat].amax(1)  # [B, N]
+        ref = self.ref_rgb.to(T.dtype).expand(B, 3, H, W)
+        rgb = F.grid_sample(ref, torch.stack([gx, gy], -1).reshape(B, 1, 2 * N, 2), mode="bilinear",
+                            padding_mode="border", align_corners=False)[:, :, 0].reshape(B, 3, 2, N)
+        w1, w2, wp = top[:, None, 0], top[:, None, 1], left[:, None]  # [B, 1, N]
+        val = (w1 * rgb[:, :, 0] + w2 * rgb[:, :, 1] + wp * plate_n) / (w1 + w2 + wp).clamp_min(1e-6)
         plate = self.plate.to(T.dtype).reshape(1, 3, H * W)
         out = plate.expand(B, 3, H * W).scatter(2, idx.expand(B, 3, -1), val).reshape(B, 3, H, W)
-        rank = torch.zeros(B, H * W, dtype=T.dtype, device=T.device).scatter(1, idx.expand(B, -1), top)
+        with torch.no_grad():  # the layer that shows most, where it shows more than the plate
+            front = torch.where(top[:, 0] > left, which[:, 0].to(T.dtype) + 1, torch.zeros_like(left))
+        rank = torch.zeros(B, H * W, dtype=T.dtype, device=T.device).scatter(1, idx.expand(B, -1), front)
         return out.to(dtype), rank.reshape(B, H, W).to(dtype)
 
 
