@@ -276,7 +276,8 @@ class LayeredWarp(nn.Module):
         part can reach [N], their centres x, y [N], the plate there [1, 3, N], and the layers'
         part maps [L * (H+2) * (W+2)]: where the reference's (zero-bordered) map holds layer
         ``l``'s part or its outline, 1 at a cell, 2 at the cell right of it, 4 below, 8 below
-        right, summed (the four corners a bilinear read takes, in one lookup)."""
+        right, summed (the four corners a bilinear read takes, in one lookup), and each layer's
+        start in that table [L, 1]."""
         key = tuple((t.data_ptr(), t._version) for t in (self.ref_labels, self.reach, self.plate)) + (device,)
         dtype = torch.float32
         if getattr(self, "_cache_key", None) != key:
@@ -296,8 +297,9 @@ class LayeredWarp(nn.Module):
                 m = F.pad(own.to(dtype), (0, 1, 0, 1))  # [L, H+3, W+3]
                 code = m[:, :-1, :-1] + 2 * m[:, :-1, 1:] + 4 * m[:, 1:, :-1] + 8 * m[:, 1:, 1:]
                 table = code.reshape(-1).to(device)
+                off = torch.arange(len(self.rig), device=device, dtype=dtype)[:, None] * float((H + 2) * (W + 2))
                 plate = self.plate.to(device, dtype).reshape(1, 3, H * W)[:, :, idx]
-            self._cache = (idx, x, y, plate, table)
+            self._cache = (idx, x, y, plate, table, off)
             self._cache_key = key
         return self._cache
 
@@ -331,7 +333,7 @@ class LayeredWarp(nn.Module):
         H, W = self.size
         dtype = keypoints.dtype  # positions and indices are computed in fp32 whatever the caller's dtype:
         T = self.transforms(keypoints.float())  # fp16 holds whole numbers only up to 2048  [B, L, 2, 3]
-        idx, x, y, plate_n, table = self._tables(T.device)
+        idx, x, y, plate_n, table, off = self._tables(T.device)
         c = T[..., None]  # [B, L, 2, 3, 1]
         sx = c[:, :, 0, 0] * x + c[:, :, 0, 1] * y + c[:, :, 0, 2]  # [B, L, N] reference x, pixels
         sy = c[:, :, 1, 0] * x + c[:, :, 1, 1] * y + c[:, :, 1, 2]
@@ -342,7 +344,6 @@ class LayeredWarp(nn.Module):
         wx, wy = u - x0, v - y0
         ix = (x0 + 1).clamp(0, W)  # padded column of the left corner; off the picture: the zero border
         iy = (y0 + 1).clamp(0, H)
-        off = torch.arange(L, device=T.device, dtype=T.dtype)[:, None] * float((H + 2) * (W + 2))
         # the cell's four corners come packed in one number (the gather is the costly part)
         code = table[(iy * float(W + 2) + ix + off).long()]  # exact in fp32 below 2^24
         b11 = torch.floor(code * 0.125)

@@ -81,16 +81,9 @@ def make_video(path: Path, seconds: float = 2.0, fps: int = 25, size: tuple[int,
     """A short H.264 + AAC mp4 of the synthetic cellist; returns the stereo audio written."""
     import av
 
-    from letsplay.models.data.performer_motion import Body, perform
-    from letsplay.models.data.performer_render import Look, PerformerRenderer
-    from letsplay.models.data.scores import random_melody
-    from letsplay.models.spec import VideoSpec
-
     w, h = size
     n = int(seconds * fps)
-    body = Body.from_seed(3, "cello")
-    perf = perform(random_melody("cello", 1, seconds).notes, body, n, VideoSpec(fps=fps, height=h, width=h))
-    rend = PerformerRenderer(body, Look.from_seed(3), perf, h, h)
+    rend = _video_performer(seconds, fps, h)
     left = np.stack([_tone(330.0, seconds, audio_rate), _tone(440.0, seconds, audio_rate)])
     with av.open(str(path), "w") as c:
         vs = c.add_stream("libx264", rate=fps)
@@ -121,18 +114,23 @@ def make_video(path: Path, seconds: float = 2.0, fps: int = 25, size: tuple[int,
     return left
 
 
-def _video_parts(seconds: float = 2.0, fps: int = 25, h: int = 240) -> np.ndarray:
-    """The part maps [T, h, h] of :func:`make_video`'s performer (the square it is drawn in)."""
+def _video_performer(seconds: float = 2.0, fps: int = 25, h: int = 240):
+    """The drawn cellist :func:`make_video` films, in an h x h square."""
     from letsplay.models.data.performer_motion import Body, perform
     from letsplay.models.data.performer_render import Look, PerformerRenderer
     from letsplay.models.data.scores import random_melody
     from letsplay.models.spec import VideoSpec
 
-    n = int(seconds * fps)
     body = Body.from_seed(3, "cello")
+    n = int(seconds * fps)
     perf = perform(random_melody("cello", 1, seconds).notes, body, n, VideoSpec(fps=fps, height=h, width=h))
-    rend = PerformerRenderer(body, Look.from_seed(3), perf, h, h)
-    return np.stack([rend.render_parts(i)[1] for i in range(n)])
+    return PerformerRenderer(body, Look.from_seed(3), perf, h, h)
+
+
+def _video_parts(seconds: float = 2.0, fps: int = 25, h: int = 240) -> np.ndarray:
+    """The part maps [T, h, h] of :func:`make_video`'s performer (the square it is drawn in)."""
+    rend = _video_performer(seconds, fps, h)
+    return np.stack([rend.render_parts(i)[1] for i in range(int(seconds * fps))])
 
 
 # --------------------------------------------------------------------------- Sub-URMP
