@@ -31,7 +31,11 @@ Trombone (standing, turned a little to its right, slide in the right hand):
   note's position just before the onset and holds it while the note sounds;
 * the bell lifts a little with loudness; the left hand holds the instrument at the lips.
 
-Both sway slowly, lean into loud onsets, and nod; the amounts vary with the identity.
+Both sway slowly, lean into loud onsets, and nod; the amounts vary with the identity. The
+slow sway and part of the nod are the performer's **idle motion**: they follow the clock
+from the clip's first frame (each identity's own frequencies and phases), not the music,
+so no audio carries them; ``perform(..., idle=False)`` leaves them out (what the notes drive
+stays), which :mod:`letsplay.models.limits` uses to tell the two apart.
 
 The instrument's own points (:data:`letsplay.models.skeleton.INSTRUMENT_POINTS`: bow frog
 and tip, endpin, bridge, scroll; mouthpiece, bell, slide crook) are computed here from the
@@ -468,14 +472,17 @@ class Performance:
     instrument_points: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 2), np.float32))
 
 
-def _upper_body_motion(body: Body, notes: Sequence[Note], t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(sway, nod) angles in radians, [T] each."""
+def _upper_body_motion(body: Body, notes: Sequence[Note], t: np.ndarray,
+                       idle: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(sway, nod) angles in radians, [T] each. ``idle=False``: without the terms that follow
+    the clock (the slow sway, the nod's slow swing), only what the notes drive."""
     acc = _accent_envelope(notes, t)
     f1, f2 = body.sway_hz
     p1, p2 = body.sway_phase
-    sway = body.sway_deg * (0.65 * np.sin(2 * np.pi * f1 * t + p1) + 0.35 * np.sin(2 * np.pi * f2 * t + p2))
+    on = 1.0 if idle else 0.0
+    sway = on * body.sway_deg * (0.65 * np.sin(2 * np.pi * f1 * t + p1) + 0.35 * np.sin(2 * np.pi * f2 * t + p2))
     sway = sway - body.lean_deg * acc
-    nod = body.nod_deg * (0.4 * np.sin(2 * np.pi * 0.5 * f2 * t + p1) + 0.8 * acc - 0.3)
+    nod = body.nod_deg * (on * 0.4 * np.sin(2 * np.pi * 0.5 * f2 * t + p1) + 0.8 * acc - 0.3)
     return np.radians(sway), np.radians(nod)
 
 
@@ -698,8 +705,8 @@ def _trombone(body: Body, notes: Sequence[Note], t: np.ndarray, sway: np.ndarray
 
 
 def _world_motion(body: Body, notes: Sequence[Note], t: np.ndarray,
-                  sway_override: float | None = None) -> tuple[np.ndarray, dict, dict]:
-    sway, nod = _upper_body_motion(body, notes, t)
+                  sway_override: float | None = None, idle: bool = True) -> tuple[np.ndarray, dict, dict]:
+    sway, nod = _upper_body_motion(body, notes, t, idle)
     if sway_override is not None:
         sway = np.full_like(t, sway_override)
         nod = np.full_like(t, sway_override)
@@ -747,11 +754,14 @@ _GEO_VECTORS = {"axis", "across", "bow_dir", "slide_dir", "slide_normal"}
 _GEO_LENGTHS = {"slide_reach", "inner_len", "scale"}
 
 
-def perform(notes: Sequence[Note], body: Body, n_frames: int, video: VideoSpec | None = None) -> Performance:
-    """The performer's motion for ``n_frames`` frames (frame i at i / fps)."""
+def perform(notes: Sequence[Note], body: Body, n_frames: int, video: VideoSpec | None = None,
+            idle: bool = True) -> Performance:
+    """The performer's motion for ``n_frames`` frames (frame i at i / fps). ``idle=False``:
+    without the idle motion (the sway and nod that follow the clock, not the notes; the
+    module docstring), framed as with it."""
     video = video or VideoSpec()
     t = np.arange(n_frames) / video.fps
-    W, state, geo = _world_motion(body, list(notes), t)
+    W, state, geo = _world_motion(body, list(notes), t, idle=idle)
     s, x0, y0 = framing(body, video.width, video.height)
 
     def to_px(p: np.ndarray) -> np.ndarray:
