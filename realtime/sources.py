@@ -296,17 +296,21 @@ class MicSource(AudioSource):
         self._resampler = None
         self._device_rate = sample_rate
         self._lost = False
+        # an outage is under way: from the loss until audio flows again (a reopened stream
+        # that delivers nothing and stalls again is the same outage, not a new one)
         self._lost_reported = False
         self._stopping = False
         self._next_try = 0.0
         self._outage = OutageLog(log)
         self._last_audio = time.monotonic()  # the audio thread's last delivery
+        self._flowing = False  # the stream open now has delivered audio
         self._out_pos = 0  # clock: samples delivered at sample_rate
         self.device_name = "?"
 
     # the audio thread -------------------------------------------------------------
     def _callback(self, indata, frames, time_info, status) -> None:  # noqa: ARG002
         self._last_audio = time.monotonic()
+        self._flowing = True
         if status and status.input_overflow:
             self.stats.device_overflows += 1
         s = self._scratch[:frames]
@@ -360,6 +364,7 @@ class MicSource(AudioSource):
                                       blocksize=self.blocksize, latency="low",
                                       callback=self._callback, finished_callback=self._finished)
         self._last_audio = time.monotonic()
+        self._flowing = False
         self._stream.start()
         self._lost = False
         log.info("capturing from %r (%d ch, %d Hz)", self.device_name, ch, rate)
@@ -386,7 +391,8 @@ class MicSource(AudioSource):
 
     @property
     def lost(self) -> bool:
-        return self._lost
+        """The device is gone, or reopened but has delivered nothing yet."""
+        return self._lost or self._lost_reported
 
     def _try_reopen(self) -> None:
         now = time.monotonic()
@@ -403,8 +409,7 @@ class MicSource(AudioSource):
                                 f"{self.reopen_s:.1f} s")
             self._lost = True
             return
-        self.stats.reopened += 1
-        self._outage.recovered(f"input device {self.device_name!r} is back")
+        self.stats.reopened += 1  # "back" is said once audio flows from it (read)
 
     def read(self, timeout: float = 0.05) -> tuple[np.ndarray, int]:
         if self._stream is not None and not self._stopping:
@@ -422,11 +427,13 @@ class MicSource(AudioSource):
             if self._lost:
                 time.sleep(min(timeout, 0.05))
                 return np.zeros(0, np.float32), self._out_pos
-            self._lost_reported = False
         deadline = time.monotonic() + timeout
         while self.ring.available() == 0 and time.monotonic() < deadline:
             time.sleep(0.001)
         x, _ = self.ring.read()
+        if self._lost_reported and self._flowing:  # the reopened stream delivers: the outage is over
+            self._lost_reported = False
+            self._outage.recovered(f"input device {self.device_name!r} is back")
         self.stats.overrun_samples = self.ring.overrun_samples
         if self._resampler is not None:
             x = self._resampler.resample_chunk(x)

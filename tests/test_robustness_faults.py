@@ -131,6 +131,7 @@ class FakeSoundDevice:
         self.plugged = True
         self.open_attempts = 0
         self.streams: list[FakeStream] = []
+        self.open_frozen = False  # new streams open "active" but deliver nothing (a source with no data yet)
 
     def query_devices(self, device=None, kind=None):
         d = {"name": "Fake USB Mic", "max_input_channels": 2, "max_output_channels": 0,
@@ -149,6 +150,7 @@ class FakeSoundDevice:
         if not self.plugged:
             raise self.PortAudioError("Error opening InputStream: Device unavailable [PaErrorCode -9985]")
         s = FakeStream(self, **kw)
+        s.frozen = self.open_frozen
         self.streams.append(s)
         return s
 
@@ -165,6 +167,12 @@ class FakeSoundDevice:
         without PortAudio noticing)."""
         for s in self.streams:
             s.frozen = True
+
+    def thaw(self) -> None:
+        """Every stream delivers again, and new ones from the start."""
+        self.open_frozen = False
+        for s in self.streams:
+            s.frozen = False
 
 
 class FakeStream:
@@ -297,6 +305,32 @@ def test_an_input_that_goes_silent_while_active_is_lost_and_reopened(performer, 
     finally:
         eng.stop()
     assert eng.error is None
+
+
+def test_a_reopened_input_that_stays_silent_is_one_outage_until_audio_flows(performer, monkeypatch, caplog):
+    """The sound server comes back before anything plays into its source: the reopened
+    stream delivers nothing and stalls again, and again. That is one outage -- one loss
+    counted, "is gone" and "is back" logged once each, and the device reported lost -- until
+    audio flows; not a loss and a recovery every STALL_S seconds."""
+    caplog.set_level(logging.INFO)
+    fake, src, eng, frames = _live_on_fake_mic(performer, monkeypatch)
+    try:
+        _wait(lambda: len(frames) >= 15, 60, "frames from the microphone")
+        fake.open_frozen = True
+        fake.freeze()
+        _wait(lambda: src.stats.lost == 1, sources.STALL_S + 10, "the silent stream to count as lost")
+        _wait(lambda: src.stats.reopened >= 2, 3 * sources.STALL_S + 20, "two reopens that stay silent")
+        assert src.stats.lost == 1 and eng.stats.device_lost  # still the one outage
+        n = len(frames)
+        fake.thaw()
+        _wait(lambda: not eng.stats.device_lost and len(frames) >= n + 15, 60, "capture to resume")
+        assert src.stats.lost == 1
+    finally:
+        eng.stop()
+    assert eng.error is None
+    mine = [r for r in caplog.records if r.name == sources.__name__]
+    assert [r.levelno for r in mine if "is gone" in r.message] == [logging.WARNING]
+    assert [r.levelno for r in mine if "is back" in r.message] == [logging.WARNING]
 
 
 def test_outage_log_says_it_once_then_once_a_minute_with_a_count(caplog):
