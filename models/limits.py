@@ -50,10 +50,11 @@ ROWS = ("model", "real_onsets", "real_motion_states", "real_idle_motion", "audio
         "still_picture")
 
 
-def idle_motion(clip: Any, n_frames: int) -> np.ndarray:
+def idle_motion(clip: Any, n_frames: int, size: tuple[int, int] | None = None) -> np.ndarray:
     """``[n_frames, 67, 2]``: the clip's real keypoints less the same performance without its
-    idle motion (normalised coordinates, as the keypoints). Needs a synthetic clip: its
-    identity seed and notes rebuild the performer exactly."""
+    idle motion (normalised coordinates, as the keypoints; ``size``: (height, width) the
+    frames are centre-cropped to for a model, as its dataset does). Needs a synthetic clip:
+    its identity seed and notes rebuild the performer exactly."""
     meta = getattr(clip, "meta", {})
     if "identity_seed" not in meta or not hasattr(clip, "notes"):
         raise ValueError(f"clip {getattr(clip, 'id', '?')}: the idle motion is known only for synthetic clips "
@@ -70,7 +71,14 @@ def idle_motion(clip: Any, n_frames: int) -> np.ndarray:
     if np.abs(with_idle - real[:n_frames]).max() > 1e-4:
         raise ValueError(f"clip {clip.id}: its performer, rebuilt from its seed and notes, does not move as its "
                          "keypoints do (made by another version of the renderer?); remake the set")
-    return (with_idle - without).astype(np.float32)
+    idle = with_idle - without
+    h, w = video.height, video.width
+    if size is not None and tuple(size) != (h, w):  # the crop's scale (a difference has no offset)
+        from letsplay.models.data.torch_dataset import _crop_box
+
+        _, _, cw, ch = _crop_box(h, w, *size)
+        idle = idle * np.array([w / cw, h / ch])
+    return idle.astype(np.float32)
 
 
 def _kp_error(kp: np.ndarray, real: np.ndarray, conf: np.ndarray) -> float:
@@ -138,7 +146,7 @@ def measure(model: Performer, clips: list[Any], max_seconds: float | None = 10.0
         real = (item["frames"].float() + 1) / 2  # [T, 3, H, W]
         real_kp = item["keypoints"].numpy()
         conf = item["confidence"].numpy()
-        idle = idle_motion(clip, n)
+        idle = idle_motion(clip, n, (cfg.video.height, cfg.video.width))
         kps = _khp_variants(model, item)
         kps["real_idle_motion"] = kps["model"] + idle
         kps["audio_ceiling"] = real_kp - idle + idle.mean(axis=0, keepdims=True)

@@ -59,6 +59,9 @@ def test_idle_motion_of_a_clip_rebuilds_its_keypoints(cello_set: Path):
     want = perform(notes, body, n, VideoSpec(fps=clip.fps), idle=False).keypoints
     assert np.abs(notes_only - want).max() < 1e-5
     assert np.abs(idle).max() * 256 > 0.1  # the clip's performer does sway
+    # a model whose frames are half as wide crops the clip's middle: the motion spans twice the width
+    narrow = idle_motion(clip, n, (32, 16))
+    assert np.allclose(narrow, idle * np.array([2.0, 1.0]), atol=1e-7)
 
 
 def test_idle_motion_is_refused_for_a_clip_without_its_performer():
