@@ -9,7 +9,8 @@ the model as it hears; with the real onsets; with every motion state it reads th
 real; the model plus the performer's real idle motion (the sway and nod that follow the
 clock, not the music); the audio ceiling (the real keypoints, the idle motion held at its
 mean: the best a performer moved only by what it hears could draw); the real keypoints
-(renderer only); the still picture. Needs a synthetic set (the idle motion is rebuilt from
+(renderer only); the still picture. ``--strip``: where each row's frames differ from the
+real ones, to look at. Needs a synthetic set (the idle motion is rebuilt from
 each clip's identity seed and notes).
 """
 
@@ -32,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clips", type=int, default=None, help="at most this many clips (default: all)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
     ap.add_argument("--json", default=None, help="write the result here")
+    ap.add_argument("--strip", default=None,
+                    help="a PNG: the first clip's real frames, and below where the model, the model with the "
+                         "real idle motion, the audio ceiling and the real keypoints differ from them (|error| x 4)")
     args = ap.parse_args(argv)
     if args.max_seconds <= 0:
         ap.error(f"--max-seconds must be > 0, got {args.max_seconds}")
@@ -43,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model = Performer.load(args.checkpoint)
         clips = held_out_clips(args.data, args.split, model.cfg.instrument)[:args.clips]
-        r = measure(model, clips, args.max_seconds)
+        r = measure(model, clips, args.max_seconds, strip=args.strip)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

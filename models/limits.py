@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,7 +40,7 @@ from torch import Tensor
 
 from letsplay.models.data.performer_motion import Body, perform
 from letsplay.models.data.scores import Note
-from letsplay.models.evaluate import _cache_dir, psnr, renderer_only_step, still_picture
+from letsplay.models.evaluate import _cache_dir, psnr, renderer_only_step, still_picture, write_strip
 from letsplay.models.keypoints import DECODED
 from letsplay.models.performer import Performer
 from letsplay.models.spec import VideoSpec
@@ -108,10 +109,26 @@ def _khp_variants(model: Performer, item: dict[str, Tensor]) -> dict[str, np.nda
     return out
 
 
+STRIP_ROWS = ("model", "real_idle_motion", "audio_ceiling", "renderer_only")
+ERROR_GAIN = 4.0  # the strip's error maps: |frame - real| (0..1) times this, as grey
+
+
+def _error_map(frame: Tensor, real: Tensor) -> np.ndarray:
+    """[H, W, 3] uint8 grey: the largest channel error, times :data:`ERROR_GAIN`."""
+    e = ((frame - real).abs().amax(0) * ERROR_GAIN).clamp(0, 1)
+    return (e[..., None].expand(*e.shape, 3).numpy() * 255).round().astype(np.uint8)
+
+
+def _to_u8(x: Tensor) -> np.ndarray:
+    return (x.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
 def measure(model: Performer, clips: list[Any], max_seconds: float | None = 10.0, chunk: int = 30,
-            progress: bool = True) -> dict[str, Any]:
+            progress: bool = True, strip: str | Path | None = None, strip_frames: int = 4) -> dict[str, Any]:
     """The rows of the module docstring over ``clips`` (each from its first frame, at most
-    ``max_seconds``): ``{"rows": {row: {"psnr", "kp_error"}}, "per_clip": [...], ...}``."""
+    ``max_seconds``): ``{"rows": {row: {"psnr", "kp_error"}}, "per_clip": [...], ...}``.
+    ``strip``: a PNG of the first clip's real frames (``strip_frames`` evenly over it) and,
+    below, where the frames of :data:`STRIP_ROWS` differ from them (grey, |error| x 4)."""
     from tqdm import tqdm
 
     from letsplay.models.data.torch_dataset import PerformanceDataset
@@ -138,7 +155,9 @@ def measure(model: Performer, clips: list[Any], max_seconds: float | None = 10.0
     rendered = [r for r in ROWS if r != "still_picture"]
     bar = tqdm(total=sum(n for _, n in plan) * len(rendered), desc="limits", unit="frame", disable=not progress,
                dynamic_ncols=True)
-    for clip, n in plan:
+    shown: dict[str, list[np.ndarray]] = {}
+    for ci, (clip, n) in enumerate(plan):
+        want = set(np.linspace(0, n - 1, strip_frames).round().astype(int).tolist()) if strip and ci == 0 else set()
         ds = PerformanceDataset([clip], n, cfg.audio, cfg.video, stride=n, cache_dir=_cache_dir(clip))
         ds.with_parts = False
         ds.with_motion = True
@@ -152,6 +171,8 @@ def measure(model: Performer, clips: list[Any], max_seconds: float | None = 10.0
         kps["audio_ceiling"] = real_kp - idle + idle.mean(axis=0, keepdims=True)
         kps["renderer_only"] = real_kp
         still = still_picture((real * 255).round()) / 255.0
+        if want:
+            shown["real"] = [_to_u8(real[t]) for t in sorted(want)]
         rec: dict[str, Any] = {"clip": clip.id, "frames": n, "rows": {}}
         p_still = float(psnr(still[None].expand_as(real), real).sum())
         sums["still_picture"][0] += p_still
@@ -168,7 +189,10 @@ def measure(model: Performer, clips: list[Any], max_seconds: float | None = 10.0
                 for t in range(n):
                     f, state = renderer_only_step(model, item["cqt"][t:t + 1], kp[t:t + 1],
                                                   item["confidence"][t:t + 1], state)
-                    total += float(psnr(((f.float() + 1) / 2).clamp(0, 1), real[t:t + 1]).sum())
+                    g = ((f.float() + 1) / 2).clamp(0, 1)
+                    total += float(psnr(g, real[t:t + 1]).sum())
+                    if t in want and row in STRIP_ROWS:
+                        shown.setdefault(row, []).append(_error_map(g[0], real[t]))
                     bar.update(1)
             e = _kp_error(kps[row], real_kp, conf)
             sums[row][0] += total
@@ -178,6 +202,8 @@ def measure(model: Performer, clips: list[Any], max_seconds: float | None = 10.0
         per_clip.append(rec)
         log.info("clip %s: %s", clip.id, {k: round(v["psnr"], 2) for k, v in rec["rows"].items()})
     bar.close()
+    if strip and shown:
+        write_strip(strip, shown["real"], *[shown[r] for r in STRIP_ROWS if r in shown])
     rows = {}
     for row in ROWS:
         if row != "still_picture" and not any(row in c["rows"] for c in per_clip):

@@ -70,7 +70,7 @@ def test_idle_motion_is_refused_for_a_clip_without_its_performer():
         idle_motion(prepared, 90)
 
 
-def test_the_limit_rows_on_a_tiny_set(cello_set: Path):
+def test_the_limit_rows_on_a_tiny_set(cello_set: Path, tmp_path: Path):
     from letsplay.models.data.torch_dataset import open_sources
     from letsplay.models.performer import Performer
     from letsplay.models.presets import ablate, preset
@@ -82,7 +82,7 @@ def test_the_limit_rows_on_a_tiny_set(cello_set: Path):
     with torch.no_grad():  # a readout that reads its states (a fresh one starts at the mean pose, reading nothing)
         torch.nn.init.normal_(p.khp.fc.weight, std=0.01)
     clips = held_out_clips(cello_set, "train", "cello")[:2]
-    r = measure(p, clips, max_seconds=2.0, progress=False)
+    r = measure(p, clips, max_seconds=2.0, progress=False, strip=tmp_path / "limits.png", strip_frames=3)
     assert list(r["rows"]) == list(ROWS) and r["frames"] == 60 * len(clips) and r["clips"] == len(clips)
     rows = r["rows"]
     assert all(math.isfinite(v["psnr"]) for v in rows.values())
@@ -98,3 +98,11 @@ def test_the_limit_rows_on_a_tiny_set(cello_set: Path):
         if row != "still_picture":
             assert rows[row]["psnr_over_still"] == pytest.approx(rows[row]["psnr"] - rows["still_picture"]["psnr"])
     assert {c["clip"] for c in r["per_clip"]} == {c.id for c in clips}
+    import cv2
+
+    strip = cv2.imread(str(tmp_path / "limits.png"))
+    H, W = p.cfg.video.height, p.cfg.video.width
+    assert strip.shape[:2] == (5 * H + 4 * 4, 3 * W + 2 * 4)  # the real frames and four rows of errors
+    errors = strip[H + 4:]
+    renderer_only = strip[4 * (H + 4):]
+    assert errors.max() > 0 and renderer_only.mean() < errors[:H].mean()  # the real keypoints err least
