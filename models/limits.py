@@ -39,8 +39,17 @@ import torch
 from torch import Tensor
 
 from letsplay.models.data.performer_motion import Body, perform
-from letsplay.models.data.scores import Note
-from letsplay.models.evaluate import _cache_dir, psnr, renderer_only_step, still_picture, write_strip
+from letsplay.models.evaluate import (
+    _as_note,
+    _cache_dir,
+    _kp_error,
+    _mean_pose,
+    _to_uint8,
+    psnr,
+    renderer_only_step,
+    still_picture,
+    write_strip,
+)
 from letsplay.models.keypoints import DECODED
 from letsplay.models.performer import Performer
 from letsplay.models.spec import VideoSpec
@@ -63,7 +72,7 @@ def idle_motion(clip: Any, n_frames: int, size: tuple[int, int] | None = None) -
     vs = meta.get("video_spec", {})
     video = VideoSpec(fps=float(vs.get("fps", clip.fps)), height=int(vs.get("height", 256)),
                       width=int(vs.get("width", 256)))
-    notes = [Note(float(n[0]), float(n[1]), int(n[2]), int(n[3])) for n in clip.notes()]
+    notes = [_as_note(n) for n in clip.notes()]
     body = Body.from_seed(int(meta["identity_seed"]), clip.instrument)
     total = int(clip.n_frames)
     with_idle = perform(notes, body, total, video).keypoints[:n_frames]
@@ -80,10 +89,6 @@ def idle_motion(clip: Any, n_frames: int, size: tuple[int, int] | None = None) -
         _, _, cw, ch = _crop_box(h, w, *size)
         idle = idle * np.array([w / cw, h / ch])
     return idle.astype(np.float32)
-
-
-def _kp_error(kp: np.ndarray, real: np.ndarray, conf: np.ndarray) -> float:
-    return float((np.linalg.norm(kp - real, axis=-1) * conf).sum())
 
 
 def _khp_variants(model: Performer, item: dict[str, Tensor]) -> dict[str, np.ndarray]:
@@ -117,10 +122,6 @@ def _error_map(frame: Tensor, real: Tensor) -> np.ndarray:
     """[H, W, 3] uint8 grey: the largest channel error, times :data:`ERROR_GAIN`."""
     e = ((frame - real).abs().amax(0) * ERROR_GAIN).clamp(0, 1)
     return (e[..., None].expand(*e.shape, 3).numpy() * 255).round().astype(np.uint8)
-
-
-def _to_u8(x: Tensor) -> np.ndarray:
-    return (x.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
 def measure(model: Performer, clips: list[Any], max_seconds: float | None = 10.0, chunk: int = 30,
@@ -172,12 +173,13 @@ def measure(model: Performer, clips: list[Any], max_seconds: float | None = 10.0
         kps["renderer_only"] = real_kp
         still = still_picture((real * 255).round()) / 255.0
         if want:
-            shown["real"] = [_to_u8(real[t]) for t in sorted(want)]
+            shown["real"] = [_to_uint8(real[t]) for t in sorted(want)]
         rec: dict[str, Any] = {"clip": clip.id, "frames": n, "rows": {}}
         p_still = float(psnr(still[None].expand_as(real), real).sum())
         sums["still_picture"][0] += p_still
         rec["rows"]["still_picture"] = {"psnr": p_still / n}
-        sp = _kp_error(np.broadcast_to(real_kp.mean(axis=0), real_kp.shape), real_kp, conf)
+        # distances summed over the points the data has, as `letsplay eval` sums them
+        sp = _kp_error(np.broadcast_to(_mean_pose(real_kp, conf), real_kp.shape), real_kp, conf)[0]
         still_kp += sp
         for row in rendered:
             if row not in kps:
@@ -194,7 +196,7 @@ def measure(model: Performer, clips: list[Any], max_seconds: float | None = 10.0
                     if t in want and row in STRIP_ROWS:
                         shown.setdefault(row, []).append(_error_map(g[0], real[t]))
                     bar.update(1)
-            e = _kp_error(kps[row], real_kp, conf)
+            e = _kp_error(kps[row], real_kp, conf)[0]
             sums[row][0] += total
             sums[row][1] += e
             rec["rows"][row] = {"psnr": total / n, "kp_error": e / sp if sp else None}
