@@ -50,6 +50,7 @@ from torch import Tensor, nn
 
 from letsplay.models import losses
 from letsplay.models.blocks import AudioEncoder, act, kaiming_init
+from letsplay.models.data.performer_motion import BOW_HI, BOW_LO, BOW_RETAKE_AT, BOW_RETAKE_S, BOW_RETAKE_TAU_S
 from letsplay.models.fingering import check_instrument, fingering_init, fingering_read, fingering_step, pitch_classes
 from letsplay.models.skeleton import (
     N_KEYPOINTS,
@@ -77,6 +78,8 @@ DECODED = (1, 2, 3, 4)
 # read from the motion states alone under ``KeypointConfig.state_readout``.
 STATE_READ_POINTS = (3, 4) + tuple(range(RIGHT_HAND.start, RIGHT_HAND.stop))
 SMOOTHED = (2, 3, 4)  # the continuous states among them, whose frame-to-frame change the loss may hold
+_RETAKE_TRAVEL = (BOW_RETAKE_AT - BOW_LO) / (BOW_HI - BOW_LO)  # the retake point as a travel state
+_REST_CAP_S = 60.0  # the rest state's largest value (s)
 ONSET_POS_WEIGHT = 4.0  # the onset BCE's weight on frames with an onset (a missed onset flips the bow late)
 
 
@@ -134,6 +137,12 @@ class KeypointConfig:
     # mean distance itself, as the paper writes it (||.||_2) and as the keypoint error is
     # measured: a readout unsure between two places is pulled to the likelier, not between them
     coord_loss: Literal["squared", "distance"] = "squared"
+    # motion heads (the cellist): the bow is retaken after a rest, as the synthetic cellist does
+    # (renderer 5, letsplay.models.data.performer_motion.BOW_RETAKE_S): a *rest state* counts the
+    # silence the sounding head hears; once it has lasted BOW_RETAKE_S the travel state glides
+    # toward the retake point, and the next onset starts a down-bow instead of reversing the
+    # bow -- so a missed or extra onset reverses the bow only until the next rest
+    bow_retake: bool = False
 
     def __post_init__(self) -> None:
         heatmap_channels(self.heatmap)  # validates the layout
@@ -159,6 +168,9 @@ class KeypointConfig:
             raise ValueError(f"KeypointConfig.fingering_lead_ms must be >= 0, got {self.fingering_lead_ms}")
         if self.coord_loss not in ("squared", "distance"):
             raise ValueError(f"KeypointConfig.coord_loss must be 'squared' or 'distance', got {self.coord_loss!r}")
+        if self.bow_retake and not self.motion_heads:
+            raise ValueError("KeypointConfig.bow_retake is a rule of the motion heads' direction and travel "
+                             "states; set motion_heads (or bow_retake=False)")
         if self.onset_detector < 0 or (self.onset_detector and not self.motion_heads):
             raise ValueError(f"KeypointConfig.onset_detector is a channel count >= 0 for the motion heads' onset "
                              f"channel; got {self.onset_detector} with motion_heads={self.motion_heads}")
@@ -180,6 +192,7 @@ class KeypointState(State):
     # [B, 3] pitch detector: the fingering (pitch heard last, string, stop; letsplay.models.fingering)
     fingering: Tensor | None = None
     pitch_enc: StreamingEncoderState | None = None  # the pitch detector's history
+    rest: Tensor | None = None  # [B, 1] bow retake: the silent frames in a row up to this one, in seconds
 
 
 class KeypointOutput(NamedTuple):
@@ -268,7 +281,8 @@ class KeypointPredictor(nn.Module):
                              onset_enc=None if self.onset is None else self.onset.init_state(batch, device),
                              held=torch.zeros(batch, 3, device=device) if self.cfg.state_readout else None,
                              fingering=None if self.pitch is None else fingering_init(batch, device),
-                             pitch_enc=None if self.pitch is None else self.pitch.init_state(batch, device))
+                             pitch_enc=None if self.pitch is None else self.pitch.init_state(batch, device),
+                             rest=torch.zeros(batch, 1, device=device) if self.cfg.bow_retake else None)
 
     def reset_where(self, state: KeypointState, reset: Tensor) -> KeypointState:
         """``state`` with the rows where ``reset [B]`` is true back at the initial state."""
@@ -311,7 +325,7 @@ class KeypointPredictor(nn.Module):
             pose = self.pose(self.mean_pose.reshape(1, -1)).expand(B, -1)  # [B, pose_features]
             feat = torch.cat([feat, pose], dim=1)
         h, c = self.lstm(feat, (state.lstm_h, state.lstm_c))
-        motion = direction = travel = held = fingering = None
+        motion = direction = travel = held = fingering = rest = None
         z = h
         if self.cfg.motion_heads:
             heads = self.heads(torch.cat([h, audio_feat], dim=1))
@@ -327,10 +341,25 @@ class KeypointPredictor(nn.Module):
             if teacher is not None:  # training: the real onsets drive the states where given (not NaN)
                 flip = torch.where(torch.isnan(teacher[:, None]), flip, teacher[:, None])
             q = state.direction
-            direction = q + flip - 2 * q * flip  # q xor flip: the bow reverses at every onset
+            if self.cfg.bow_retake:
+                # after a rest the onset starts a down-bow: flip toward 1 instead of toward 1 - q
+                retake = (state.rest >= BOW_RETAKE_S - 1e-6).to(q.dtype)
+                direction = q + flip * (retake + (1 - retake) * (1 - q) - q)
+            else:
+                direction = q + flip - 2 * q * flip  # q xor flip: the bow reverses at every onset
             prev = state.travel + 0.5  # the state holds travel - 0.5: a fresh state is all zeros
             speed = F.softplus(self.speed(torch.cat([h, direction, prev], dim=1)))  # travel per second
             travel = (prev + (2 * direction - 1) * speed / self.video.fps).clamp(0.0, 1.0)
+            if self.cfg.bow_retake:
+                # the rest state counts the silent frames in a row; a silent frame's rest is the
+                # count before it (the first silent frame: 0 s), as the data's is the time since
+                # the sound ended. Kept under a minute: the glide has long arrived by then.
+                silent = (torch.sigmoid(sounding) <= 0.5).to(q.dtype)
+                rest = ((state.rest + 1.0 / self.video.fps) * silent).clamp(max=_REST_CAP_S)
+                # the retake's glide (performer_motion.bow_retake_glide), frame by frame: toward the
+                # retake point by the frame's share of the rest past BOW_RETAKE_S
+                glide = silent * (state.rest - BOW_RETAKE_S).clamp(min=0.0, max=1.0 / self.video.fps)
+                travel = _RETAKE_TRAVEL + (travel - _RETAKE_TRAVEL) * torch.exp(-glide / BOW_RETAKE_TAU_S)
             motion = torch.cat([onset, direction, travel, aux_a, aux_b, sounding], dim=1)  # [B, 6]
             read = motion
             if self.cfg.state_readout:
@@ -366,7 +395,8 @@ class KeypointPredictor(nn.Module):
         return (KeypointOutput(kp, self.heatmap(kp) if with_heatmap else None, motion),
                 KeypointState(lstm_h=h, lstm_c=c, enc=enc, direction=direction,
                               onset_prev=None if motion is None else p,
-                              travel=None if travel is None else travel - 0.5, held=held, fingering=fingering))
+                              travel=None if travel is None else travel - 0.5, held=held, fingering=fingering,
+                              rest=rest))
 
     def forward(self, windows: Tensor, state: KeypointState | None = None, with_heatmap: bool = True,
                 teacher: Tensor | None = None, motion_teacher: Tensor | None = None

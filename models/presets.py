@@ -52,7 +52,8 @@ def _tiny(audio: AudioSpec, video: VideoSpec | None, instrument: str) -> Perform
         khp=KeypointConfig(audio_channels=16, audio_layers=2, audio_features=32, pose_features=8,
                            hidden=32, heatmap="parts", heatmap_radius=1.0, **_MOTION_KHP,
                            stream_channels=16, stream_layers=2, motion_decoder=8, onset_detector=4,
-                           state_readout=True, pitch_detector=_pitch_detector(instrument, 8)),
+                           state_readout=True, pitch_detector=_pitch_detector(instrument, 8),
+                           bow_retake=instrument == "cello"),
         cvg=CoarseConfig(scale=1, audio_channels=16, audio_layers=2, audio_features=32, hidden=32,
                          vgg_width_div=16, enc_channels=8, z_dim=4, dec_channels=16),
         stu=STUConfig(base_channels=8, max_channels=32, depth=2, convs_per_level=1, gcn_hidden=8,
@@ -68,7 +69,7 @@ def _realtime(audio: AudioSpec, video: VideoSpec | None, instrument: str) -> Per
                            hidden=128, heatmap="parts", heatmap_radius=2.0, **_MOTION_KHP,
                            stream_channels=64, stream_layers=4, motion_decoder=64, motion_smooth_weight=4.0,
                            onset_detector=16, state_readout=True, pitch_detector=_pitch_detector(instrument, 64),
-                           coord_loss="distance"),
+                           coord_loss="distance", bow_retake=instrument == "cello"),
         cvg=CoarseConfig(scale=2, audio_channels=64, audio_layers=3, audio_features=128, hidden=128,
                          vgg_width_div=4, enc_channels=64, z_dim=16, dec_channels=128),
         stu=STUConfig(base_channels=8, max_channels=128, depth=4, convs_per_level=2, gcn_hidden=32,
@@ -125,12 +126,15 @@ ABLATIONS: dict[str, Callable[[PerformerConfig], PerformerConfig]] = {
     "kp_no_dlt": lambda c: _khp(c, dlt_loss=False),  # II without the DLT loss
     # the paper's KP inside a preset that follows the music: its window encoder, no motion heads
     "kp_paper": lambda c: _khp(c, encoder="window", motion_heads=False, velocity_weight=0.0, motion_weight=0.0,
-                               motion_decoder=0, onset_detector=0, state_readout=False, pitch_detector=0),
+                               motion_decoder=0, onset_detector=0, state_readout=False, pitch_detector=0,
+                               bow_retake=False),
     # the streaming encoder, no motion heads
     "kp_no_motion": lambda c: _khp(c, motion_heads=False, motion_weight=0.0, motion_decoder=0, onset_detector=0,
-                                   state_readout=False, pitch_detector=0),
+                                   state_readout=False, pitch_detector=0, bow_retake=False),
     # the string and stop from the regressions held between onsets, not from the heard pitch's fingering
     "kp_no_fingering": lambda c: _khp(c, pitch_detector=0),
+    # the cellist's bow reversing at every onset, never retaken after a rest
+    "kp_no_retake": lambda c: _khp(c, bow_retake=False),
     # beyond the paper: the coarse frame is the performer's reference warped to the pose, the STU a residual
     "warp": lambda c: dataclasses.replace(c, coarse="warp", use_cvg=True,
                                           stu=dataclasses.replace(c.stu, residual=True)),

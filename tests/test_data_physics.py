@@ -17,9 +17,12 @@ from letsplay.models.data.instruments import (
     trombone_position,
 )
 from letsplay.models.data.performer_motion import (
+    BOW_RETAKE_AT,
+    BOW_RETAKE_S,
     SLIDE_FORESHORTEN,
     Body,
     bow_position,
+    bow_retake_glide,
     cello_fingering,
     perform,
     plan_bow,
@@ -59,23 +62,72 @@ def _reversal_frames(x: np.ndarray, eps: float = 1e-9) -> list[int]:
 # --------------------------------------------------------------------------- cello
 
 
+def _rests(notes: list[Note] | tuple[Note, ...]) -> np.ndarray:
+    """[N] the silence before each note (from the clip's start for the first)."""
+    heard, out = 0.0, []
+    for n in notes:
+        out.append(n.onset - heard)
+        heard = max(heard, n.end)
+    return np.array(out)
+
+
 def test_bow_reverses_at_every_onset_and_nowhere_else() -> None:
     notes = random_melody("cello", seed=3, seconds=20).notes
     t = np.arange(_frames(notes)) / FPS
     b = bow_position(notes, t)
     onsets = np.array([n.onset for n in notes]) * FPS
+    rest = _rests(notes)
+    retaken = rest >= BOW_RETAKE_S
+    assert 0 < retaken[1:].sum() < len(notes) // 2  # the melody has rests, and phrases between them
+    ends = np.maximum.accumulate([n.end for n in notes])
+    in_glide = np.zeros(len(t), bool)  # the retake's glide: a rest that has lasted BOW_RETAKE_S
+    for i in range(len(notes)):
+        nxt = notes[i + 1].onset if i + 1 < len(notes) else t[-1] + 1
+        in_glide |= (t >= ends[i] + BOW_RETAKE_S - 1 / FPS) & (t <= nxt)
     revs = _reversal_frames(b)
     assert len(revs) > 20
-    for r in revs:  # every reversal is on an onset (within one frame)
-        assert np.min(np.abs(onsets - r)) <= 1.0, f"reversal at frame {r} is not at a note onset"
-    # ... and every onset after the first changes the direction (one bow stroke per note)
+    for r in revs:  # every reversal is on an onset (within one frame), or the retake's glide
+        assert np.min(np.abs(onsets - r)) <= 1.0 or in_glide[r], f"reversal at frame {r} is not at a note onset"
+    # ... and every onset after the first changes the direction (one bow stroke per note),
+    # except after a rest, where the bow is retaken for a down-bow
     _, direction, dist = plan_bow(notes)
-    assert np.all(direction[1:] == -direction[:-1])
+    assert np.all(direction[1:][~retaken[1:]] == -direction[:-1][~retaken[1:]])
+    assert np.all(direction[retaken] == 1.0) and direction[0] == 1.0
     assert np.all(dist > 0)
     for i in range(1, len(notes)):
-        assert np.min(np.abs(np.array(revs) - onsets[i])) <= 1.0, f"no reversal at note {i}"
+        if not retaken[i] or direction[i - 1] < 0:
+            assert np.min(np.abs(np.array(revs) - onsets[i])) <= 1.0 or in_glide[int(onsets[i])], \
+                f"no reversal at note {i}"
     # the bow stays on its hair
     assert b.min() >= 8.0 - 1e-9 and b.max() <= 50.0 + 1e-9
+
+
+def test_the_bow_is_retaken_after_a_rest() -> None:
+    """A silence of BOW_RETAKE_S or more: the bow waits that long where the note ended, glides
+    back toward BOW_RETAKE_AT, and the next note starts a down-bow from where it got to --
+    the same on every path (plan, position, a frame-by-frame glide); a shorter gap reverses."""
+    notes = [Note(0.1, 0.5, 50, 100), Note(0.6, 0.5, 52, 100), Note(1.1, 0.9, 53, 110),  # down, up, down
+             Note(2.4, 0.5, 55, 90),  # after a 0.4 s rest: retaken, a down-bow again
+             Note(3.1, 0.4, 57, 90)]  # after 0.2 s: an up-bow
+    start, direction, dist = plan_bow(notes)
+    assert direction.tolist() == [1.0, -1.0, 1.0, 1.0, -1.0]
+    end2 = start[2] + dist[2]  # where the third stroke ended (toward the tip)
+    assert end2 > BOW_RETAKE_AT + 10
+    assert start[3] == pytest.approx(float(bow_retake_glide(end2, 0.4)))
+    assert BOW_RETAKE_AT < start[3] < end2  # part-way back, gliding
+    t = np.arange(int(3.6 * FPS)) / FPS
+    b = bow_position(notes, t)
+    rest = (t > 2.0) & (t < 2.4)
+    still = rest & (t - 2.0 < BOW_RETAKE_S)
+    assert np.allclose(b[still], end2) and np.all(np.diff(b[rest & ~still]) < 0)  # waits, then glides back
+    at = int(np.ceil(2.4 * FPS - 1e-6))  # the retake stroke's first frame: from the glide, down (toward the tip)
+    assert b[at - 1] >= start[3] - 1e-9 and b[at] >= start[3] - 1e-9 and b[at + 3] > b[at] + 1
+    # the glide is memoryless: glided on from where it got to, it is where it would be
+    mid = bow_retake_glide(end2, BOW_RETAKE_S + 0.1)
+    whole = float(bow_retake_glide(end2, BOW_RETAKE_S + 0.35))
+    assert bow_retake_glide(mid, BOW_RETAKE_S + 0.25) == pytest.approx(whole)
+    silence = bow_position([], t)  # no notes: from mid-bow, still for BOW_RETAKE_S, then the glide
+    assert silence[0] == pytest.approx(29.0) and silence[-1] == pytest.approx(BOW_RETAKE_AT, abs=1e-3)
 
 
 def test_bow_speed_grows_with_velocity() -> None:

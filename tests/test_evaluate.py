@@ -299,7 +299,7 @@ def test_motion_onsets_count_found_notes_and_the_right_bow_direction() -> None:
     direction is right where it equals the data's bowing."""
     from letsplay.models.evaluate import _motion_onsets
 
-    notes = [(1.0, 0.5, 48, 80), (2.0, 0.5, 50, 80), (3.0, 0.5, 52, 80)]  # frames 30, 60, 90
+    notes = [(1.0, 1.0, 48, 80), (2.0, 1.0, 50, 80), (3.0, 0.5, 52, 80)]  # frames 30, 60, 90; legato
     n = 120
     motion = np.zeros((n, 6), np.float32)
     motion[:, 0] = -10.0

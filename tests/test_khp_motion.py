@@ -319,3 +319,54 @@ def test_motion_smoothness_charges_a_jittering_state_not_an_offset_one() -> None
     moving = real.clone()
     moving[0, :, 2] = torch.linspace(0.0, 1.0, 6)  # a real stroke: following it costs nothing
     assert motion_loss(moving, moving, mask, w).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def _run_states(khp: KeypointPredictor, onsets: np.ndarray, sounding: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Step ``khp`` with its onset detector and sounding head made to hear exactly ``onsets``
+    and ``sounding`` (0 / 1 per frame), its bow speed zero: (direction, travel) per frame."""
+    F = khp.cfg.audio_features
+    with torch.no_grad():
+        khp.heads.weight.zero_()
+        khp.speed[-1].weight.zero_()
+        khp.speed[-1].bias.fill_(-60.0)  # softplus: ~1e-26 of the bow per second
+        st, q, s = khp.init_state(1), [], []
+        for o, snd in zip(onsets, sounding, strict=True):
+            khp.heads.bias[-1] = 50.0 if snd else -50.0  # the sounding logit
+            out, st = khp._after_encoder(torch.zeros(1, F), st, None, False,
+                                         onset_logit=torch.tensor([[100.0 * float(o) - 50.0]]))
+            q.append(out.motion[0, 1].item())
+            s.append(out.motion[0, 2].item())
+    return np.array(q), np.array(s)
+
+
+def test_the_bow_retake_follows_the_data_after_a_rest() -> None:
+    """The cellist's rest state: fed the notes' own onsets and sounding, the direction state
+    is the data's on every frame -- a down-bow after every rest, where reversing at every
+    onset (the ablation) goes wrong -- and in silence the travel state glides exactly as the
+    data's bow does."""
+    from letsplay.models.data.performer_motion import BOW_HI, BOW_LO, bow_position
+
+    cfg = preset("tiny", "cello")
+    assert cfg.khp.bow_retake and not preset("tiny", "trombone").khp.bow_retake
+    fps, T = cfg.video.fps, 120
+    notes = [Note(0.1, 0.5, 50, 100), Note(0.6, 0.5, 52, 100), Note(1.1, 0.9, 53, 110),  # down, up, down
+             Note(2.4, 0.5, 55, 90),  # a 0.4 s rest before it: a down-bow again
+             Note(3.1, 0.4, 57, 90), Note(3.5, 0.3, 59, 90)]  # 0.2 s, then no gap: up, down
+    t = np.arange(T) / fps
+    onsets = onset_frames(np.array([n.onset for n in notes]), T, fps)
+    sounding = np.zeros(T)
+    for n in notes:  # as the data's "bowing" (performer_motion._cello)
+        i0, i1 = np.searchsorted(t, [n.onset, n.end])
+        sounding[i0:i1] = 1.0
+    real = bow_direction(notes, T, fps)
+    q, _ = _run_states(KeypointPredictor(cfg.khp, cfg.audio, cfg.work_size, "cello", cfg.video), onsets, sounding)
+    assert q.tolist() == real.tolist()
+    no = ablate(cfg, "kp_no_retake").khp
+    q0, _ = _run_states(KeypointPredictor(no, cfg.audio, cfg.work_size, "cello", cfg.video), onsets, sounding)
+    after = t >= 2.4
+    assert (q0[~after] == real[~after]).all() and (q0[after] != real[after]).all()  # one rest: the parity is lost
+    # silence: the travel state waits BOW_RETAKE_S at mid-bow, then glides as the data's bow
+    _, s = _run_states(KeypointPredictor(cfg.khp, cfg.audio, cfg.work_size, "cello", cfg.video),
+                       np.zeros(30), np.zeros(30))
+    want = (bow_position([], t[:30]) - BOW_LO) / (BOW_HI - BOW_LO)
+    assert np.allclose(s, want, atol=1e-5) and s[-1] < 0.45

@@ -35,9 +35,12 @@ def test_idle_motion_is_the_clock_driven_sway_and_nod_only(instrument):
     assert d[:, 1].max() > 0.5  # the neck does: the idle sway is there, and only with idle
     if instrument == "trombone":  # the left hand holds the horn at the lips: it nods and sways with them
         assert d[:, LEFT_HAND.start:LEFT_HAND.stop].mean() > 0.2
-    # in silence, without the idle motion, nothing moves the upper body at all
+    # in silence, without the idle motion, nothing moves the upper body at all -- but for the
+    # cellist retaking the bow (from BOW_RETAKE_S on, arrived well within a second after it)
     still = perform([], body, 90, video, idle=False)
-    assert np.abs(still.keypoints - still.keypoints[:1]).max() < 1e-6
+    settled = still.keypoints[45:] if instrument == "cello" else still.keypoints
+    assert np.abs(settled - settled[:1]).max() < 1e-5
+    assert np.abs(still.keypoints[:9] - still.keypoints[:1]).max() < 1e-6  # before the retake: still
     idle = perform([], body, 90, video)
     assert np.abs(idle.keypoints - idle.keypoints[:1]).max() * 256 > 0.2
     # the notes still drive the rest: the idle-free performance moves the playing arm as the real one

@@ -89,7 +89,7 @@ def test_khp_step_equals_forward() -> None:
     assert seq.keypoints.shape == (B, T, 67, 2)
     assert seq.heatmap.shape == (B, T, 7, *cfg.work_size)
     assert set(state.to_dict()) == {"lstm_h", "lstm_c", "enc.history", "direction", "onset_prev", "travel",
-                                    "onset_enc.history", "held", "fingering", "pitch_enc.history"}
+                                    "onset_enc.history", "held", "fingering", "pitch_enc.history", "rest"}
     paper = KeypointPredictor(preset("paper").khp, cfg.audio, cfg.work_size)  # the paper's KP: LSTM state only
     assert set(paper.init_state(1).to_dict()) == {"lstm_h", "lstm_c"}
 
@@ -225,8 +225,8 @@ def test_performer_state_names_round_trip() -> None:
     state = model.init_state(3)
     d = state.to_dict()
     assert set(d) == {"khp.lstm_h", "khp.lstm_c", "khp.enc.history", "khp.direction", "khp.onset_prev", "khp.travel",
-                      "khp.onset_enc.history", "khp.held", "khp.fingering", "khp.pitch_enc.history", "cvg.lstm_h",
-                      "cvg.lstm_c", "cvg.prev_frame", "stu.gru_h"}
+                      "khp.onset_enc.history", "khp.held", "khp.fingering", "khp.pitch_enc.history", "khp.rest",
+                      "cvg.lstm_h", "cvg.lstm_c", "cvg.prev_frame", "stu.gru_h"}
     back = PerformerState.from_dict(d)
     assert all(torch.equal(d[k], v) for k, v in back.to_dict().items())
     w = _windows(preset("tiny"), b=3, t=1)[:, 0]
@@ -246,7 +246,7 @@ def test_performer_state_names_round_trip() -> None:
     no_cvg = _model(ablate(preset("tiny"), "no_cvg")).init_state(1).to_dict()
     assert set(no_cvg) == {"khp.lstm_h", "khp.lstm_c", "khp.enc.history", "khp.direction", "khp.onset_prev",
                            "khp.travel", "khp.onset_enc.history", "khp.held", "khp.fingering", "khp.pitch_enc.history",
-                           "stu.gru_h"}
+                           "khp.rest", "stu.gru_h"}
     # state is frozen: a step cannot mutate it in place
     with pytest.raises(dataclasses.FrozenInstanceError):
         state.stu = None  # type: ignore[misc]

@@ -10,7 +10,7 @@ from typing import Any
 
 PRESET_NAMES = ("tiny", "realtime", "paper")  # models.presets.PRESETS, without importing torch here
 ABLATION_NAMES = ("no_cvg", "no_khp", "no_stu", "no_gcn", "no_gru", "kp_no_avg", "kp_no_dlt", "kp_paper",
-                  "kp_no_motion", "kp_no_fingering", "warp", "cvg_audio")
+                  "kp_no_motion", "kp_no_fingering", "kp_no_retake", "warp", "cvg_audio")
 INSTRUMENT_NAMES = ("cello", "trombone")
 
 

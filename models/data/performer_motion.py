@@ -19,6 +19,11 @@ Cello (seated, cello between the knees, bow in the right hand):
   first a down-bow), moves at a speed that grows with the note's velocity, slows as it
   nears the end of the bow (:func:`bow_travel`: causal -- where the bow is depends on the
   notes heard so far, never on when a note will end) and rests where the note ends;
+* after a rest of :data:`BOW_RETAKE_S` or more the player retakes the bow, as cellists
+  do: once the silence has lasted that long the bow glides back toward
+  :data:`BOW_RETAKE_AT` (:func:`bow_retake_glide`), and the next note starts a down-bow
+  from wherever the glide has brought it -- causal too (the glide begins only when the
+  rest has lasted long enough to be a rest);
 * the bow arm's angle follows the string being played (the C string is played with the
   arm high, the A string with the arm low), changing just before the onset;
 * vibrato on sustained stopped notes rolls the finger along the string by exactly the
@@ -394,6 +399,22 @@ _BOW_TILT = np.radians([-15.0, -5.0, 5.0, 13.0])  # C, G, D, A: bow angle from s
 
 _BOW_ATTACK_S = 0.05  # a stroke's speed builds up over about this long after the onset
 _BOW_MARGIN = 0.97  # share of the bow left toward its end that a stroke may use
+# The bow retake: a silence at least this long (s) after the last note's end is a rest, after
+# which the bow glides back toward BOW_RETAKE_AT (cm from the frog, the lower third of the hair)
+# with this time constant (s), and the next note starts a down-bow. KHP's rest state follows
+# the same rule (letsplay.models.keypoints).
+BOW_RETAKE_S = 0.3
+BOW_RETAKE_AT = 20.0
+BOW_RETAKE_TAU_S = 0.12
+
+
+def bow_retake_glide(b: np.ndarray | float, rest: np.ndarray | float) -> np.ndarray:
+    """Where a bow resting at ``b`` (cm) is after ``rest`` seconds of silence: still until
+    the silence has lasted :data:`BOW_RETAKE_S`, then gliding back toward
+    :data:`BOW_RETAKE_AT`, exponentially (time constant :data:`BOW_RETAKE_TAU_S`), so the
+    glide from any point on is the same rule (a frame-by-frame state can follow it exactly)."""
+    since = np.maximum(np.asarray(rest, dtype=np.float64) - BOW_RETAKE_S, 0.0)
+    return BOW_RETAKE_AT + (np.asarray(b, dtype=np.float64) - BOW_RETAKE_AT) * np.exp(-since / BOW_RETAKE_TAU_S)
 
 
 def bow_speed(velocity: int) -> float:
@@ -415,12 +436,19 @@ def bow_travel(tau: np.ndarray | float, speed: np.ndarray | float, room: np.ndar
 
 
 def _bow_strokes(notes: Sequence[Note]) -> tuple[np.ndarray, ...]:
-    """Per note: start position, direction, distance, speed and room (see plan_bow)."""
-    start, direction, dist, speed, room = [], [], [], [], []
+    """Per note: start position, direction, distance, speed, room (see plan_bow) and the
+    silence before it (s; from the clip's start for the first note)."""
+    start, direction, dist, speed, room, rest = [], [], [], [], [], []
     b = 0.5 * (BOW_LO + BOW_HI)
     d = -1.0
+    heard = 0.0  # when the last sound ended (the clip begins in silence)
     for n in notes:
-        d = -d
+        gap = n.onset - heard
+        if gap >= BOW_RETAKE_S:  # a rest: the bow was retaken, a down-bow from where the glide brought it
+            b = float(bow_retake_glide(b, gap))
+            d = 1.0
+        else:
+            d = -d
         v = bow_speed(n.velocity)
         r = _BOW_MARGIN * ((BOW_HI - b) if d > 0 else (b - BOW_LO))
         D = float(bow_travel(n.duration, v, r))
@@ -429,32 +457,38 @@ def _bow_strokes(notes: Sequence[Note]) -> tuple[np.ndarray, ...]:
         dist.append(D)
         speed.append(v)
         room.append(r)
+        rest.append(max(gap, 0.0))
         b = b + d * D
-    return tuple(np.array(x) for x in (start, direction, dist, speed, room))
+        heard = max(heard, n.end)
+    return tuple(np.array(x) for x in (start, direction, dist, speed, room, rest))
 
 
 def plan_bow(notes: Sequence[Note]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One stroke per note, alternating direction, the first a down-bow from the middle of
-    the bow. Returns per note (start position, direction +1 down-bow / -1 up-bow,
-    distance travelled by the note's end) in cm of bow."""
-    start, direction, dist, _, _ = _bow_strokes(notes)
+    the bow, and a down-bow after every rest (the bow retaken, :func:`bow_retake_glide`).
+    Returns per note (start position, direction +1 down-bow / -1 up-bow, distance
+    travelled by the note's end) in cm of bow."""
+    start, direction, dist, _, _, _ = _bow_strokes(notes)
     return start, direction, dist
 
 
 def bow_position(notes: Sequence[Note], t: np.ndarray) -> np.ndarray:
     """Contact point along the bow hair (cm from the frog) at times t: each stroke
     travels at its speed from its onset (:func:`bow_travel`) and rests where the note ends."""
+    t = np.asarray(t, dtype=np.float64)
     if not notes:
-        return np.full_like(t, 0.5 * (BOW_LO + BOW_HI))
-    start, direction, _, speed, room = _bow_strokes(notes)
+        return bow_retake_glide(np.full_like(t, 0.5 * (BOW_LO + BOW_HI)), t)
+    start, direction, _, speed, room, _ = _bow_strokes(notes)
     on = np.array([n.onset for n in notes])
     dur = np.array([n.duration for n in notes])
+    heard = np.maximum.accumulate(on + dur)  # when the sound of the notes begun so far ends
     k = np.searchsorted(on, t, side="right") - 1
     kk = np.clip(k, 0, len(notes) - 1)
     tau = np.clip(t - on[kk], 0.0, dur[kk])
     room_k = np.maximum(room[kk], 1e-9)
     b = start[kk] + direction[kk] * bow_travel(tau, speed[kk], room_k)
-    return np.where(k < 0, start[0], b)
+    b = np.where(t > heard[kk], bow_retake_glide(b, t - heard[kk]), b)  # in a rest: the retake's glide
+    return np.where(k < 0, bow_retake_glide(np.full_like(t, 0.5 * (BOW_LO + BOW_HI)), t), b)
 
 
 @dataclass

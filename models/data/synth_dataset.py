@@ -40,8 +40,9 @@ from letsplay.models.spec import AudioSpec, VideoSpec
 log = logging.getLogger(__name__)
 
 # Bump when the picture or the motion changes: old datasets then refuse to resume.
-RENDERER_VERSION = 4  # 2: causal bowing (bow_travel); 3: instrument points and part maps (format 2);
-# 4: elbows that never jump to their mirror image (the cellist's left elbow did, in 91 of 92 clips)
+RENDERER_VERSION = 5  # 2: causal bowing (bow_travel); 3: instrument points and part maps (format 2);
+# 4: elbows that never jump to their mirror image (the cellist's left elbow did, in 91 of 92 clips);
+# 5: the cellist retakes the bow after a rest (a down-bow from the lower third of the bow)
 
 
 @dataclass(frozen=True)
