@@ -79,7 +79,8 @@ DECODED = (1, 2, 3, 4)
 STATE_READ_POINTS = (3, 4) + tuple(range(RIGHT_HAND.start, RIGHT_HAND.stop))
 SMOOTHED = (2, 3, 4)  # the continuous states among them, whose frame-to-frame change the loss may hold
 _RETAKE_TRAVEL = (BOW_RETAKE_AT - BOW_LO) / (BOW_HI - BOW_LO)  # the retake point as a travel state
-_REST_CAP_S = 60.0  # the rest state's largest value (s)
+_REST_CAP_S = 60.0  # the rest state's largest values (s)
+RETAKE_GRACE_S = 0.1  # a rest still counts for the onset this long after the sound resumed (s)
 ONSET_POS_WEIGHT = 4.0  # the onset BCE's weight on frames with an onset (a missed onset flips the bow late)
 
 
@@ -192,7 +193,9 @@ class KeypointState(State):
     # [B, 3] pitch detector: the fingering (pitch heard last, string, stop; letsplay.models.fingering)
     fingering: Tensor | None = None
     pitch_enc: StreamingEncoderState | None = None  # the pitch detector's history
-    rest: Tensor | None = None  # [B, 1] bow retake: the silent frames in a row up to this one, in seconds
+    # [B, 2] bow retake: the silent frames in a row up to this one, in seconds; and the seconds
+    # since the last rest of BOW_RETAKE_S ended (the cap once an onset has used it)
+    rest: Tensor | None = None
 
 
 class KeypointOutput(NamedTuple):
@@ -282,7 +285,7 @@ class KeypointPredictor(nn.Module):
                              held=torch.zeros(batch, 3, device=device) if self.cfg.state_readout else None,
                              fingering=None if self.pitch is None else fingering_init(batch, device),
                              pitch_enc=None if self.pitch is None else self.pitch.init_state(batch, device),
-                             rest=torch.zeros(batch, 1, device=device) if self.cfg.bow_retake else None)
+                             rest=torch.zeros(batch, 2, device=device) if self.cfg.bow_retake else None)
 
     def reset_where(self, state: KeypointState, reset: Tensor) -> KeypointState:
         """``state`` with the rows where ``reset [B]`` is true back at the initial state."""
@@ -342,8 +345,13 @@ class KeypointPredictor(nn.Module):
                 flip = torch.where(torch.isnan(teacher[:, None]), flip, teacher[:, None])
             q = state.direction
             if self.cfg.bow_retake:
-                # after a rest the onset starts a down-bow: flip toward 1 instead of toward 1 - q
-                retake = (state.rest >= BOW_RETAKE_S - 1e-6).to(q.dtype)
+                # after a rest the onset starts a down-bow: flip toward 1 instead of toward 1 - q. The
+                # rest counts if it ended at most RETAKE_GRACE_S ago (the sounding head may hear the
+                # note a frame before the onset detector does); an onset uses it up
+                run, since = state.rest[:, :1], state.rest[:, 1:]
+                since = torch.where(run >= BOW_RETAKE_S - 1e-6, torch.zeros_like(since),
+                                    (since + 1.0 / self.video.fps).clamp(max=_REST_CAP_S))
+                retake = (since <= RETAKE_GRACE_S + 1e-6).to(q.dtype)
                 direction = q + flip * (retake + (1 - retake) * (1 - q) - q)
             else:
                 direction = q + flip - 2 * q * flip  # q xor flip: the bow reverses at every onset
@@ -355,11 +363,13 @@ class KeypointPredictor(nn.Module):
                 # count before it (the first silent frame: 0 s), as the data's is the time since
                 # the sound ended. Kept under a minute: the glide has long arrived by then.
                 silent = (torch.sigmoid(sounding) <= 0.5).to(q.dtype)
-                rest = ((state.rest + 1.0 / self.video.fps) * silent).clamp(max=_REST_CAP_S)
                 # the retake's glide (performer_motion.bow_retake_glide), frame by frame: toward the
                 # retake point by the frame's share of the rest past BOW_RETAKE_S
-                glide = silent * (state.rest - BOW_RETAKE_S).clamp(min=0.0, max=1.0 / self.video.fps)
+                glide = silent * (run - BOW_RETAKE_S).clamp(min=0.0, max=1.0 / self.video.fps)
                 travel = _RETAKE_TRAVEL + (travel - _RETAKE_TRAVEL) * torch.exp(-glide / BOW_RETAKE_TAU_S)
+                run = ((run + 1.0 / self.video.fps) * silent).clamp(max=_REST_CAP_S)
+                since = torch.where(flip > 0.5, torch.full_like(since, _REST_CAP_S), since)
+                rest = torch.cat([run, since], dim=1)
             motion = torch.cat([onset, direction, travel, aux_a, aux_b, sounding], dim=1)  # [B, 6]
             read = motion
             if self.cfg.state_readout:
