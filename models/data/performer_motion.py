@@ -436,9 +436,8 @@ def bow_travel(tau: np.ndarray | float, speed: np.ndarray | float, room: np.ndar
 
 
 def _bow_strokes(notes: Sequence[Note]) -> tuple[np.ndarray, ...]:
-    """Per note: start position, direction, distance, speed, room (see plan_bow) and the
-    silence before it (s; from the clip's start for the first note)."""
-    start, direction, dist, speed, room, rest = [], [], [], [], [], []
+    """Per note: start position, direction, distance, speed and room (see plan_bow)."""
+    start, direction, dist, speed, room = [], [], [], [], []
     b = 0.5 * (BOW_LO + BOW_HI)
     d = -1.0
     heard = 0.0  # when the last sound ended (the clip begins in silence)
@@ -457,10 +456,9 @@ def _bow_strokes(notes: Sequence[Note]) -> tuple[np.ndarray, ...]:
         dist.append(D)
         speed.append(v)
         room.append(r)
-        rest.append(max(gap, 0.0))
         b = b + d * D
         heard = max(heard, n.end)
-    return tuple(np.array(x) for x in (start, direction, dist, speed, room, rest))
+    return tuple(np.array(x) for x in (start, direction, dist, speed, room))
 
 
 def plan_bow(notes: Sequence[Note]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -468,7 +466,7 @@ def plan_bow(notes: Sequence[Note]) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     the bow, and a down-bow after every rest (the bow retaken, :func:`bow_retake_glide`).
     Returns per note (start position, direction +1 down-bow / -1 up-bow, distance
     travelled by the note's end) in cm of bow."""
-    start, direction, dist, _, _, _ = _bow_strokes(notes)
+    start, direction, dist, _, _ = _bow_strokes(notes)
     return start, direction, dist
 
 
@@ -476,9 +474,10 @@ def bow_position(notes: Sequence[Note], t: np.ndarray) -> np.ndarray:
     """Contact point along the bow hair (cm from the frog) at times t: each stroke
     travels at its speed from its onset (:func:`bow_travel`) and rests where the note ends."""
     t = np.asarray(t, dtype=np.float64)
+    before = bow_retake_glide(np.full_like(t, 0.5 * (BOW_LO + BOW_HI)), t)  # mid-bow, retaken in the silence
     if not notes:
-        return bow_retake_glide(np.full_like(t, 0.5 * (BOW_LO + BOW_HI)), t)
-    start, direction, _, speed, room, _ = _bow_strokes(notes)
+        return before
+    start, direction, _, speed, room = _bow_strokes(notes)
     on = np.array([n.onset for n in notes])
     dur = np.array([n.duration for n in notes])
     heard = np.maximum.accumulate(on + dur)  # when the sound of the notes begun so far ends
@@ -488,7 +487,7 @@ def bow_position(notes: Sequence[Note], t: np.ndarray) -> np.ndarray:
     room_k = np.maximum(room[kk], 1e-9)
     b = start[kk] + direction[kk] * bow_travel(tau, speed[kk], room_k)
     b = np.where(t > heard[kk], bow_retake_glide(b, t - heard[kk]), b)  # in a rest: the retake's glide
-    return np.where(k < 0, bow_retake_glide(np.full_like(t, 0.5 * (BOW_LO + BOW_HI)), t), b)
+    return np.where(k < 0, before, b)
 
 
 @dataclass
